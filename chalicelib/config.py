@@ -75,10 +75,21 @@ class Config:
             connections_table=name("CONNECTIONS_TABLE", "connections"),
             participants_table=name("PARTICIPANTS_TABLE", "participants"),
             agents_table=name("AGENTS_TABLE", "agents"),
-            delivery_queue_name=name("DELIVERY_QUEUE_NAME", "delivery.fifo"),
+            delivery_queue_name=delivery_queue_name(env),
             connection_ttl_seconds=number("CONNECTION_TTL_SECONDS", 3 * 3600),
             idempotency_ttl_seconds=number("IDEMPOTENCY_TTL_SECONDS", 24 * 3600),
             max_body_bytes=number("MAX_BODY_BYTES", 16 * 1024),
             page_size=number("PAGE_SIZE", 100),
             resume_max_messages=number("RESUME_MAX_MESSAGES", 2000),
         )
+
+
+def delivery_queue_name(env: Mapping[str, str] | None = None) -> str:
+    """The delivery queue's name, needed when app.py is imported (``chalice package``).
+
+    Unlike Config.from_env it does not require the stage's secret.
+    """
+    env = os.environ if env is None else env
+    stage = env.get("STAGE", "local")
+    prefix = env.get("RESOURCE_PREFIX", f"oncechat-{stage}")
+    return env.get("DELIVERY_QUEUE_NAME") or f"{prefix}-delivery.fifo"

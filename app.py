@@ -1,0 +1,42 @@
+"""oncechat: wiring only. Every handler is one call into chalicelib."""
+
+import boto3
+from chalice import Chalice
+
+from chalicelib.config import delivery_queue_name
+from chalicelib.handlers import Handlers
+
+app = Chalice(app_name="oncechat")
+app.experimental_feature_flags.update(["WEBSOCKETS"])
+app.websocket_api.session = boto3.session.Session()
+handlers = Handlers(app)
+
+
+@app.on_ws_connect()
+def connect(event):
+    return handlers.ws_connect(event)
+
+
+@app.on_ws_message()
+def message(event):
+    handlers.ws_message(event)
+
+
+@app.on_ws_disconnect()
+def disconnect(event):
+    handlers.ws_disconnect(event)
+
+
+@app.on_sqs_message(queue=delivery_queue_name(), batch_size=10)
+def deliver(event):
+    handlers.deliver(event)
+
+
+@app.route("/conversations", methods=["POST"])
+def create_conversation():
+    return handlers.create_conversation(app.current_request)
+
+
+@app.route("/conversations/{conversation_id}/messages", methods=["GET"])
+def list_messages(conversation_id):
+    return handlers.list_messages(app.current_request, conversation_id)

@@ -1,0 +1,27 @@
+"""boto3 clients, built one way.
+
+boto3 itself reads the region, the credentials and ``AWS_ENDPOINT_URL`` (the
+local cloud's moto server, or LocalStack) from its usual sources; oncechat
+code never reads ``os.environ`` for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+#: botocore's "standard" retry mode retries throttling
+#: (ThrottlingException, ProvisionedThroughputExceededException,
+#: RequestLimitExceeded) and transient 5xx errors with exponential backoff and
+#: jitter. It does not retry a TransactionCanceledException: the storage
+#: adapter decides about those, since only it knows which cancellations are
+#: races to report and which are conflicts worth retrying.
+RETRY_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 5})
+
+
+def client(service: str, session: boto3.session.Session | None = None) -> Any:
+    """A low-level client of ``service`` with oncechat's retry policy."""
+    session = session or boto3.session.Session()
+    return session.client(service, config=RETRY_CONFIG)

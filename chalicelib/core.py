@@ -1,0 +1,268 @@
+"""The pure core: decisions and frames, no I/O.
+
+Everything here is a function of its arguments, so the rules of the
+protocol (validation, authorization, idempotency, recipients, resume
+cursors) are tested without any AWS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from chalicelib.errors import (
+    BadRequest,
+    Conflict,
+    ConversationClosed,
+    Forbidden,
+    OnceChatError,
+    PayloadTooLarge,
+)
+from chalicelib.models import (
+    AckFrame,
+    ClientFrame,
+    ConnectionRecord,
+    Conversation,
+    IdempotencyRecord,
+    MessageRecord,
+    Participant,
+    Principal,
+    ResumeFrame,
+    SendFrame,
+)
+
+_CLIENT_FRAME: TypeAdapter[SendFrame | AckFrame | ResumeFrame] = TypeAdapter(ClientFrame)
+ACTIONS = ("send", "ack", "resume")
+
+
+# ------------------------------------------------------------------ time & ids
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """ISO 8601 UTC with milliseconds: ``2026-01-31T12:00:00.123Z``."""
+    dt = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def payload_hash(conversation_id: str, body: str) -> str:
+    """What a retry must repeat exactly: the conversation and the body."""
+    digest = hashlib.sha256()
+    digest.update(conversation_id.encode())
+    digest.update(b"\x00")
+    digest.update(body.encode())
+    return digest.hexdigest()
+
+
+def deduplication_id(conversation_id: str, seq: int) -> str:
+    """The SQS MessageDeduplicationId of a stored message (at most 128 characters).
+
+    A message's identity is (conversation, seq), one-to-one with
+    (sender, conversation, messageId), so every re-enqueue of the same
+    message carries the same id. SQS dedup only saves work: correctness
+    comes from the DynamoDB conditions and the client's seq rule.
+    """
+    return hashlib.sha256(f"{conversation_id}#{seq}".encode()).hexdigest()
+
+
+# --------------------------------------------------------------------- parsing
+
+
+def parse_client_frame(raw: str | None, max_body_bytes: int) -> SendFrame | AckFrame | ResumeFrame:
+    """Validate one client frame, or raise BadRequest / PayloadTooLarge.
+
+    The raised error carries the frame's messageId when it has a usable one,
+    so a client can tell which of its messages was refused.
+    """
+    if raw is None or raw == "":
+        raise BadRequest("empty frame")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadRequest("frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("frame must be a JSON object")
+    message_id = data.get("messageId") if isinstance(data.get("messageId"), str) else None
+    if message_id is not None and len(message_id) > 64:
+        message_id = None
+    action = data.get("action")
+    if action not in ACTIONS:
+        raise BadRequest(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}",
+                         message_id=message_id)
+    body = data.get("body")
+    if action == "send" and isinstance(body, str) and len(body.encode()) > max_body_bytes:
+        raise PayloadTooLarge(f"body exceeds {max_body_bytes} bytes", message_id=message_id)
+    try:
+        return _CLIENT_FRAME.validate_python(data)
+    except ValidationError as exc:
+        raise BadRequest(_describe(exc), message_id=message_id) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"][1:]) or "frame"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------- authorization
+
+
+def is_participant(principal: Principal, conv: Conversation) -> bool:
+    """A customer owns the conversation; an agent is the one assigned to it."""
+    if principal.role == "customer":
+        return conv.customer_id == principal.user_id
+    return conv.agent_id == principal.user_id
+
+
+def require_participant(principal: Principal, conv: Conversation) -> None:
+    """Raise Forbidden unless the caller takes part in the conversation."""
+    if not is_participant(principal, conv):
+        raise Forbidden(f"not a participant of conversation {conv.conversation_id}")
+
+
+# -------------------------------------------------------------------- sending
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The send is a retry of a stored message: answer with its seq again."""
+
+    idem: IdempotencyRecord
+
+
+@dataclass(frozen=True)
+class Append:
+    """Store a new message at ``message.seq`` after ``expected_last_seq``."""
+
+    message: MessageRecord
+    idem: IdempotencyRecord
+    expected_last_seq: int
+
+
+def decide_send(
+    principal: Principal,
+    conv: Conversation,
+    frame: SendFrame,
+    existing: IdempotencyRecord | None,
+    now_ms: int,
+    idempotency_ttl_seconds: int,
+) -> Replay | Append:
+    """Decide what a ``send`` does given the stored conversation and idempotency record.
+
+    Raises Forbidden (not a participant), Conflict (same messageId, other
+    payload) or ConversationClosed.
+    """
+    require_participant(principal, conv)
+    digest = payload_hash(frame.conversation_id, frame.body)
+    if existing is not None:
+        if existing.payload_hash != digest:
+            raise Conflict("messageId was already used with a different body",
+                           message_id=frame.message_id)
+        return Replay(existing)
+    if conv.status == "closed":
+        raise ConversationClosed("conversation is closed", message_id=frame.message_id)
+    seq = conv.last_seq + 1
+    sent_at = iso_ms(now_ms)
+    message = MessageRecord(
+        conversation_id=conv.conversation_id,
+        seq=seq,
+        message_id=frame.message_id,
+        sender_id=principal.user_id,
+        sender_role=principal.role,
+        body=frame.body,
+        sent_at=sent_at,
+    )
+    idem = IdempotencyRecord(
+        sender_id=principal.user_id,
+        conversation_id=conv.conversation_id,
+        message_id=frame.message_id,
+        payload_hash=digest,
+        seq=seq,
+        sent_at=sent_at,
+        expires_at=now_ms // 1000 + idempotency_ttl_seconds,
+    )
+    return Append(message=message, idem=idem, expected_last_seq=conv.last_seq)
+
+
+# ------------------------------------------------------------------- delivery
+
+
+def delivery_targets(
+    message: MessageRecord,
+    conv: Conversation,
+    connections: Mapping[str, Iterable[ConnectionRecord]],
+    cursors: Mapping[str, int],
+    origin_connection_id: str | None,
+) -> list[ConnectionRecord]:
+    """The connections a message frame goes to.
+
+    Every open connection of every participant, the sender's other devices
+    included, except the connection the message came from, and except
+    participants whose ack cursor already covers the message.
+    """
+    targets: list[ConnectionRecord] = []
+    for user_id in conv.participant_ids():
+        if cursors.get(user_id, 0) >= message.seq:
+            continue
+        for conn in connections.get(user_id, ()):
+            if conn.connection_id != origin_connection_id:
+                targets.append(conn)
+    return targets
+
+
+# --------------------------------------------------------------------- resume
+
+
+def resume_cursors(
+    requested: Mapping[str, int], memberships: Iterable[Participant]
+) -> dict[str, int]:
+    """Where to replay each conversation from.
+
+    Listed conversations start after the client's cursor; the user's other
+    conversations start after the server-stored ack cursor.
+    """
+    cursors = dict(requested)
+    for p in memberships:
+        cursors.setdefault(p.conversation_id, p.ack_seq)
+    return cursors
+
+
+# --------------------------------------------------------------------- frames
+
+
+def accepted_frame(conversation_id: str, message_id: str, seq: int, sent_at: str,
+                   duplicate: bool) -> dict[str, Any]:
+    """``accepted``: the message is durably stored and will reach every participant."""
+    return {
+        "type": "accepted",
+        "conversationId": conversation_id,
+        "messageId": message_id,
+        "seq": seq,
+        "sentAt": sent_at,
+        "duplicate": duplicate,
+    }
+
+
+def error_frame(err: OnceChatError) -> dict[str, Any]:
+    """``error`` with the protocol code; messageId when the error concerns one."""
+    frame: dict[str, Any] = {"type": "error", "code": err.code, "message": err.message}
+    if err.message_id is not None:
+        frame["messageId"] = err.message_id
+    return frame
+
+
+def resumed_frame(latest: Mapping[str, int]) -> dict[str, Any]:
+    """``resumed``: the replay is over; the latest seq of each conversation."""
+    return {"type": "resumed", "conversations": dict(latest)}
+
+
+def encode(frame: Mapping[str, Any]) -> str:
+    """Compact JSON text of a frame."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,677 @@
+"""DynamoDB storage: chalicelib.storage.Storage on the tables of infra/template.yaml.
+
+Items carry the camelCase wire names of the record models (one generic
+mapper, ``_to_item`` / ``_from_item``); the key design is documented at the
+top of infra/template.yaml.
+
+Races are settled by conditional writes and transactions, each explained
+next to its condition expression. Expected outcomes are reported with the
+signals of chalicelib.errors or with return values; every other botocore
+error is wrapped once into OnceChatError.
+
+Retries: throttling and transient 5xx errors are retried by botocore's
+"standard" retry mode (chalicelib.aws.RETRY_CONFIG) when this module builds
+the client. A transaction cancelled because another transaction touched the
+same item at the same time (reason ``TransactionConflict``) is retried here a
+few times with a short jittered backoff, because retrying it is what reveals
+the real outcome (counter moved, duplicate, ...).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel
+
+from chalicelib import aws
+from chalicelib.config import Config
+from chalicelib.errors import (
+    Conflict,
+    ConversationClosed,
+    DuplicateMessage,
+    NotFound,
+    OnceChatError,
+    SequenceConflict,
+)
+from chalicelib.models import (
+    AgentRecord,
+    ConnectionRecord,
+    Conversation,
+    IdempotencyRecord,
+    MessageRecord,
+    Participant,
+    idempotency_key,
+)
+
+Item = dict[str, Any]
+M = TypeVar("M", bound=BaseModel)
+
+#: Cancellation reasons worth retrying the same transaction for.
+_RETRYABLE_REASONS = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
+_TRANSACTION_ATTEMPTS = 4
+_BACKOFF_BASE_SECONDS = 0.02
+
+
+# ----------------------------------------------------------------- mapping
+
+
+def _serialize(value: Any) -> dict[str, Any]:
+    """One attribute value in DynamoDB's typed JSON (only str and int occur)."""
+    if isinstance(value, bool):  # bool is an int: keep it out of N
+        return {"BOOL": value}
+    if isinstance(value, int):
+        return {"N": str(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    raise TypeError(f"cannot store {type(value).__name__} in DynamoDB")
+
+
+def _deserialize(value: Mapping[str, Any]) -> Any:
+    """The Python value of one typed attribute (numbers are integers here)."""
+    if "S" in value:
+        return value["S"]
+    if "N" in value:
+        number = Decimal(value["N"])
+        return int(number) if number == number.to_integral_value() else float(number)
+    if "BOOL" in value:
+        return value["BOOL"]
+    if "NULL" in value:
+        return None
+    raise TypeError(f"unexpected attribute type {sorted(value)}")
+
+
+def _to_item(record: BaseModel, **extra: Any) -> Item:
+    """A record as an item: camelCase names, None fields omitted.
+
+    Omitting None matters: ``agentId`` is a GSI key (byAgent) and a GSI key
+    attribute cannot be NULL; an absent one keeps the item out of the index.
+    """
+    data = record.model_dump(by_alias=True, mode="json", exclude_none=True)
+    data.update(extra)
+    return {name: _serialize(value) for name, value in data.items()}
+
+
+def _from_item(model: type[M], item: Mapping[str, Any]) -> M:
+    """The record stored in an item (extra attributes such as idemKey are ignored)."""
+    return model.model_validate({name: _deserialize(value) for name, value in item.items()})
+
+
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@contextmanager
+def _backend(operation: str) -> Iterator[None]:
+    """Wrap unexpected botocore errors once; oncechat's own errors pass through."""
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise OnceChatError(f"storage operation {operation} failed: {exc}") from exc
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0, _BACKOFF_BASE_SECONDS * (2**attempt)))
+
+
+class DynamoStorage:
+    """chalicelib.storage.Storage on DynamoDB (tables named by Config)."""
+
+    def __init__(self, config: Config, client: Any = None) -> None:
+        self._config = config
+        self._client = client
+
+    @property
+    def _db(self) -> Any:
+        """The low-level dynamodb client, built on first use."""
+        if self._client is None:
+            self._client = aws.client("dynamodb")
+        return self._client
+
+    # ------------------------------------------------------------- helpers
+    def _get(self, table: str, key: Item) -> Item | None:
+        response = self._db.get_item(TableName=table, Key=key, ConsistentRead=True)
+        item: Item | None = response.get("Item")
+        return item
+
+    def _query_all(self, **kwargs: Any) -> Iterator[Item]:
+        """Every item of a query, following LastEvaluatedKey."""
+        while True:
+            page = self._db.query(**kwargs)
+            yield from page.get("Items", [])
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                return
+            kwargs["ExclusiveStartKey"] = last
+
+    def _transact(self, items: list[Item], operation: str) -> list[str] | None:
+        """Run one transaction; None when it committed, else the cancellation codes.
+
+        A cancellation caused only by concurrent transactions or throttling
+        (retryable reasons, nothing failed a condition) is retried with a
+        short jittered backoff; after the last attempt its codes are returned.
+        The codes list has one entry per item ("None" for items that did not
+        fail), or is empty when the backend gave no CancellationReasons.
+        """
+        codes: list[str] = []
+        for attempt in range(_TRANSACTION_ATTEMPTS):
+            try:
+                self._db.transact_write_items(TransactItems=items)
+                return None
+            except ClientError as exc:
+                if _code(exc) != "TransactionCanceledException":
+                    raise OnceChatError(f"storage operation {operation} failed: {exc}") from exc
+                reasons = exc.response.get("CancellationReasons") or []
+                codes = [str(r.get("Code", "None")) for r in reasons]
+            except BotoCoreError as exc:
+                raise OnceChatError(f"storage operation {operation} failed: {exc}") from exc
+            if "ConditionalCheckFailed" in codes or not (set(codes) & _RETRYABLE_REASONS):
+                return codes
+            if attempt + 1 < _TRANSACTION_ATTEMPTS:
+                _backoff(attempt)
+        return codes
+
+    # ---------------------------------------------------------- connections
+    def put_connection(self, conn: ConnectionRecord) -> None:
+        with _backend("put_connection"):
+            self._db.put_item(TableName=self._config.connections_table, Item=_to_item(conn))
+
+    def get_connection(self, connection_id: str) -> ConnectionRecord | None:
+        with _backend("get_connection"):
+            item = self._get(self._config.connections_table, {"connectionId": _s(connection_id)})
+        return _from_item(ConnectionRecord, item) if item else None
+
+    def delete_connection(self, connection_id: str) -> ConnectionRecord | None:
+        # ALL_OLD returns the attributes this very delete removed: of two
+        # racing deletes ($disconnect and a 410 in the consumer) only the one
+        # that actually removed the item gets them; the other gets nothing.
+        with _backend("delete_connection"):
+            response = self._db.delete_item(
+                TableName=self._config.connections_table,
+                Key={"connectionId": _s(connection_id)},
+                ReturnValues="ALL_OLD",
+            )
+        old = response.get("Attributes")
+        return _from_item(ConnectionRecord, old) if old else None
+
+    def connections_of(self, user_id: str) -> list[ConnectionRecord]:
+        # GSI byUser is eventually consistent: a connection recorded a moment
+        # ago may be missing (the client then gets it on resume), one deleted
+        # a moment ago may still show (a push to it gets a 410 and is cleaned).
+        with _backend("connections_of"):
+            items = list(
+                self._query_all(
+                    TableName=self._config.connections_table,
+                    IndexName="byUser",
+                    KeyConditionExpression="userId = :u",
+                    ExpressionAttributeValues={":u": _s(user_id)},
+                )
+            )
+        return [_from_item(ConnectionRecord, item) for item in items]
+
+    # --------------------------------------------------------------- agents
+    def agent_connected(self, agent_id: str, now: str) -> AgentRecord:
+        # One atomic update: the counter and the presence move together, and
+        # activeCount is created at 0 so the agent appears in GSI byPresence
+        # (an item without the index's range key is left out of the index).
+        with _backend("agent_connected"):
+            response = self._db.update_item(
+                TableName=self._config.agents_table,
+                Key={"agentId": _s(agent_id)},
+                UpdateExpression=(
+                    "SET #presence = :online, #updatedAt = :now,"
+                    " #activeCount = if_not_exists(#activeCount, :zero)"
+                    " ADD #connections :one"
+                ),
+                ExpressionAttributeNames={
+                    "#presence": "presence",
+                    "#updatedAt": "updatedAt",
+                    "#activeCount": "activeCount",
+                    "#connections": "connections",
+                },
+                ExpressionAttributeValues={
+                    ":online": _s("online"),
+                    ":now": _s(now),
+                    ":zero": _n(0),
+                    ":one": _n(1),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        return _from_item(AgentRecord, response["Attributes"])
+
+    def agent_disconnected(self, agent_id: str, now: str) -> AgentRecord | None:
+        # A read-then-write ("connections - 1, offline if that is 0") would
+        # race with a concurrent connect:
+        #   t0 disconnect reads connections=1
+        #   t1 connect: connections 1 -> 2, online
+        #   t2 disconnect writes connections=0, offline   <- wrong: 1 is open
+        # So each step is a conditional update on the value it assumes:
+        #   a) connections = 1  -> ADD -1 and SET offline, in one update
+        #      (never a moment with 0 connections but still online);
+        #   b) connections > 1  -> ADD -1 only;
+        #   c) neither matched: re-read; unknown agent -> None; already 0 ->
+        #      SET offline with condition connections <= 0 (never below 0);
+        #      otherwise the count moved under us: go round again.
+        names = {"#connections": "connections", "#presence": "presence", "#updatedAt": "updatedAt"}
+        last_one = (
+            "SET #presence = :offline, #updatedAt = :now ADD #connections :minus",
+            "#connections = :one",
+            names,
+            {":one": _n(1), ":minus": _n(-1), ":offline": _s("offline"), ":now": _s(now)},
+        )
+        one_of_many = (
+            "SET #updatedAt = :now ADD #connections :minus",
+            "#connections > :one",
+            {"#connections": "connections", "#updatedAt": "updatedAt"},
+            {":one": _n(1), ":minus": _n(-1), ":now": _s(now)},
+        )
+        already_zero = (
+            "SET #presence = :offline, #updatedAt = :now, #connections = :zero",
+            "attribute_exists(agentId) AND (attribute_not_exists(#connections) OR #connections <= :zero)",
+            names,
+            {":zero": _n(0), ":offline": _s("offline"), ":now": _s(now)},
+        )
+        with _backend("agent_disconnected"):
+            for _ in range(16):
+                for attempt in (last_one, one_of_many):
+                    new = self._conditional_agent_update(agent_id, *attempt)
+                    if new is not None:
+                        return new
+                current = self.get_agent(agent_id)
+                if current is None:
+                    return None
+                if current.connections > 0:
+                    continue  # the count moved between our attempts: go round again
+                new = self._conditional_agent_update(agent_id, *already_zero)
+                if new is not None:
+                    return new
+        raise OnceChatError(f"agent_disconnected({agent_id}) kept racing; giving up")
+
+    def _conditional_agent_update(
+        self, agent_id: str, update: str, condition: str, names: dict[str, str], values: Item
+    ) -> AgentRecord | None:
+        """The agent after a conditional update, or None when the condition failed."""
+        try:
+            response = self._db.update_item(
+                TableName=self._config.agents_table,
+                Key={"agentId": _s(agent_id)},
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return None
+            raise
+        return _from_item(AgentRecord, response["Attributes"])
+
+    def get_agent(self, agent_id: str) -> AgentRecord | None:
+        with _backend("get_agent"):
+            item = self._get(self._config.agents_table, {"agentId": _s(agent_id)})
+        return _from_item(AgentRecord, item) if item else None
+
+    def online_agents(self) -> list[AgentRecord]:
+        # GSI byPresence is eventually consistent: an agent that just went
+        # offline may still be listed. Harmless: assign_conversation re-checks
+        # presence = online inside its transaction.
+        with _backend("online_agents"):
+            items = list(
+                self._query_all(
+                    TableName=self._config.agents_table,
+                    IndexName="byPresence",
+                    KeyConditionExpression="#presence = :online",
+                    ExpressionAttributeNames={"#presence": "presence"},
+                    ExpressionAttributeValues={":online": _s("online")},
+                    ScanIndexForward=True,
+                )
+            )
+        agents = [_from_item(AgentRecord, item) for item in items]
+        # The index orders by activeCount only; ties are ordered by id here.
+        return sorted(agents, key=lambda a: (a.active_count, a.agent_id))
+
+    # -------------------------------------------------------- conversations
+    def create_conversation(self, conv: Conversation) -> None:
+        codes = self._transact(
+            [
+                {
+                    "Put": {
+                        "TableName": self._config.conversations_table,
+                        "Item": _to_item(conv),
+                        # Two creates of one id: exactly one succeeds.
+                        "ConditionExpression": "attribute_not_exists(conversationId)",
+                    }
+                },
+                self._participant_upsert(
+                    conv.customer_id, conv.conversation_id, "customer", conv.created_at
+                ),
+            ],
+            "create_conversation",
+        )
+        if codes is None:
+            return
+        if codes and codes[0] == "ConditionalCheckFailed":
+            raise Conflict(f"conversation {conv.conversation_id} exists")
+        if not codes and self.get_conversation(conv.conversation_id) is not None:
+            raise Conflict(f"conversation {conv.conversation_id} exists")
+        raise OnceChatError(f"create_conversation cancelled: {codes}")
+
+    def get_conversation(self, conversation_id: str) -> Conversation | None:
+        with _backend("get_conversation"):
+            item = self._get(self._config.conversations_table, {"conversationId": _s(conversation_id)})
+        return _from_item(Conversation, item) if item else None
+
+    def waiting_conversations(self, limit: int) -> list[Conversation]:
+        # GSI byStatus is eventually consistent: a conversation assigned a
+        # moment ago may still be listed as waiting. Harmless: the assignment
+        # transaction re-checks status = waiting.
+        if limit <= 0:
+            return []
+        out: list[Conversation] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._config.conversations_table,
+            "IndexName": "byStatus",
+            "KeyConditionExpression": "#status = :waiting",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":waiting": _s("waiting")},
+            "ScanIndexForward": True,
+            "Limit": limit,
+        }
+        with _backend("waiting_conversations"):
+            while True:
+                page = self._db.query(**kwargs)
+                out.extend(_from_item(Conversation, item) for item in page.get("Items", []))
+                last = page.get("LastEvaluatedKey")
+                # Stop once `limit` are read and the boundary createdAt is
+                # passed, so ties at the boundary are ordered by id like the
+                # other implementations (the index orders by createdAt only).
+                if not last or (len(out) >= limit and out[-1].created_at > out[limit - 1].created_at):
+                    break
+                kwargs["ExclusiveStartKey"] = last
+        out.sort(key=lambda c: (c.created_at, c.conversation_id))
+        return out[:limit]
+
+    def assign_conversation(self, conversation_id: str, agent_id: str, now: str) -> bool:
+        # One transaction, so an assignment is all or nothing:
+        #   - two dispatchers racing for one conversation: the status
+        #     condition lets exactly one move it waiting -> active;
+        #   - an agent going offline between online_agents() and here: the
+        #     presence condition cancels the whole assignment, so no
+        #     conversation is left active with an absent agent and no
+        #     activeCount grows for nothing.
+        # The participant write is an Update that only fills absent fields
+        # (if_not_exists): a Put with attribute_not_exists would cancel the
+        # whole transaction when the agent already is a participant.
+        codes = self._transact(
+            [
+                {
+                    "Update": {
+                        "TableName": self._config.conversations_table,
+                        "Key": {"conversationId": _s(conversation_id)},
+                        "UpdateExpression": "SET #status = :active, #agentId = :agent, #updatedAt = :now",
+                        "ConditionExpression": "#status = :waiting",
+                        "ExpressionAttributeNames": {
+                            "#status": "status",
+                            "#agentId": "agentId",
+                            "#updatedAt": "updatedAt",
+                        },
+                        "ExpressionAttributeValues": {
+                            ":active": _s("active"),
+                            ":waiting": _s("waiting"),
+                            ":agent": _s(agent_id),
+                            ":now": _s(now),
+                        },
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self._config.agents_table,
+                        "Key": {"agentId": _s(agent_id)},
+                        "UpdateExpression": "SET #updatedAt = :now ADD #activeCount :one",
+                        "ConditionExpression": "#presence = :online",
+                        "ExpressionAttributeNames": {
+                            "#updatedAt": "updatedAt",
+                            "#activeCount": "activeCount",
+                            "#presence": "presence",
+                        },
+                        "ExpressionAttributeValues": {
+                            ":now": _s(now),
+                            ":one": _n(1),
+                            ":online": _s("online"),
+                        },
+                    }
+                },
+                self._participant_upsert(agent_id, conversation_id, "agent", now),
+            ],
+            "assign_conversation",
+        )
+        if codes is None:
+            return True
+        if not codes or "ConditionalCheckFailed" in codes or set(codes) & _RETRYABLE_REASONS:
+            return False  # cancelled: nothing was written
+        raise OnceChatError(f"assign_conversation cancelled: {codes}")
+
+    # ------------------------------------------------------------- messages
+    def append_message(
+        self, message: MessageRecord, idem: IdempotencyRecord, expected_last_seq: int, now_epoch: int
+    ) -> None:
+        if message.seq != expected_last_seq + 1:
+            raise ValueError("message.seq must be expected_last_seq + 1")
+        # Three conditional writes in one transaction: all happen or none.
+        #
+        # [0] idempotency: attribute_not_exists(idemKey) OR expiresAt < :now
+        #   Racing duplicates (the client resends after a timeout while the
+        #   first send is still running):
+        #     t0 A reads last_seq=4      t0 B reads last_seq=4
+        #     t1 A commits seq 5         t2 B fails [0] -> DuplicateMessage
+        #   B would fail [1] too, but [0] is what tells "already stored" from
+        #   "retry with a new seq" (and stops B from storing the message again
+        #   as seq 6 after a re-read). An expired record (TTL deletes late, up
+        #   to ~48 h) counts as absent, as the interface says.
+        #   A handler that dies between this commit and the SQS enqueue: the
+        #   client resends, gets DuplicateMessage with the stored seq (from
+        #   the idempotency record), and the service re-enqueues; delivery
+        #   itself is replayed from the messages table, never from SQS.
+        #
+        # [1] conversation: attribute_exists AND lastSeq = :expected AND status <> closed
+        #   Concurrent senders (no gaps, no two messages with one seq):
+        #     t0 A reads last_seq=4      t0 B reads last_seq=4
+        #     t1 A commits 4 -> 5        t2 B fails [1] -> SequenceConflict,
+        #                                   re-reads 5, commits 5 -> 6
+        #   A separate ADD counter would leave a gap whenever the message
+        #   write after it failed. Closing the conversation also moves the
+        #   status, so no message lands after a close.
+        #
+        # [2] message: attribute_not_exists(seq)
+        #   Belt and braces: even if the counter were ever behind the stored
+        #   messages (hand repair, restore), an existing message is never
+        #   overwritten; that is reported as SequenceConflict.
+        conversations = self._config.conversations_table
+        codes = self._transact(
+            [
+                {
+                    "Put": {
+                        "TableName": self._config.idempotency_table,
+                        "Item": _to_item(idem, idemKey=idem.key),
+                        "ConditionExpression": "attribute_not_exists(idemKey) OR expiresAt < :now",
+                        "ExpressionAttributeValues": {":now": _n(now_epoch)},
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": conversations,
+                        "Key": {"conversationId": _s(message.conversation_id)},
+                        "UpdateExpression": "SET lastSeq = :new",
+                        "ConditionExpression": (
+                            "attribute_exists(conversationId) AND lastSeq = :expected"
+                            " AND #status <> :closed"
+                        ),
+                        "ExpressionAttributeNames": {"#status": "status"},
+                        "ExpressionAttributeValues": {
+                            ":new": _n(message.seq),
+                            ":expected": _n(expected_last_seq),
+                            ":closed": _s("closed"),
+                        },
+                    }
+                },
+                {
+                    "Put": {
+                        "TableName": self._config.messages_table,
+                        "Item": _to_item(message),
+                        "ConditionExpression": "attribute_not_exists(seq)",
+                    }
+                },
+            ],
+            "append_message",
+        )
+        if codes is None:
+            return
+        if not codes:
+            raise OnceChatError("append_message cancelled without CancellationReasons")
+        failed = [code == "ConditionalCheckFailed" for code in codes]
+        if failed[0]:
+            raise DuplicateMessage(idem.key)
+        if failed[1]:
+            # The reasons do not say which part of [1] failed: read it back.
+            conv = self.get_conversation(message.conversation_id)
+            if conv is None:
+                raise NotFound(f"conversation {message.conversation_id} not found")
+            if conv.status == "closed":
+                raise ConversationClosed("conversation is closed")
+            raise SequenceConflict(message.conversation_id)
+        if failed[2] or set(codes) & _RETRYABLE_REASONS:
+            # Slot taken, or still conflicting after our retries: nothing was
+            # written; the caller re-reads the counter and tries again.
+            raise SequenceConflict(message.conversation_id)
+        raise OnceChatError(f"append_message cancelled: {codes}")
+
+    def get_idempotency(
+        self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int
+    ) -> IdempotencyRecord | None:
+        key = idempotency_key(sender_id, conversation_id, message_id)
+        with _backend("get_idempotency"):
+            item = self._get(self._config.idempotency_table, {"idemKey": _s(key)})
+        if not item:
+            return None
+        record = _from_item(IdempotencyRecord, item)
+        # TTL deletes late: an expired record may still be stored.
+        return None if record.expires_at < now_epoch else record
+
+    def get_message(self, conversation_id: str, seq: int) -> MessageRecord | None:
+        with _backend("get_message"):
+            item = self._get(
+                self._config.messages_table,
+                {"conversationId": _s(conversation_id), "seq": _n(seq)},
+            )
+        return _from_item(MessageRecord, item) if item else None
+
+    def messages_after(self, conversation_id: str, after: int, limit: int) -> list[MessageRecord]:
+        out: list[MessageRecord] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._config.messages_table,
+            "KeyConditionExpression": "conversationId = :c AND seq > :after",
+            "ExpressionAttributeValues": {":c": _s(conversation_id), ":after": _n(after)},
+            "ConsistentRead": True,
+            "ScanIndexForward": True,
+        }
+        with _backend("messages_after"):
+            # A page stops at `Limit` items or 1 MB, whichever comes first:
+            # keep reading until `limit` messages or the end.
+            while len(out) < limit:
+                page = self._db.query(**kwargs, Limit=limit - len(out))
+                out.extend(_from_item(MessageRecord, item) for item in page.get("Items", []))
+                last = page.get("LastEvaluatedKey")
+                if not last:
+                    break
+                kwargs["ExclusiveStartKey"] = last
+        return out[:limit] if limit > 0 else []
+
+    # ------------------------------------------------ participants & cursors
+    def _participant_upsert(self, user_id: str, conversation_id: str, role: str, joined_at: str) -> Item:
+        """A transaction item that creates a membership (ack 0) or keeps an existing one as is."""
+        return {"Update": self._participant_update_args(user_id, conversation_id, role, 0, joined_at)}
+
+    def _participant_update_args(
+        self, user_id: str, conversation_id: str, role: str, ack_seq: int, joined_at: str
+    ) -> Item:
+        # if_not_exists on every field: a new membership gets them, an existing
+        # one (and its ack cursor) is left exactly as it was.
+        return {
+            "TableName": self._config.participants_table,
+            "Key": {"userId": _s(user_id), "conversationId": _s(conversation_id)},
+            "UpdateExpression": (
+                "SET #role = if_not_exists(#role, :role),"
+                " #ackSeq = if_not_exists(#ackSeq, :ack),"
+                " #joinedAt = if_not_exists(#joinedAt, :joined)"
+            ),
+            "ExpressionAttributeNames": {"#role": "role", "#ackSeq": "ackSeq", "#joinedAt": "joinedAt"},
+            "ExpressionAttributeValues": {
+                ":role": _s(role),
+                ":ack": _n(ack_seq),
+                ":joined": _s(joined_at),
+            },
+        }
+
+    def add_participant(self, participant: Participant) -> None:
+        args = self._participant_update_args(
+            participant.user_id,
+            participant.conversation_id,
+            participant.role,
+            participant.ack_seq,
+            participant.joined_at,
+        )
+        with _backend("add_participant"):
+            self._db.update_item(**args)
+
+    def get_participant(self, user_id: str, conversation_id: str) -> Participant | None:
+        with _backend("get_participant"):
+            item = self._get(
+                self._config.participants_table,
+                {"userId": _s(user_id), "conversationId": _s(conversation_id)},
+            )
+        return _from_item(Participant, item) if item else None
+
+    def participants_of_user(self, user_id: str) -> list[Participant]:
+        with _backend("participants_of_user"):
+            items = list(
+                self._query_all(
+                    TableName=self._config.participants_table,
+                    KeyConditionExpression="userId = :u",
+                    ExpressionAttributeValues={":u": _s(user_id)},
+                    ConsistentRead=True,
+                )
+            )
+        return [_from_item(Participant, item) for item in items]
+
+    def advance_ack(self, user_id: str, conversation_id: str, seq: int) -> bool:
+        # Acks arrive out of order (two connections, a retried frame): the
+        # condition ackSeq < :seq makes the cursor move forward only, and
+        # attribute_exists keeps an ack from creating a membership.
+        with _backend("advance_ack"):
+            try:
+                self._db.update_item(
+                    TableName=self._config.participants_table,
+                    Key={"userId": _s(user_id), "conversationId": _s(conversation_id)},
+                    UpdateExpression="SET ackSeq = :seq",
+                    ConditionExpression="attribute_exists(userId) AND ackSeq < :seq",
+                    ExpressionAttributeValues={":seq": _n(seq)},
+                )
+            except ClientError as exc:
+                if _code(exc) == "ConditionalCheckFailedException":
+                    return False
+                raise
+        return True

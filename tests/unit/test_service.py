@@ -1,0 +1,306 @@
+"""The services against the in-memory adapters: every rule of the message path."""
+
+import threading
+
+import pytest
+
+from chalicelib.auth import mint_token
+from chalicelib.config import Config
+from chalicelib.errors import ConnectionGone, Forbidden, NotFound, Unauthorized
+from chalicelib.models import AckFrame, ResumeFrame, SendFrame
+from chalicelib.ports import MemoryPusher, MemoryQueue
+from chalicelib.service import ChatService, DeliveryFailed, DeliveryService, Origin
+from chalicelib.storage.memory import MemoryStorage
+
+SECRET = "test-secret-that-is-at-least-32-bytes-long"
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_800_000_000_000
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            self.t += 1
+            return self.t
+
+
+@pytest.fixture
+def env():
+    config = Config.from_env({"STAGE": "test", "JWT_SECRET": SECRET, "RESUME_MAX_MESSAGES": "500",
+                              "PAGE_SIZE": "40"})
+    storage, queue, pusher = MemoryStorage(), MemoryQueue(), MemoryPusher()
+    ids = iter(f"conv{i}" for i in range(1000))
+    chat = ChatService(config, storage, queue, pusher, clock=Clock(), new_id=lambda: next(ids))
+    return chat
+
+
+def connect(chat, user, role, cid=None):
+    origin = Origin(cid or f"{user}-conn", "gw.example", "api")
+    chat.connect(mint_token(SECRET, user, role), origin)
+    return origin
+
+
+def frame(chat, origin, **f):
+    import json
+    chat.on_frame(origin, json.dumps(f))
+    return chat.pusher.frames(origin.connection_id)[-1] if chat.pusher.frames(origin.connection_id) else None
+
+
+def pump(chat):
+    """Run the consumer over everything enqueued so far."""
+    return DeliveryService(chat).deliver(d.to_json() for d in chat.queue.drain())
+
+
+@pytest.fixture
+def chatting(env):
+    """alice (customer) and bob (agent), connected, in one active conversation."""
+    bob = connect(env, "bob", "agent")
+    alice = connect(env, "alice", "customer")
+    conv = env.create_conversation(env.principal_of(alice.connection_id))
+    assert conv.status == "active" and conv.agent_id == "bob"
+    return env, alice, bob, conv.conversation_id
+
+
+def test_bad_token_is_refused_and_nothing_recorded(env):
+    with pytest.raises(Unauthorized):
+        env.connect("garbage", Origin("x", "d", "s"))
+    with pytest.raises(Unauthorized):
+        env.connect(mint_token("other-secret", "u", "customer"), Origin("x", "d", "s"))
+    with pytest.raises(Unauthorized):
+        env.connect(mint_token(SECRET, "u", "admin"), Origin("x", "d", "s"))
+    assert env.storage.get_connection("x") is None
+
+
+def test_send_is_accepted_stored_and_enqueued_once(chatting):
+    chat, alice, bob, cid = chatting
+    acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hello")
+    assert acc["type"] == "accepted" and acc["seq"] == 1 and acc["duplicate"] is False
+    assert acc["sentAt"].endswith("Z")
+    assert [d.message.seq for d in chat.queue.items] == [1]
+    assert chat.storage.get_message(cid, 1).body == "hello"
+
+
+def test_duplicate_send_same_seq_and_reenqueued(chatting):
+    chat, alice, bob, cid = chatting
+    first = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hello")
+    again = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hello")
+    assert again["seq"] == first["seq"] and again["sentAt"] == first["sentAt"]
+    assert again["duplicate"] is True
+    assert chat.storage.get_conversation(cid).last_seq == 1
+    # the duplicate re-enqueues the same message (it may never have been enqueued)
+    assert [d.message.seq for d in chat.queue.items] == [1, 1]
+
+
+def test_commit_then_enqueue_failure_is_repaired_by_retry(chatting):
+    chat, alice, bob, cid = chatting
+    chat.queue.fail_next = 1
+    err = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
+    assert err["type"] == "error" and err["code"] == "internal" and err["messageId"] == "m1"
+    assert chat.queue.items == [] and chat.storage.get_conversation(cid).last_seq == 1
+    acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
+    assert acc["seq"] == 1 and acc["duplicate"] is True
+    pump(chat)
+    assert [f["seq"] for f in chat.pusher.frames(bob.connection_id, "message")] == [1]
+
+
+def test_same_message_id_other_body_conflicts(chatting):
+    chat, alice, bob, cid = chatting
+    frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
+    err = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="y")
+    assert err["code"] == "conflict" and err["messageId"] == "m1"
+
+
+def test_message_ids_are_per_sender(chatting):
+    chat, alice, bob, cid = chatting
+    a = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
+    b = frame(chat, bob, action="send", conversationId=cid, messageId="m1", body="y")
+    assert (a["seq"], b["seq"]) == (1, 2) and b["duplicate"] is False
+
+
+def test_concurrent_senders_get_gapless_distinct_seqs(chatting):
+    chat, alice, bob, cid = chatting
+    results, lock = [], threading.Lock()
+
+    def worker(who, n):
+        p = chat.principal_of(who.connection_id)
+        for i in range(n):
+            f = SendFrame(action="send", conversation_id=cid, message_id=f"{p.user_id}-{i}", body="b")
+            acc = chat.send(p, who, f)
+            with lock:
+                results.append(acc["seq"])
+
+    threads = [threading.Thread(target=worker, args=(w, 30)) for w in (alice, bob, alice, bob)]
+    # two threads per user reuse messageIds: racing duplicates must map to one seq
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(set(results)) == list(range(1, 61))
+    assert chat.storage.get_conversation(cid).last_seq == 60
+    assert len(results) == 120  # every send was answered
+
+
+def test_delivery_reaches_everyone_but_origin(chatting):
+    chat, alice, bob, cid = chatting
+    alice2 = connect(chat, "alice", "customer", "alice-phone")
+    frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
+    assert pump(chat) == 2
+    assert [f["body"] for f in chat.pusher.frames(bob.connection_id, "message")] == ["hi"]
+    assert [f["seq"] for f in chat.pusher.frames(alice2.connection_id, "message")] == [1]
+    assert chat.pusher.frames(alice.connection_id, "message") == []
+    msg = chat.pusher.frames(bob.connection_id, "message")[0]
+    assert set(msg) == {"type", "conversationId", "seq", "messageId", "senderId", "senderRole",
+                        "body", "sentAt"}
+    assert msg["senderId"] == "alice" and msg["senderRole"] == "customer"
+
+
+def test_gone_connection_is_pruned_without_failing(chatting):
+    chat, alice, bob, cid = chatting
+    chat.pusher.gone.add(bob.connection_id)
+    frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
+    pump(chat)
+    assert chat.storage.get_connection(bob.connection_id) is None
+    assert chat.storage.get_agent("bob").connections == 0
+    assert chat.storage.get_agent("bob").presence == "offline"
+
+
+def test_other_push_failure_fails_batch_after_trying_all(chatting):
+    chat, alice, bob, cid = chatting
+    alice2 = connect(chat, "alice", "customer", "alice-phone")
+    chat.pusher.failing.add(bob.connection_id)
+    frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
+    batch = [d.to_json() for d in chat.queue.drain()]
+    with pytest.raises(DeliveryFailed):
+        DeliveryService(chat).deliver(batch)
+    assert len(chat.pusher.frames(alice2.connection_id, "message")) == 1
+    chat.pusher.failing.clear()
+    DeliveryService(chat).deliver(batch)  # the redelivery
+    assert len(chat.pusher.frames(bob.connection_id, "message")) == 1
+
+
+def test_recipient_who_acked_is_skipped(chatting):
+    chat, alice, bob, cid = chatting
+    frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
+    batch = [d.to_json() for d in chat.queue.drain()]
+    DeliveryService(chat).deliver(batch)
+    frame(chat, bob, action="ack", conversationId=cid, seq=1)
+    DeliveryService(chat).deliver(batch)  # SQS redelivered it
+    assert len(chat.pusher.frames(bob.connection_id, "message")) == 1
+
+
+def test_ack_only_moves_forward(chatting):
+    chat, alice, bob, cid = chatting
+    for i in range(5):
+        frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body="x")
+    frame(chat, bob, action="ack", conversationId=cid, seq=4)
+    frame(chat, bob, action="ack", conversationId=cid, seq=2)
+    assert chat.storage.get_participant("bob", cid).ack_seq == 4
+    err = frame(chat, bob, action="ack", conversationId=cid, seq=9)
+    assert err["code"] == "bad_request"
+    assert chat.storage.get_participant("bob", cid).ack_seq == 4
+
+
+def test_resume_replays_a_long_backlog_in_order(chatting):
+    chat, alice, bob, cid = chatting
+    for i in range(1200):
+        acc = chat.send(chat.principal_of(alice.connection_id), alice,
+                        SendFrame(action="send", conversation_id=cid, message_id=f"m{i}", body=str(i)))
+        assert acc["seq"] == i + 1
+    fresh = connect(chat, "bob", "agent", "bob-laptop")
+    frame(chat, fresh, action="resume", cursors={cid: 100})
+    frames = chat.pusher.frames(fresh.connection_id)
+    msgs = [f["seq"] for f in frames if f["type"] == "message"]
+    assert msgs == list(range(101, 601))  # capped at RESUME_MAX_MESSAGES=500
+    assert frames[-1] == {"type": "resumed", "conversations": {cid: 1200}}
+    frame(chat, fresh, action="resume", cursors={cid: 600})
+    frame(chat, fresh, action="resume", cursors={cid: 1100})
+    msgs = [f["seq"] for f in chat.pusher.frames(fresh.connection_id, "message")]
+    assert msgs == list(range(101, 1201))
+
+
+def test_resume_uses_stored_cursor_for_unlisted(chatting):
+    chat, alice, bob, cid = chatting
+    for i in range(6):
+        frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body="x")
+    frame(chat, bob, action="ack", conversationId=cid, seq=4)
+    fresh = connect(chat, "bob", "agent", "bob-new")
+    frame(chat, fresh, action="resume", cursors={})
+    assert [f["seq"] for f in chat.pusher.frames(fresh.connection_id, "message")] == [5, 6]
+
+
+def test_only_participants(chatting):
+    chat, alice, bob, cid = chatting
+    eve = connect(chat, "eve", "customer")
+    carol = connect(chat, "carol", "agent")
+    for who in (eve, carol):
+        assert frame(chat, who, action="send", conversationId=cid, messageId="m", body="x")["code"] == "forbidden"
+        assert frame(chat, who, action="ack", conversationId=cid, seq=0)["code"] == "forbidden"
+        assert frame(chat, who, action="resume", cursors={cid: 0})["code"] == "forbidden"
+        with pytest.raises(Forbidden):
+            chat.list_messages(chat.principal_of(who.connection_id), cid, 0, 10)
+    assert frame(chat, eve, action="send", conversationId="nope", messageId="m", body="x")["code"] == "not_found"
+
+
+def test_unknown_connection_and_garbage_get_error_frames(chatting):
+    chat, alice, bob, cid = chatting
+    stranger = Origin("ghost", "d", "s")
+    assert frame(chat, stranger, action="ack", conversationId=cid, seq=0)["code"] == "unauthorized"
+    chat.on_frame(alice, "{{{")
+    assert chat.pusher.frames(alice.connection_id)[-1]["code"] == "bad_request"
+    # and the connection keeps working
+    acc = frame(chat, alice, action="send", conversationId=cid, messageId="ok", body="x")
+    assert acc["type"] == "accepted"
+
+
+def test_waiting_conversation_goes_to_least_loaded_agent_on_connect(env):
+    alice = connect(env, "alice", "customer")
+    c1 = env.create_conversation(env.principal_of(alice.connection_id))
+    c2 = env.create_conversation(env.principal_of(alice.connection_id))
+    assert c1.status == "waiting" and c1.agent_id is None
+    connect(env, "bob", "agent")
+    assert env.storage.get_conversation(c1.conversation_id).agent_id == "bob"
+    assert env.storage.get_conversation(c2.conversation_id).agent_id == "bob"
+    connect(env, "zed", "agent")
+    c3 = env.create_conversation(env.principal_of(alice.connection_id))
+    assert c3.agent_id == "zed"  # fewest active conversations
+
+
+def test_agent_cannot_create_conversation(env):
+    bob = connect(env, "bob", "agent")
+    with pytest.raises(Forbidden):
+        env.create_conversation(env.principal_of(bob.connection_id))
+
+
+def test_list_messages_pages(chatting):
+    chat, alice, bob, cid = chatting
+    for i in range(7):
+        frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body=str(i))
+    who = chat.principal_of(bob.connection_id)
+    page = chat.list_messages(who, cid, 0, 3)
+    assert [m["seq"] for m in page["messages"]] == [1, 2, 3] and page["next"] == 3
+    page = chat.list_messages(who, cid, 6, 3)
+    assert [m["seq"] for m in page["messages"]] == [7] and page["next"] is None
+    with pytest.raises(NotFound):
+        chat.list_messages(who, "missing", 0, 3)
+
+
+def test_disconnect_forgets_connection_and_agent_presence(chatting):
+    chat, alice, bob, cid = chatting
+    chat.disconnect(bob.connection_id)
+    chat.disconnect(bob.connection_id)  # $disconnect may repeat after a 410 prune
+    assert chat.storage.get_agent("bob").connections == 0
+    assert chat.storage.get_agent("bob").presence == "offline"
+
+
+def test_reply_to_vanished_origin_is_not_an_error(chatting):
+    chat, alice, bob, cid = chatting
+    chat.pusher.gone.add(alice.connection_id)
+    chat.on_frame(alice, '{"action":"send","conversationId":"%s","messageId":"m","body":"x"}' % cid)
+    assert chat.storage.get_conversation(cid).last_seq == 1
+
+
+def test_resume_ack_frames_validate(chatting):
+    chat, alice, bob, cid = chatting
+    assert AckFrame(action="ack", conversation_id=cid, seq=0).seq == 0
+    assert ResumeFrame(action="resume").cursors == {}
+    assert ConnectionGone("x").connection_id == "x"
