@@ -1,0 +1,1 @@
+"""Infrastructure of oncechat: the CloudFormation template and the local cloud."""

@@ -1,0 +1,362 @@
+"""API Gateway WebSocket emulator: the WebSocket endpoint and the ``@connections`` API.
+
+One aiohttp server serves both, on one port, like API Gateway serves
+``wss://{domain}/{stage}`` and ``https://{domain}/{stage}/@connections``.
+
+Layers: this module is the transport and the gateway (connections, routing,
+limits); it builds events with :mod:`infra.local.events` and hands them to
+plain callables ``route(event) -> response``, one per route key, so it knows
+nothing about Chalice and custom route keys work.
+
+Every frame is its own invocation on a thread pool, so frames of one
+connection may be handled in parallel, as on AWS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http_websocket import WebSocketError
+
+from infra.local import events
+from infra.local.events import ApiInfo, ConnectionInfo
+
+Route = Callable[[Dict[str, Any]], Any]
+
+log = logging.getLogger("infra.local.gateway")
+
+# AWS limits (https://docs.aws.amazon.com/apigateway/latest/developerguide/limits.html).
+AWS_IDLE_TIMEOUT_S = 600.0
+AWS_MAX_CONNECTION_DURATION_S = 7200.0
+AWS_MAX_MESSAGE_BYTES = 128 * 1024
+
+_CLOSE_NO_STATUS = 1005  # RFC 6455 7.4.1: close frame without a status code
+_CLOSE_ABNORMAL = 1006  # RFC 6455 7.4.1: connection dropped without a close frame
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Settings of one emulated WebSocket API stage."""
+
+    host: str = "127.0.0.1"
+    port: int = 8001
+    stage: str = "api"
+    api_id: str = field(default_factory=events.new_api_id)
+    idle_timeout_s: float = AWS_IDLE_TIMEOUT_S
+    max_connection_duration_s: float = AWS_MAX_CONNECTION_DURATION_S
+    max_message_bytes: int = AWS_MAX_MESSAGE_BYTES
+
+    @property
+    def domain_name(self) -> str:
+        """The ``domainName`` handlers see: ``host:port`` of this server."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def api(self) -> ApiInfo:
+        """The identity of the API stage that goes into every event."""
+        return ApiInfo(api_id=self.api_id, stage=self.stage, domain_name=self.domain_name)
+
+
+@dataclass
+class _Connection:
+    """Gateway-side state of one client connection."""
+
+    info: ConnectionInfo
+    state: str = "connecting"  # connecting -> open -> closed
+    ws: web.WebSocketResponse | None = None
+    last_active_ms: int = 0
+    close_cause: tuple[int, str] | None = None
+    disconnected: bool = False
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _status_of(response: Any) -> int:
+    """Read the status code of a ``$connect`` integration response.
+
+    For parity with a Lambda proxy integration: a dict with ``statusCode``
+    decides; anything else (``None`` included) counts as 200.
+    """
+    if isinstance(response, Mapping) and "statusCode" in response:
+        try:
+            return int(response["statusCode"])
+        except (TypeError, ValueError):
+            return 502
+    return 200
+
+
+def _aws_error(status: int, error_type: str, message: str | None) -> web.Response:
+    """Build an error response in the shape botocore's rest-json parser maps to exceptions."""
+    return web.Response(
+        status=status,
+        body=json.dumps({"message": message}).encode("utf-8"),
+        content_type="application/json",
+        headers={"x-amzn-ErrorType": error_type},
+    )
+
+
+class WebSocketGateway:
+    """The emulated API: owns the connections and runs routes on an executor."""
+
+    def __init__(self, routes: Mapping[str, Route], config: GatewayConfig, executor: Executor) -> None:
+        self.routes = dict(routes)
+        self.config = config
+        self._executor = executor
+        self._connections: dict[str, _Connection] = {}
+        self._runner: web.AppRunner | None = None
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def build_app(self) -> web.Application:
+        """Return the aiohttp application of the WebSocket and management endpoints."""
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        stage = self.config.stage
+        app.router.add_get(f"/{stage}", self._handle_websocket)
+        management = f"/{stage}/@connections/{{connection_id}}"
+        app.router.add_post(management, self._handle_post)
+        app.router.add_get(management, self._handle_get)
+        app.router.add_delete(management, self._handle_delete)
+        app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
+        return app
+
+    async def start(self) -> None:
+        """Start listening on the configured host and port."""
+        self._runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+
+    async def stop(self) -> None:
+        """Close every connection (running ``$disconnect``) and stop listening."""
+        for conn in list(self._connections.values()):
+            await self._server_close(conn, WSCloseCode.GOING_AWAY, "Going away")
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # --- WebSocket endpoint -----------------------------------------------------
+
+    async def _handle_websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=self.config.max_message_bytes, autoping=True)
+        if not ws.can_prepare(request).ok:
+            # For parity: a plain HTTPS GET on the stage URL is refused.
+            return _aws_error(426, "UpgradeRequired", "Upgrade Required")
+        conn = self._new_connection(request)
+        self._connections[conn.info.connection_id] = conn
+        # The connection exists (and answers 410) while $connect runs: AWS only
+        # opens it for the management API once $connect has returned.
+        rejected = await self._run_connect(conn, request)
+        if rejected is not None:
+            conn.state = "closed"
+            self._connections.pop(conn.info.connection_id, None)
+            return rejected
+        await ws.prepare(request)
+        conn.ws = ws
+        conn.state = "open"
+        conn.last_active_ms = events.now_ms()
+        loop = asyncio.get_running_loop()
+        expiry = loop.call_later(
+            self.config.max_connection_duration_s,
+            lambda: loop.create_task(self._server_close(conn, WSCloseCode.GOING_AWAY, "Going away")),
+        )
+        try:
+            await self._receive_loop(conn, ws)
+        finally:
+            expiry.cancel()
+            await self._run_disconnect(conn)
+        return ws
+
+    def _new_connection(self, request: web.Request) -> _Connection:
+        pairs = [(k, v) for k, v in request.headers.items()]
+        present = {k.lower() for k, _ in pairs}
+        peer = request.remote or "127.0.0.1"
+        # For parity: API Gateway adds these headers in front of the integration.
+        for name, value in (
+            ("X-Amzn-Trace-Id", f"Root=1-{int(time.time()):08x}-{events.new_api_id()}{events.new_api_id()[:4]}"),
+            ("X-Forwarded-For", peer),
+            ("X-Forwarded-Port", str(self.config.port)),
+            ("X-Forwarded-Proto", "http"),
+        ):
+            if name.lower() not in present:
+                pairs.append((name, value))
+        single, multi = events.fold_pairs(pairs)
+        return _Connection(
+            info=ConnectionInfo(
+                connection_id=events.new_aws_id(),
+                connected_at_ms=events.now_ms(),
+                source_ip=peer,
+                user_agent=request.headers.get("User-Agent"),
+                headers=single,
+                multi_value_headers=multi,
+            )
+        )
+
+    async def _run_connect(self, conn: _Connection, request: web.Request) -> web.Response | None:
+        """Run ``$connect``; return the rejection response, or None to accept."""
+        route = self.routes.get("$connect")
+        if route is None:
+            return None
+        event = events.websocket_connect_event(self.config.api, conn.info, list(request.query.items()))
+        try:
+            response = await asyncio.get_running_loop().run_in_executor(self._executor, route, event)
+        except Exception:
+            log.exception("$connect of %s raised; rejecting with 500", conn.info.connection_id)
+            return _aws_error(500, "InternalServerErrorException", "Internal server error")
+        status = _status_of(response)
+        if 200 <= status < 300:
+            return None
+        log.info("$connect rejected %s with %s", conn.info.connection_id, status)
+        body = response.get("body") if isinstance(response, Mapping) else None
+        return web.Response(status=status, text=body if isinstance(body, str) else None)
+
+    async def _receive_loop(self, conn: _Connection, ws: web.WebSocketResponse) -> None:
+        last_client_frame = time.monotonic()
+        while True:
+            remaining = self.config.idle_timeout_s - (time.monotonic() - last_client_frame)
+            try:
+                # Only data frames reset the idle timer; pings are answered by
+                # aiohttp and do not count, the conservative reading of AWS's
+                # "idle connection timeout".
+                async with asyncio.timeout(max(remaining, 0.001)):
+                    msg = await ws.receive()
+            except TimeoutError:
+                await self._server_close(conn, WSCloseCode.GOING_AWAY, "Going away")
+                return
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                last_client_frame = time.monotonic()
+                conn.last_active_ms = events.now_ms()
+                asyncio.get_running_loop().create_task(self._dispatch(conn, msg.data))
+                continue
+            if msg.type == WSMsgType.CLOSE:
+                code = int(msg.data) if msg.data else _CLOSE_NO_STATUS
+                reason = msg.extra or ""
+                if code == _CLOSE_NO_STATUS and not reason:
+                    reason = "Client-side close frame status not set"
+                self._set_cause(conn, code, reason)
+            elif msg.type == WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+                if msg.data.code == WSCloseCode.MESSAGE_TOO_BIG:
+                    self._set_cause(conn, int(WSCloseCode.MESSAGE_TOO_BIG), "Message too big")
+                else:
+                    self._set_cause(conn, int(msg.data.code), str(msg.data))
+            # CLOSED without a close frame first: the TCP connection dropped.
+            self._set_cause(conn, _CLOSE_ABNORMAL, "Connection closed abnormally")
+            if not ws.closed:
+                await ws.close()
+            return
+
+    @staticmethod
+    def _set_cause(conn: _Connection, code: int, reason: str) -> None:
+        if conn.close_cause is None:
+            conn.close_cause = (code, reason)
+
+    async def _dispatch(self, conn: _Connection, data: str | bytes) -> None:
+        """Run the route of one frame; report failures to the client like AWS."""
+        route_key = events.select_route(data, self.routes)
+        if route_key is None:
+            await self._send_error(conn, "Forbidden", events.new_aws_id())
+            return
+        event = events.websocket_message_event(self.config.api, conn.info, route_key, data)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.routes[route_key], event)
+        except Exception:
+            log.exception("route %s of %s raised", route_key, conn.info.connection_id)
+            await self._send_error(conn, "Internal server error", event["requestContext"]["requestId"])
+
+    async def _send_error(self, conn: _Connection, message: str, request_id: str) -> None:
+        frame = events.gateway_error_frame(message, conn.info.connection_id, request_id)
+        try:
+            await self._send(conn, frame)
+        except ConnectionError:
+            pass
+
+    async def _send(self, conn: _Connection, data: str | bytes) -> None:
+        ws = conn.ws
+        if conn.state != "open" or ws is None or ws.closed:
+            raise ConnectionResetError(conn.info.connection_id)
+        async with conn.send_lock:
+            if isinstance(data, bytes):
+                await ws.send_bytes(data)
+            else:
+                await ws.send_str(data)
+
+    async def _server_close(self, conn: _Connection, code: int, reason: str) -> None:
+        """Close a connection from the gateway side (limits, DELETE, shutdown)."""
+        self._set_cause(conn, int(code), reason)
+        ws = conn.ws
+        if ws is not None and not ws.closed:
+            await ws.close(code=code, message=reason.encode("utf-8"))
+
+    async def _run_disconnect(self, conn: _Connection) -> None:
+        """Run ``$disconnect`` exactly once, whoever closed the connection."""
+        if conn.disconnected:
+            return
+        conn.disconnected = True
+        conn.state = "closed"
+        self._connections.pop(conn.info.connection_id, None)
+        code, reason = conn.close_cause or (_CLOSE_ABNORMAL, "Connection closed abnormally")
+        route = self.routes.get("$disconnect")
+        if route is None:
+            return
+        event = events.websocket_disconnect_event(self.config.api, conn.info, code, reason)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, route, event)
+        except Exception:
+            # For parity: $disconnect is best effort, its failure reaches no one.
+            log.exception("$disconnect of %s raised", conn.info.connection_id)
+
+    # --- management API -----------------------------------------------------------
+
+    def _open_connection(self, request: web.Request) -> _Connection | None:
+        conn = self._connections.get(request.match_info["connection_id"])
+        if conn is None or conn.state != "open":
+            return None
+        return conn
+
+    async def _handle_post(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        if len(data) > self.config.max_message_bytes:
+            return _aws_error(413, "PayloadTooLargeException", "Request entity too large")
+        conn = self._open_connection(request)
+        if conn is None:
+            return _aws_error(410, "GoneException", None)
+        try:
+            payload: str | bytes = data.decode("utf-8")
+        except UnicodeDecodeError:
+            payload = data
+        try:
+            await self._send(conn, payload)
+        except ConnectionError:
+            return _aws_error(410, "GoneException", None)
+        conn.last_active_ms = events.now_ms()
+        return web.Response(status=200)
+
+    async def _handle_get(self, request: web.Request) -> web.Response:
+        conn = self._open_connection(request)
+        if conn is None:
+            return _aws_error(410, "GoneException", None)
+        identity: dict[str, str] = {"SourceIp": conn.info.source_ip}
+        if conn.info.user_agent is not None:
+            identity["UserAgent"] = conn.info.user_agent
+        body = {
+            "ConnectedAt": events.iso8601(conn.info.connected_at_ms),
+            "Identity": identity,
+            "LastActiveAt": events.iso8601(conn.last_active_ms),
+        }
+        return web.json_response(body)
+
+    async def _handle_delete(self, request: web.Request) -> web.Response:
+        conn = self._open_connection(request)
+        if conn is None:
+            return _aws_error(410, "GoneException", None)
+        # AWS does not document the close code of a management DELETE; we use
+        # a normal closure.
+        await self._server_close(conn, WSCloseCode.OK, "")
+        return web.Response(status=204)
+
+    async def _handle_unknown(self, request: web.Request) -> web.Response:
+        return _aws_error(403, "ForbiddenException", "Forbidden")

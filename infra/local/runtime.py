@@ -1,0 +1,286 @@
+"""Wiring: embedded AWS, the Chalice app, and every emulated event source around it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from infra.local import aws, redirect
+from infra.local.gateway import (
+    AWS_IDLE_TIMEOUT_S,
+    AWS_MAX_CONNECTION_DURATION_S,
+    AWS_MAX_MESSAGE_BYTES,
+    GatewayConfig,
+    WebSocketGateway,
+)
+from infra.local.handlers import LambdaFunction, resolve_handler
+from infra.local.schedule import ScheduleRunner, UnsupportedScheduleError, expression_of
+from infra.local.sqs import SqsPoller, SqsSourceConfig, queue_name_of
+
+log = logging.getLogger("infra.local")
+
+TEMPLATE_PATH = Path("infra") / "template.yaml"
+
+
+@dataclass
+class Settings:
+    """Everything ``python -m infra.local run`` can be told (see ``--help``)."""
+
+    project_dir: Path = field(default_factory=Path.cwd)
+    stage: str = "local"
+    host: str = "127.0.0.1"
+    rest_port: int = 8000
+    ws_port: int = 8001
+    aws_port: int = 4566
+    aws_endpoint: str | None = None
+    localstack_probe: bool = True
+    idle_timeout_s: float = AWS_IDLE_TIMEOUT_S
+    max_connection_duration_s: float = AWS_MAX_CONNECTION_DURATION_S
+    max_message_bytes: int = AWS_MAX_MESSAGE_BYTES
+    sqs_retry_delay_s: int | None = None
+    schedule_speed: float = 1.0
+    workers: int = 32
+
+
+def load_config(project_dir: Path, stage: str) -> Any:
+    """Return Chalice's own config object of ``stage`` (``.chalice/config.json``)."""
+    from chalice.cli.factory import CLIFactory
+
+    return CLIFactory(str(project_dir), environ=os.environ).create_config_obj(stage)
+
+
+class _LoopThread:
+    """An asyncio event loop running in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="gateway-loop", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def run(self, coroutine: Any, timeout_s: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class LocalCloud:
+    """The whole local cloud around one Chalice project; ``start()`` then ``stop()``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.project_dir = settings.project_dir.resolve()
+        self.config: Any = None
+        self.app: Any = None
+        self.aws_endpoint = ""
+        self.moto: aws.MotoServer | None = None
+        self.gateway: WebSocketGateway | None = None
+        self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="lambda")
+        self._loop: _LoopThread | None = None
+        self._rest: Any = None
+        self._rest_thread: threading.Thread | None = None
+        self._pollers: list[SqsPoller] = []
+        self._schedules: list[ScheduleRunner] = []
+        self._stop_callbacks: list[Callable[[], None]] = []
+
+    # --- public -------------------------------------------------------------------
+
+    @property
+    def api_gateway_stage(self) -> str:
+        """The API Gateway stage: the path of the WebSocket URL."""
+        return str(self.config.api_gateway_stage) if self.config is not None else "api"
+
+    def urls(self) -> dict[str, str]:
+        """The endpoints of the running cloud."""
+        s = self.settings
+        ws_base = f"{s.host}:{s.ws_port}/{self.api_gateway_stage}"
+        return {
+            "rest": f"http://{s.host}:{s.rest_port}",
+            "websocket": f"ws://{ws_base}",
+            "management": f"http://{ws_base}/@connections",
+            "aws": self.aws_endpoint,
+        }
+
+    def start(self) -> None:
+        """Start everything; on failure, stop what was started and re-raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop everything that was started, in reverse order; safe to call twice."""
+        for callback in reversed(self._stop_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("error while stopping")
+        self._stop_callbacks.clear()
+
+    # --- steps --------------------------------------------------------------------
+
+    def _start(self) -> None:
+        s = self.settings
+        self.config = load_config(self.project_dir, s.stage)
+        self._start_aws()
+        self._deploy_stack()
+        self._load_app()
+        self._start_gateway()
+        self._start_sqs_sources()
+        self._start_schedules()
+        self._start_rest()
+
+    def _start_aws(self) -> None:
+        s = self.settings
+        endpoint = s.aws_endpoint
+        if not endpoint and s.localstack_probe:
+            endpoint = aws.find_localstack(os.environ)
+            if endpoint:
+                log.info("using LocalStack at %s", endpoint)
+        if not endpoint:
+            self.moto = aws.MotoServer(s.host, s.aws_port)
+            self._stop_callbacks.append(self.moto.stop)
+            self.moto.start()
+            endpoint = self.moto.endpoint
+        self.aws_endpoint = endpoint
+        # The stage's variables first, then ours: like Lambda's reserved
+        # variables, the AWS ones cannot be overridden by the app's config.
+        os.environ.update({k: str(v) for k, v in self.config.environment_variables.items()})
+        os.environ.update(aws.aws_environment(endpoint, os.environ))
+
+    def _deploy_stack(self) -> None:
+        template = self.project_dir / TEMPLATE_PATH
+        if not template.is_file():
+            log.info("no %s: no stack to deploy", TEMPLATE_PATH)
+            return
+        import boto3
+
+        session = boto3.session.Session()
+        deployer = aws.StackDeployer(
+            cloudformation=session.client("cloudformation", endpoint_url=self.aws_endpoint),
+            dynamodb=session.client("dynamodb", endpoint_url=self.aws_endpoint),
+        )
+        stack_name = f"{self.config.app_name}-{self.settings.stage}"
+        outputs = deployer.deploy(stack_name, template, self.settings.stage)
+        log.info("stack %s deployed (outputs: %s)", stack_name, outputs or "none")
+
+    def _load_app(self) -> None:
+        from chalice.cli.factory import CLIFactory
+
+        factory = CLIFactory(str(self.project_dir), environ=os.environ)
+        self.app = factory.load_chalice_app(self.config.environment_variables)
+        # After the app is imported: its module-level code may set a session.
+        redirect.install(self.app, f"http://{self.settings.host}:{self.settings.ws_port}")
+
+    def _function(self, name: str, handler_string: str) -> LambdaFunction:
+        # For parity: Chalice names each Lambda function app-stage-handler.
+        timeout = float(getattr(self.config, "lambda_timeout", None) or 60)
+        return LambdaFunction(
+            name=f"{self.config.app_name}-{self.settings.stage}-{name}",
+            handler=resolve_handler(handler_string),
+            timeout_s=timeout,
+        )
+
+    def _start_gateway(self) -> None:
+        s = self.settings
+        routes = {
+            route_key: self._function(handler.name, handler.handler_string).invoke
+            for route_key, handler in getattr(self.app, "websocket_handlers", {}).items()
+        }
+        config = GatewayConfig(
+            host=s.host,
+            port=s.ws_port,
+            stage=self.api_gateway_stage,
+            idle_timeout_s=s.idle_timeout_s,
+            max_connection_duration_s=s.max_connection_duration_s,
+            max_message_bytes=s.max_message_bytes,
+        )
+        self.gateway = WebSocketGateway(routes, config, self._executor)
+        self._loop = _LoopThread()
+        self._loop.start()
+        loop = self._loop
+        gateway = self.gateway
+
+        def stop_gateway() -> None:
+            try:
+                loop.run(gateway.stop(), timeout_s=15)
+            finally:
+                loop.stop()
+                self._executor.shutdown(wait=False, cancel_futures=True)
+
+        self._stop_callbacks.append(stop_gateway)
+        loop.run(gateway.start(), timeout_s=15)
+        log.info("WebSocket routes: %s", ", ".join(sorted(routes)) or "none")
+
+    def _start_sqs_sources(self) -> None:
+        from chalice.app import SQSEventConfig
+
+        import boto3
+
+        region = os.environ["AWS_DEFAULT_REGION"]
+        for source in getattr(self.app, "event_sources", []):
+            if not isinstance(source, SQSEventConfig):
+                continue
+            config = SqsSourceConfig(
+                function=self._function(source.name, source.handler_string),
+                queue_name=queue_name_of(source.queue, source.queue_arn),
+                batch_size=source.batch_size,
+                batching_window_s=float(source.maximum_batching_window_in_seconds or 0),
+                retry_delay_s=self.settings.sqs_retry_delay_s,
+            )
+            endpoint = self.aws_endpoint
+            poller = SqsPoller(
+                lambda: boto3.session.Session().client("sqs", endpoint_url=endpoint), config, region
+            )
+            self._pollers.append(poller)
+            self._stop_callbacks.append(poller.stop)
+            poller.start()
+
+    def _start_schedules(self) -> None:
+        from chalice.app import ScheduledEventConfig
+
+        region = os.environ["AWS_DEFAULT_REGION"]
+        for source in getattr(self.app, "event_sources", []):
+            if not isinstance(source, ScheduledEventConfig):
+                continue
+            expression = expression_of(source.schedule_expression)
+            function = self._function(source.name, source.handler_string)
+            try:
+                runner = ScheduleRunner(
+                    function,
+                    expression,
+                    rule_name=function.name,
+                    speed=self.settings.schedule_speed,
+                    region=region,
+                )
+            except UnsupportedScheduleError as exc:
+                log.warning("schedule of %s will not run locally: %s", function.name, exc)
+                continue
+            self._schedules.append(runner)
+            self._stop_callbacks.append(runner.stop)
+            runner.start()
+
+    def _start_rest(self) -> None:
+        from chalice.local import create_local_server
+
+        s = self.settings
+        self._rest = create_local_server(self.app, self.config, s.host, s.rest_port)
+        server = self._rest.server
+        self._rest_thread = threading.Thread(target=server.serve_forever, name="rest", daemon=True)
+        self._rest_thread.start()
+
+        def stop_rest() -> None:
+            server.shutdown()
+            server.server_close()
+
+        self._stop_callbacks.append(stop_rest)

@@ -1,0 +1,181 @@
+"""SQS event source emulator: pollers that invoke ``@app.on_sqs_message`` handlers.
+
+Like Lambda's event source mapping, a poller long-polls the queue, gathers
+up to ``batch_size`` messages within the batching window, invokes the
+function once per batch, deletes the batch on success and leaves it on
+failure, so it reappears after the visibility timeout and eventually moves
+to the dead-letter queue through the queue's redrive policy (which the SQS
+backend applies on receive).
+
+Knowingly differs from AWS: one poller per source handles one batch at a
+time (Lambda runs several batches, one per FIFO message group, in parallel);
+FIFO order within a group is kept either way, because the backend does not
+hand out messages of a group while an earlier one is in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict
+
+from infra.local import events
+from infra.local.handlers import LambdaFunction
+
+log = logging.getLogger("infra.local.sqs")
+
+_RECEIVE_MAX = 10  # SQS ReceiveMessage returns at most 10 messages per call.
+
+
+@dataclass(frozen=True)
+class SqsSourceConfig:
+    """One event source mapping: which queue feeds which function, and how."""
+
+    function: LambdaFunction
+    queue_name: str
+    batch_size: int = 1
+    batching_window_s: float = 0.0
+    retry_delay_s: int | None = None
+    wait_time_s: int = 1
+
+
+def queue_name_of(queue: str | None, queue_arn: str | None) -> str:
+    """Return the queue name of a Chalice ``SQSEventConfig`` (name or ARN)."""
+    if queue:
+        return queue
+    if queue_arn:
+        return queue_arn.rsplit(":", 1)[-1]
+    raise ValueError("an SQS event source needs a queue name or ARN")
+
+
+class SqsPoller:
+    """A thread that feeds one queue to one function."""
+
+    def __init__(self, sqs_client_factory: Callable[[], Any], config: SqsSourceConfig, region: str) -> None:
+        self.config = config
+        self._client_factory = sqs_client_factory
+        self._region = region
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"sqs-{config.function.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start polling in the background."""
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the poller to stop and wait for its current batch to finish."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        client = self._client_factory()
+        queue_url, source_arn = self._resolve_queue(client)
+        if queue_url is None or source_arn is None:
+            return
+        log.info("polling %s for %s", self.config.queue_name, self.config.function.name)
+        while not self._stop.is_set():
+            try:
+                batch = self._gather(client, queue_url)
+            except Exception:
+                if self._stop.is_set():
+                    return  # the endpoint may already be gone during shutdown
+                log.exception("receiving from %s failed; retrying", self.config.queue_name)
+                self._stop.wait(1.0)
+                continue
+            if batch:
+                self._process(client, queue_url, source_arn, batch)
+
+    def _resolve_queue(self, client: Any) -> tuple[str | None, str | None]:
+        """Find the queue, waiting (with a log line) until it exists."""
+        warned = False
+        while not self._stop.is_set():
+            try:
+                url = client.get_queue_url(QueueName=self.config.queue_name)["QueueUrl"]
+                arn = client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+                    "Attributes"
+                ]["QueueArn"]
+                return url, arn
+            except Exception as exc:
+                if not warned:
+                    log.warning(
+                        "queue %s of %s is not available (%s); retrying every 2 s",
+                        self.config.queue_name,
+                        self.config.function.name,
+                        exc,
+                    )
+                    warned = True
+                self._stop.wait(2.0)
+        return None, None
+
+    def _gather(self, client: Any, queue_url: str) -> list[Dict[str, Any]]:
+        """Receive up to ``batch_size`` messages, waiting at most the batching window."""
+        batch: list[Dict[str, Any]] = []
+        window_end = None
+        while len(batch) < self.config.batch_size and not self._stop.is_set():
+            wait = self.config.wait_time_s
+            if window_end is not None:
+                remaining = window_end - time.monotonic()
+                if remaining <= 0:
+                    break
+                wait = min(wait, max(0, int(remaining)))
+            response = client.receive_message(
+                QueueUrl=queue_url,
+                MaxNumberOfMessages=min(_RECEIVE_MAX, self.config.batch_size - len(batch)),
+                WaitTimeSeconds=wait,
+                AttributeNames=["All"],
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
+            messages = response.get("Messages", [])
+            batch.extend(messages)
+            if not batch:
+                if window_end is None:
+                    return batch  # nothing yet: poll again (lets stop() be seen)
+                continue
+            if window_end is None:
+                window_end = time.monotonic() + self.config.batching_window_s
+            if not messages and wait == 0:
+                break
+            if self.config.batching_window_s <= 0:
+                break
+        return batch
+
+    def _process(self, client: Any, queue_url: str, source_arn: str, batch: list[Dict[str, Any]]) -> None:
+        event = events.sqs_event(batch, source_arn, self._region)
+        try:
+            self.config.function.invoke(event)
+        except Exception:
+            log.exception(
+                "%s failed on a batch of %d from %s; the messages stay in the queue",
+                self.config.function.name,
+                len(batch),
+                self.config.queue_name,
+            )
+            self._after_failure(client, queue_url, batch)
+            return
+        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)]
+        result = client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+        for failure in result.get("Failed", []):
+            log.warning("could not delete a message from %s: %s", self.config.queue_name, failure)
+
+    def _after_failure(self, client: Any, queue_url: str, batch: list[Dict[str, Any]]) -> None:
+        """With ``--sqs-retry-delay``, make a failed batch visible again sooner.
+
+        Knowingly differs from AWS when set: Lambda leaves the messages
+        invisible for the queue's whole visibility timeout.
+        """
+        delay = self.config.retry_delay_s
+        if delay is None:
+            return
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": delay}
+            for i, m in enumerate(batch)
+        ]
+        try:
+            client.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
+        except Exception:
+            log.exception("could not shorten the visibility of a failed batch")
