@@ -339,13 +339,12 @@ class WebSocketGateway:
         conn = self._open_connection(request)
         if conn is None:
             return _aws_error(410, "GoneException", None)
-        identity: dict[str, str] = {"SourceIp": conn.info.source_ip}
-        if conn.info.user_agent is not None:
-            identity["UserAgent"] = conn.info.user_agent
+        # For parity: the wire names are camel-case (botocore's model maps
+        # connectedAt to ConnectedAt and so on); userAgent is always present.
         body = {
-            "ConnectedAt": events.iso8601(conn.info.connected_at_ms),
-            "Identity": identity,
-            "LastActiveAt": events.iso8601(conn.last_active_ms),
+            "connectedAt": events.iso8601(conn.info.connected_at_ms),
+            "identity": {"sourceIp": conn.info.source_ip, "userAgent": conn.info.user_agent or ""},
+            "lastActiveAt": events.iso8601(conn.last_active_ms),
         }
         return web.json_response(body)
 
