@@ -2,7 +2,7 @@
 
 Usage in a test module::
 
-    from local_cloud import LocalCloud
+    from tests.local_cloud import LocalCloud
 
     @pytest.fixture(scope="module")
     def cloud():
@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any, Mapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+APPS_DIR = Path(__file__).resolve().parent / "apps"  # small Chalice apps used by the tests
 READY_LINE = "oncechat local cloud ready"
 
 # Variables of the developer's shell that would change what the cloud talks to.

@@ -14,10 +14,14 @@ from typing import Any, Callable
 
 import pytest
 import websockets
+from aws_lambda_powertools.utilities.parser.models import (
+    APIGatewayWebSocketConnectEventModel,
+    APIGatewayWebSocketDisconnectEventModel,
+    APIGatewayWebSocketMessageEventModel,
+)
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import APPS_DIR
-from local_cloud import LocalCloud
+from tests.local_cloud import APPS_DIR, LocalCloud
 
 ECHO_APP = APPS_DIR / "echo"
 
@@ -167,6 +171,51 @@ def test_oversize_message_closes_with_1009_and_runs_disconnect(cloud):
     connection_id, code = run(scenario())
     assert code == 1009
     assert eventually(lambda: disconnect_record(cloud, connection_id))["code"] == 1009
+
+
+def stored_item(cloud: LocalCloud, key: str) -> dict[str, Any] | None:
+    item = cloud.client("dynamodb").get_item(TableName="echo-local-events", Key={"pk": {"S": key}}).get("Item")
+    return {name: next(iter(value.values())) for name, value in item.items()} if item else None
+
+
+def test_events_the_handlers_receive_validate_against_the_powertools_models(cloud):
+    async def scenario():
+        async with websockets.connect(
+            cloud.websocket_url + "?record=1&tag=a&tag=b", additional_headers={"X-Test": "yes"}
+        ) as ws:
+            connection_id = await whoami(ws)
+            await ws.send(json.dumps({"action": "record"}))
+            assert await ws.recv() == "recorded"
+        return connection_id
+
+    connection_id = run(scenario())
+    connect = json.loads(eventually(lambda: stored_item(cloud, "connect#" + connection_id))["event"])
+    message = json.loads(eventually(lambda: stored_item(cloud, "message#" + connection_id))["event"])
+    disconnect = json.loads(eventually(lambda: stored_item(cloud, "disconnect#" + connection_id))["event"])
+
+    parsed_connect = APIGatewayWebSocketConnectEventModel.model_validate(connect)
+    parsed_message = APIGatewayWebSocketMessageEventModel.model_validate(message)
+    parsed_disconnect = APIGatewayWebSocketDisconnectEventModel.model_validate(disconnect)
+    for parsed in (parsed_connect, parsed_message, parsed_disconnect):
+        assert parsed.request_context.connection_id == connection_id
+        assert parsed.request_context.domain_name == f"127.0.0.1:{cloud.ws_port}"
+        assert parsed.request_context.stage == "api"
+    assert connect["headers"]["X-Test"] == "yes"
+    assert connect["queryStringParameters"]["tag"] == "b"
+    assert connect["multiValueQueryStringParameters"]["tag"] == ["a", "b"]
+    assert parsed_message.request_context.route_key == "$default"
+    assert parsed_disconnect.request_context.disconnect_status_code == 1000
+    request_ids = {e["requestContext"]["requestId"] for e in (connect, message, disconnect)}
+    assert len(request_ids) == 3
+
+
+def test_management_api_answers_410_while_connect_runs(cloud):
+    async def scenario():
+        async with websockets.connect(cloud.websocket_url + "?record=1") as ws:
+            return await whoami(ws)
+
+    connection_id = run(scenario())
+    assert eventually(lambda: stored_item(cloud, "connect#" + connection_id))["outcome"] == "gone"
 
 
 # --- management API through boto3 -------------------------------------------------

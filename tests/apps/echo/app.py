@@ -9,6 +9,10 @@ Frames on the WebSocket ($default route) are JSON objects with an ``action``:
   handler reports the size of each batch it gets.
 * ``boom``: raise, so the gateway answers "Internal server error".
 * ``whoami``: reply with the connection id.
+* ``record``: store the event in the events table and reply "recorded".
+
+``$connect`` rejects ``?deny=1`` with 403, raises on ``?boom=1``, and on
+``?record=1`` stores its event and the outcome of a send to itself.
 
 Anything else is echoed back as it came. ``$disconnect`` and the schedule
 write to the events table; ``GET /hello`` is a REST route.
@@ -18,7 +22,7 @@ import json
 import os
 
 import boto3
-from chalice import Chalice
+from chalice import Chalice, WebsocketDisconnectedError
 
 app = Chalice(app_name="echo")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
@@ -49,6 +53,14 @@ def connect(event):
         return {"statusCode": 403}
     if query.get("boom") == "1":
         raise RuntimeError("boom during $connect")
+    if query.get("record") == "1":
+        # Until $connect returns the connection is not open: AWS answers 410.
+        try:
+            app.websocket_api.send(event.connection_id, "too early")
+            outcome = "sent"
+        except WebsocketDisconnectedError:
+            outcome = "gone"
+        _record("connect#" + event.connection_id, event.to_dict(), outcome=outcome)
     return {"statusCode": 200}
 
 
@@ -76,6 +88,9 @@ def message(event):
             _sqs().send_message(QueueUrl=url, MessageBody=json.dumps(dict(reply_to, n=i)))
     elif action == "boom":
         raise RuntimeError("boom in $default")
+    elif action == "record":
+        _record("message#" + event.connection_id, event.to_dict())
+        app.websocket_api.send(event.connection_id, "recorded")
     elif action == "whoami":
         app.websocket_api.send(event.connection_id, json.dumps({"connection_id": event.connection_id}))
     else:
@@ -100,8 +115,13 @@ def disconnect(event):
             "pk": "disconnect#" + event.connection_id,
             "code": context["disconnectStatusCode"],
             "reason": context["disconnectReason"],
+            "event": json.dumps(event.to_dict()),
         }
     )
+
+
+def _record(key, event, **extra):
+    _table().put_item(Item=dict({"pk": key, "event": json.dumps(event)}, **extra))
 
 
 @app.on_sqs_message(queue=JOBS_QUEUE, batch_size=1)

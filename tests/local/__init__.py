@@ -1,0 +1,1 @@
+"""Tests of the local cloud (``python -m infra.local``)."""
