@@ -1,0 +1,166 @@
+"""Functional tests: app.py's real handlers, API Gateway-shaped events, moto in-process.
+
+DynamoDB and SQS are moto's (tables and queues deployed from
+infra/template.yaml through moto's CloudFormation). Pushes go through
+Chalice's ``app.websocket_api`` and boto3's ``apigatewaymanagementapi``
+client; a botocore hook records each PostToConnection and answers 410 for
+connections a test marks gone, since moto's management API never does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from chalicelib.auth import mint_token
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "functional-test-secret-0123456789abcdef"
+STAGE = "test"
+REGION = "us-east-1"
+
+
+class PushRecorder:
+    """Records management API posts and fails the ones a test asks for."""
+
+    def __init__(self) -> None:
+        self.frames: dict[str, list[dict[str, Any]]] = {}
+        self.gone: set[str] = set()
+        self.failing: set[str] = set()
+        self.endpoints: set[str] = set()
+
+    def hook(self, params: dict[str, Any], model: Any, context: Any, **_: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        from urllib.parse import unquote
+
+        conn = unquote(params["url_path"].rsplit("/@connections/", 1)[1])
+        if conn in self.gone or conn in self.failing:
+            status, code = (410, "GoneException") if conn in self.gone else (500, "InternalServerError")
+            return (AWSResponse("", status, {}, None),
+                    {"Error": {"Code": code, "Message": code},
+                     "ResponseMetadata": {"HTTPStatusCode": status}})
+        data = params["body"]
+        self.frames.setdefault(conn, []).append(json.loads(data))
+        return (AWSResponse("", 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}})
+
+    def of(self, conn: str, type_: str | None = None) -> list[dict[str, Any]]:
+        return [f for f in self.frames.get(conn, []) if type_ is None or f["type"] == type_]
+
+
+class Cloud:
+    """Drives app.py's handlers with API Gateway-shaped events."""
+
+    def __init__(self, app_module: Any, pushes: PushRecorder) -> None:
+        self.mod = app_module
+        self.pushes = pushes
+        self.sqs = boto3.client("sqs", region_name=REGION)
+        self.queue_url = self.sqs.get_queue_url(QueueName=f"oncechat-{STAGE}-delivery.fifo")["QueueUrl"]
+        self._ids = itertools.count(1)
+
+    # ---------------------------------------------------------------- events
+    def _context(self, conn: str, route: str, event_type: str) -> dict[str, Any]:
+        now = int(time.time() * 1000)
+        return {
+            "routeKey": route, "eventType": event_type, "connectionId": conn,
+            "connectedAt": now, "requestTimeEpoch": now, "requestTime": "28/Nov/2026:00:00:00 +0000",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com", "stage": "api",
+            "apiId": "abc123", "requestId": uuid.uuid4().hex, "extendedRequestId": uuid.uuid4().hex,
+            "messageDirection": "IN", "identity": {"sourceIp": "127.0.0.1", "userAgent": "test"},
+        }
+
+    def connect(self, user: str | None, role: str = "customer", token: str | None = None,
+                conn: str | None = None) -> tuple[str, dict[str, Any]]:
+        conn = conn or f"conn{next(self._ids)}="
+        if token is None and user is not None:
+            token = mint_token(SECRET, user, role)
+        event = {
+            "headers": {"Host": "abc123.execute-api.us-east-1.amazonaws.com"},
+            "multiValueHeaders": {},
+            "queryStringParameters": {"token": token} if token else None,
+            "requestContext": self._context(conn, "$connect", "CONNECT"),
+            "isBase64Encoded": False,
+        }
+        return conn, self.mod.connect(event, None)
+
+    def frame(self, conn: str, body: Any) -> dict[str, Any] | None:
+        raw = body if isinstance(body, str) else json.dumps(body)
+        ctx = self._context(conn, "$default", "MESSAGE") | {"messageId": uuid.uuid4().hex}
+        before = len(self.pushes.of(conn))
+        self.mod.message({"body": raw, "requestContext": ctx, "isBase64Encoded": False}, None)
+        after = self.pushes.of(conn)
+        return after[-1] if len(after) > before else None
+
+    def disconnect(self, conn: str) -> None:
+        ctx = self._context(conn, "$disconnect", "DISCONNECT") | {
+            "disconnectStatusCode": 1000, "disconnectReason": "bye"}
+        self.mod.disconnect({"headers": {}, "requestContext": ctx, "isBase64Encoded": False}, None)
+
+    def consume(self, max_batches: int = 50) -> int:
+        """Run the SQS consumer like Lambda's event source: receive, invoke, delete on success."""
+        batches = 0
+        for _ in range(max_batches):
+            got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
+                                           AttributeNames=["All"], WaitTimeSeconds=0)
+            msgs = got.get("Messages", [])
+            if not msgs:
+                break
+            event = {"Records": [{
+                "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+                "attributes": m.get("Attributes", {}), "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"], "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:oncechat-{STAGE}-delivery.fifo",
+                "awsRegion": REGION} for m in msgs]}
+            self.mod.deliver(event, None)  # raises on failure: the messages stay
+            self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+            batches += 1
+        return batches
+
+    def rest(self, method: str, path: str, user: str | None, role: str = "customer",
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        from chalice.test import Client
+
+        hdrs = dict(headers or {})
+        if user is not None:
+            hdrs["Authorization"] = f"Bearer {mint_token(SECRET, user, role)}"
+        # project_dir without .chalice/: the client must not overlay a stage's environment
+        with Client(self.mod.app, stage_name=STAGE, project_dir=str(Path(__file__).parent)) as client:
+            resp = getattr(client.http, method.lower())(path, headers=hdrs)
+        return resp.status_code, json.loads(resp.body) if resp.body else None
+
+
+@pytest.fixture
+def cloud(monkeypatch):
+    env = {
+        "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing", "STAGE": STAGE, "JWT_SECRET": SECRET,
+        "RESUME_MAX_MESSAGES": "100", "PAGE_SIZE": "30",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        cfn = boto3.client("cloudformation", region_name=REGION)
+        cfn.create_stack(StackName="oncechat-test", TemplateBody=(ROOT / "infra/template.yaml").read_text(),
+                         Parameters=[{"ParameterKey": "Stage", "ParameterValue": STAGE}])
+        import app as app_module
+        from chalicelib.handlers import Handlers
+
+        pushes = PushRecorder()
+        session = boto3.session.Session()
+        session.events.register("before-call.apigatewaymanagementapi.PostToConnection", pushes.hook)
+        api = app_module.app.websocket_api
+        monkeypatch.setattr(api, "session", session)
+        monkeypatch.setattr(api, "_client", None)
+        monkeypatch.setattr(api, "_endpoint", None)
+        monkeypatch.setattr(app_module, "handlers", Handlers(app_module.app))
+        yield Cloud(app_module, pushes)
