@@ -11,4 +11,25 @@
 
 The layers mirror AWS: transport (``gateway``) -> event (``events``) ->
 handler (``handlers``), so each layer can be tested on its own.
+
+Modules: ``cli`` (flags, ``token``), ``runtime`` (wiring), ``aws`` (endpoint,
+moto subprocess, stack deployment), ``gateway`` (WebSocket + ``@connections``),
+``events`` (pure event builders), ``handlers`` (handler strings, Lambda
+context), ``redirect`` (management client -> emulator), ``sqs``
+(event source pollers), ``schedule`` (rate/cron), ``tokens`` (dev JWTs).
+
+Where it knowingly differs from AWS (each is also noted at its code):
+
+* Handler timeouts are not enforced (a thread cannot be killed); the 29 s
+  WebSocket integration timeout neither.
+* The 32 KB frame limit is not enforced, only the 128 KB message limit.
+* Only data frames reset the idle timer; ``$disconnect`` close codes for a
+  management DELETE (1000) and a dropped TCP connection (1006) are our choice
+  where AWS documents none.
+* Route responses (two-way routes) are not sent back to the client.
+* One batch at a time per SQS source; ``--sqs-retry-delay`` shortens the
+  visibility timeout of failed batches when set.
+* Schedules fire on time, never late or twice.
+* All handlers share one process, so module-level state is shared between
+  "functions" that would be separate Lambdas on AWS.
 """

@@ -120,6 +120,9 @@ class LocalCloud:
 
     def stop(self) -> None:
         """Stop everything that was started, in reverse order; safe to call twice."""
+        # Tell every background thread at once, so their waits overlap.
+        for source in [*self._pollers, *self._schedules]:
+            source.request_stop()
         for callback in reversed(self._stop_callbacks):
             try:
                 callback()
@@ -172,7 +175,8 @@ class LocalCloud:
         )
         stack_name = f"{self.config.app_name}-{self.settings.stage}"
         outputs = deployer.deploy(stack_name, template, self.settings.stage)
-        log.info("stack %s deployed (outputs: %s)", stack_name, outputs or "none")
+        log.info("stack %s deployed with %d outputs", stack_name, len(outputs))
+        log.debug("stack outputs: %s", outputs)
 
     def _load_app(self) -> None:
         from chalice.cli.factory import CLIFactory
@@ -184,7 +188,9 @@ class LocalCloud:
 
     def _function(self, name: str, handler_string: str) -> LambdaFunction:
         # For parity: Chalice names each Lambda function app-stage-handler.
-        timeout = float(getattr(self.config, "lambda_timeout", None) or 60)
+        # For parity: per-function settings (lambda_functions.NAME) win.
+        scoped = self.config.scope(self.settings.stage, name)
+        timeout = float(getattr(scoped, "lambda_timeout", None) or 60)
         return LambdaFunction(
             name=f"{self.config.app_name}-{self.settings.stage}-{name}",
             handler=resolve_handler(handler_string),

@@ -194,8 +194,12 @@ class ScheduleRunner:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop firing and wait for a running invocation to finish."""
-        self._stop.set()
+        self.request_stop()
         self._thread.join(timeout_s)
+
+    def request_stop(self) -> None:
+        """Ask the thread to stop without waiting for it."""
+        self._stop.set()
 
     def _run(self) -> None:
         fire_at = self._next_fire(self._virtual_now())

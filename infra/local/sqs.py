@@ -68,8 +68,12 @@ class SqsPoller:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the poller to stop and wait for its current batch to finish."""
-        self._stop.set()
+        self.request_stop()
         self._thread.join(timeout_s)
+
+    def request_stop(self) -> None:
+        """Ask the thread to stop without waiting for it."""
+        self._stop.set()
 
     def _run(self) -> None:
         client = self._client_factory()

@@ -127,8 +127,19 @@ def test_sigint_stops_everything_and_exits_0(cloud):
     moto = [pid for pid in _children(process.pid) if "moto.server" in open(f"/proc/{pid}/cmdline").read()]
     assert len(moto) == 1
 
-    os.kill(process.pid, signal.SIGINT)  # only the parent, like a polite Ctrl-C
+    async def open_connection_sees_going_away() -> int:
+        async with websockets.connect(cloud.websocket_url) as ws:
+            await ws.send("ping")
+            assert await ws.recv() == "ping"
+            os.kill(process.pid, signal.SIGINT)  # only the parent, like a polite Ctrl-C
+            with pytest.raises(ConnectionClosed) as caught:
+                await ws.recv()
+            return caught.value.rcvd.code
+
+    started = time.monotonic()
+    assert run(open_connection_sees_going_away()) == 1001
     assert process.wait(20) == 0
+    assert time.monotonic() - started < 10
     deadline = time.monotonic() + 5
     while _alive(moto[0]) and time.monotonic() < deadline:
         time.sleep(0.1)
