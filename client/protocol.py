@@ -43,6 +43,7 @@ class Client:
         self.ws = ws
         self.frames: list[dict[str, Any]] = []  # every frame received, in order
         self.last: dict[str, int] = {}  # per conversation: highest seq processed
+        self._own: dict[str, set[int]] = {}  # seqs of this connection's accepted sends, not yet passed
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._errors: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -111,9 +112,18 @@ class Client:
             last = self.last.get(cid, 0)
             if seq == last + 1:
                 self.last[cid] = seq
+                self._skip_own(cid)
                 yield frame
             elif seq > last + 1:
                 await self.send_raw({"action": "resume", "cursors": {cid: last}})
+
+    def _skip_own(self, cid: str) -> None:
+        # This connection's own messages are never pushed back to it: once
+        # the sequence reaches one of them, it counts as processed.
+        own = self._own.get(cid, set())
+        while self.last.get(cid, 0) + 1 in own:
+            self.last[cid] += 1
+            own.discard(self.last[cid])
 
     async def collect(self, conversation_id: str, upto: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Process messages of one conversation under the client rule until ``upto`` is reached."""
@@ -162,6 +172,10 @@ class Client:
             fut = self._pending.get(frame.get("messageId", ""))
             if fut is not None and not fut.done():
                 if kind == "accepted":
+                    cid = frame["conversationId"]
+                    self.last.setdefault(cid, 0)
+                    self._own.setdefault(cid, set()).add(frame["seq"])
+                    self._skip_own(cid)
                     fut.set_result(frame)
                 else:
                     fut.set_exception(ErrorFrame(frame))
