@@ -3,11 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean token
+.PHONY: run test install clean token chat
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "pip>=24,<26.3"  # chalice packages with pip and needs <26.3
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
@@ -21,9 +21,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-## Mint a development token: make token USER=alice ROLE=customer
+SUB ?= alice
+ROLE ?= customer
+
+## Print a development token of the local stage: make token SUB=bob ROLE=agent
 token: $(STAMP)
-	@$(PY) -m infra.local token --sub $(or $(USER_ID),$(USER),dev) --role $(or $(ROLE),customer)
+	@$(PY) -m infra.local token --sub $(SUB) --role $(ROLE)
+
+## Chat from a terminal against `make run`: make chat SUB=alice ROLE=customer ARGS=--new
+chat: $(STAMP)
+	@$(PY) -m client --user $(SUB) --role $(ROLE) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
