@@ -1,0 +1,89 @@
+"""Small builders of valid records for the contract tests."""
+
+from __future__ import annotations
+
+from chalicelib.models import (
+    ConnectionRecord,
+    Conversation,
+    IdempotencyRecord,
+    MessageRecord,
+    Participant,
+    Role,
+    Status,
+)
+
+T0 = "2026-01-01T00:00:00.000Z"
+FAR_FUTURE = 4_000_000_000  # epoch seconds, year 2096
+NOW_EPOCH = 1_800_000_000
+
+
+def at(minute: int) -> str:
+    """An ISO timestamp ``minute`` minutes after T0 (sortable as a string)."""
+    return f"2026-01-01T{minute // 60:02d}:{minute % 60:02d}:00.000Z"
+
+
+def conversation(
+    conversation_id: str = "c1",
+    customer_id: str = "cust1",
+    *,
+    status: Status = "waiting",
+    created_at: str = T0,
+    last_seq: int = 0,
+) -> Conversation:
+    return Conversation(
+        conversation_id=conversation_id,
+        customer_id=customer_id,
+        status=status,
+        created_at=created_at,
+        updated_at=created_at,
+        last_seq=last_seq,
+    )
+
+
+def message(
+    seq: int,
+    conversation_id: str = "c1",
+    *,
+    message_id: str | None = None,
+    sender_id: str = "cust1",
+    body: str = "hello",
+) -> MessageRecord:
+    return MessageRecord(
+        conversation_id=conversation_id,
+        seq=seq,
+        message_id=message_id or f"m{seq}",
+        sender_id=sender_id,
+        sender_role="customer",
+        body=body,
+        sent_at=T0,
+    )
+
+
+def idem_for(msg: MessageRecord, *, expires_at: int = FAR_FUTURE) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        sender_id=msg.sender_id,
+        conversation_id=msg.conversation_id,
+        message_id=msg.message_id,
+        payload_hash=f"hash-{msg.message_id}",
+        seq=msg.seq,
+        sent_at=msg.sent_at,
+        expires_at=expires_at,
+    )
+
+
+def connection(connection_id: str, user_id: str = "cust1", role: Role = "customer") -> ConnectionRecord:
+    return ConnectionRecord(
+        connection_id=connection_id,
+        user_id=user_id,
+        role=role,
+        connected_at=T0,
+        domain_name="abc123.execute-api.us-east-1.amazonaws.com",
+        stage="dev",
+        expires_at=FAR_FUTURE,
+    )
+
+
+def participant(user_id: str, conversation_id: str = "c1", *, role: Role = "customer", ack_seq: int = 0) -> Participant:
+    return Participant(
+        user_id=user_id, conversation_id=conversation_id, role=role, ack_seq=ack_seq, joined_at=T0
+    )

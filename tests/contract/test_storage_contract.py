@@ -1,0 +1,506 @@
+"""The Storage contract (chalicelib/storage/base.py), run against every implementation.
+
+The ``storage`` fixture yields MemoryStorage and DynamoStorage (moto in-process,
+tables from infra/template.yaml), so the in-memory store the core tests use
+behaves exactly like DynamoDB.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chalicelib.errors import (
+    Conflict,
+    ConversationClosed,
+    DuplicateMessage,
+    NotFound,
+    SequenceConflict,
+)
+from chalicelib.storage.base import Storage
+
+from .records import (
+    NOW_EPOCH,
+    T0,
+    at,
+    connection,
+    conversation,
+    idem_for,
+    message,
+    participant,
+)
+
+
+def append(storage: Storage, seq: int, conversation_id: str = "c1", **kwargs: object) -> None:
+    """Append message ``seq`` expecting the counter at ``seq - 1``."""
+    msg = message(seq, conversation_id, **kwargs)  # type: ignore[arg-type]
+    storage.append_message(msg, idem_for(msg), seq - 1, NOW_EPOCH)
+
+
+def online_agent(storage: Storage, agent_id: str) -> None:
+    storage.agent_connected(agent_id, T0)
+
+
+# ---------------------------------------------------------------- connections
+
+
+def test_put_then_get_connection_round_trips_every_field(storage: Storage) -> None:
+    conn = connection("conn-1")
+    storage.put_connection(conn)
+    assert storage.get_connection("conn-1") == conn
+
+
+def test_put_connection_overwrites_a_record_with_the_same_id(storage: Storage) -> None:
+    storage.put_connection(connection("conn-1", "alice"))
+    storage.put_connection(connection("conn-1", "bob"))
+    got = storage.get_connection("conn-1")
+    assert got is not None and got.user_id == "bob"
+
+
+def test_get_unknown_connection_is_none(storage: Storage) -> None:
+    assert storage.get_connection("nope") is None
+
+
+def test_delete_connection_returns_the_removed_record_once(storage: Storage) -> None:
+    conn = connection("conn-1")
+    storage.put_connection(conn)
+    assert storage.delete_connection("conn-1") == conn
+    assert storage.delete_connection("conn-1") is None
+    assert storage.get_connection("conn-1") is None
+
+
+def test_delete_unknown_connection_is_none(storage: Storage) -> None:
+    assert storage.delete_connection("nope") is None
+
+
+def test_connections_of_lists_every_connection_of_that_user_only(storage: Storage) -> None:
+    storage.put_connection(connection("a1", "alice"))
+    storage.put_connection(connection("a2", "alice"))
+    storage.put_connection(connection("b1", "bob"))
+    assert sorted(c.connection_id for c in storage.connections_of("alice")) == ["a1", "a2"]
+    assert [c.connection_id for c in storage.connections_of("bob")] == ["b1"]
+    assert storage.connections_of("carol") == []
+
+
+def test_connections_of_forgets_deleted_connections(storage: Storage) -> None:
+    storage.put_connection(connection("a1", "alice"))
+    storage.delete_connection("a1")
+    assert storage.connections_of("alice") == []
+
+
+# --------------------------------------------------------------------- agents
+
+
+def test_first_agent_connection_creates_an_online_agent_with_no_load(storage: Storage) -> None:
+    agent = storage.agent_connected("ag1", T0)
+    assert (agent.agent_id, agent.presence, agent.connections, agent.active_count) == ("ag1", "online", 1, 0)
+    assert agent.updated_at == T0
+    assert storage.get_agent("ag1") == agent
+
+
+def test_agent_connected_counts_each_connection(storage: Storage) -> None:
+    storage.agent_connected("ag1", T0)
+    agent = storage.agent_connected("ag1", at(1))
+    assert (agent.connections, agent.presence, agent.updated_at) == (2, "online", at(1))
+
+
+def test_agent_stays_online_while_a_connection_remains(storage: Storage) -> None:
+    storage.agent_connected("ag1", T0)
+    storage.agent_connected("ag1", T0)
+    agent = storage.agent_disconnected("ag1", at(1))
+    assert agent is not None
+    assert (agent.connections, agent.presence) == (1, "online")
+
+
+def test_agent_goes_offline_when_its_last_connection_closes(storage: Storage) -> None:
+    storage.agent_connected("ag1", T0)
+    agent = storage.agent_disconnected("ag1", at(1))
+    assert agent is not None
+    assert (agent.connections, agent.presence, agent.updated_at) == (0, "offline", at(1))
+    assert storage.get_agent("ag1") == agent
+
+
+def test_agent_connection_count_never_goes_below_zero(storage: Storage) -> None:
+    storage.agent_connected("ag1", T0)
+    storage.agent_disconnected("ag1", T0)
+    # A second $disconnect (or a 410 clean-up racing it) for the same connection.
+    agent = storage.agent_disconnected("ag1", at(2))
+    assert agent is not None
+    assert (agent.connections, agent.presence) == (0, "offline")
+    reconnected = storage.agent_connected("ag1", at(3))
+    assert (reconnected.connections, reconnected.presence) == (1, "online")
+
+
+def test_disconnect_of_unknown_agent_is_none_and_creates_nothing(storage: Storage) -> None:
+    assert storage.agent_disconnected("ghost", T0) is None
+    assert storage.get_agent("ghost") is None
+
+
+def test_get_unknown_agent_is_none(storage: Storage) -> None:
+    assert storage.get_agent("ghost") is None
+
+
+def test_online_agents_lists_fewest_active_first_then_by_id(storage: Storage) -> None:
+    for agent_id in ("ag-c", "ag-b", "ag-a", "ag-off"):
+        online_agent(storage, agent_id)
+    storage.agent_disconnected("ag-off", T0)
+    for n, agent_id in enumerate(["ag-a", "ag-a", "ag-c"]):
+        storage.create_conversation(conversation(f"c{n}", created_at=at(n)))
+        assert storage.assign_conversation(f"c{n}", agent_id, at(10))
+    # loads: ag-b 0, ag-c 1, ag-a 2; ag-off is offline
+    assert [(a.agent_id, a.active_count) for a in storage.online_agents()] == [
+        ("ag-b", 0),
+        ("ag-c", 1),
+        ("ag-a", 2),
+    ]
+
+
+def test_online_agents_breaks_load_ties_by_id(storage: Storage) -> None:
+    for agent_id in ("ag-3", "ag-1", "ag-2"):
+        online_agent(storage, agent_id)
+    assert [a.agent_id for a in storage.online_agents()] == ["ag-1", "ag-2", "ag-3"]
+
+
+def test_online_agents_is_empty_when_nobody_is_online(storage: Storage) -> None:
+    assert storage.online_agents() == []
+
+
+# -------------------------------------------------------------- conversations
+
+
+def test_create_conversation_stores_it_and_makes_the_customer_a_participant(storage: Storage) -> None:
+    conv = conversation("c1", "cust1")
+    storage.create_conversation(conv)
+    assert storage.get_conversation("c1") == conv
+    member = storage.get_participant("cust1", "c1")
+    assert member is not None
+    assert (member.role, member.ack_seq, member.joined_at) == ("customer", 0, T0)
+
+
+def test_create_conversation_twice_conflicts_and_keeps_the_first(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1", "cust1"))
+    with pytest.raises(Conflict):
+        storage.create_conversation(conversation("c1", "cust2", created_at=at(5)))
+    got = storage.get_conversation("c1")
+    assert got is not None and got.customer_id == "cust1"
+    assert storage.get_participant("cust2", "c1") is None
+
+
+def test_get_unknown_conversation_is_none(storage: Storage) -> None:
+    assert storage.get_conversation("nope") is None
+
+
+def test_waiting_conversations_come_oldest_first_up_to_the_limit(storage: Storage) -> None:
+    for conversation_id, minute in (("c-new", 30), ("c-old", 10), ("c-mid", 20)):
+        storage.create_conversation(conversation(conversation_id, created_at=at(minute)))
+    assert [c.conversation_id for c in storage.waiting_conversations(10)] == ["c-old", "c-mid", "c-new"]
+    assert [c.conversation_id for c in storage.waiting_conversations(2)] == ["c-old", "c-mid"]
+    assert storage.waiting_conversations(0) == []
+
+
+def test_waiting_conversations_created_at_the_same_time_are_ordered_by_id(storage: Storage) -> None:
+    for conversation_id in ("c-b", "c-d", "c-a", "c-c"):
+        storage.create_conversation(conversation(conversation_id, created_at=at(1)))
+    storage.create_conversation(conversation("c-0", created_at=at(0)))
+    assert [c.conversation_id for c in storage.waiting_conversations(3)] == ["c-0", "c-a", "c-b"]
+
+
+def test_waiting_conversations_leave_out_active_and_closed_ones(storage: Storage) -> None:
+    online_agent(storage, "ag1")
+    storage.create_conversation(conversation("c-wait", created_at=at(3)))
+    storage.create_conversation(conversation("c-active", created_at=at(1)))
+    storage.create_conversation(conversation("c-closed", status="closed", created_at=at(2)))
+    assert storage.assign_conversation("c-active", "ag1", at(4))
+    assert [c.conversation_id for c in storage.waiting_conversations(10)] == ["c-wait"]
+
+
+def test_assign_activates_the_conversation_counts_load_and_adds_the_agent(storage: Storage) -> None:
+    online_agent(storage, "ag1")
+    storage.create_conversation(conversation("c1"))
+    assert storage.assign_conversation("c1", "ag1", at(5)) is True
+    conv = storage.get_conversation("c1")
+    assert conv is not None
+    assert (conv.status, conv.agent_id, conv.updated_at, conv.last_seq) == ("active", "ag1", at(5), 0)
+    agent = storage.get_agent("ag1")
+    assert agent is not None and agent.active_count == 1 and agent.presence == "online"
+    member = storage.get_participant("ag1", "c1")
+    assert member is not None and (member.role, member.ack_seq) == ("agent", 0)
+
+
+def test_assign_twice_fails_the_second_and_counts_the_load_once(storage: Storage) -> None:
+    online_agent(storage, "ag1")
+    online_agent(storage, "ag2")
+    storage.create_conversation(conversation("c1"))
+    assert storage.assign_conversation("c1", "ag1", at(1)) is True
+    assert storage.assign_conversation("c1", "ag2", at(2)) is False
+    assert storage.assign_conversation("c1", "ag1", at(3)) is False
+    conv = storage.get_conversation("c1")
+    assert conv is not None and conv.agent_id == "ag1" and conv.updated_at == at(1)
+    assert [(a.agent_id, a.active_count) for a in storage.online_agents()] == [("ag2", 0), ("ag1", 1)]
+    assert storage.get_participant("ag2", "c1") is None
+
+
+def test_assign_to_an_offline_agent_fails_and_writes_nothing(storage: Storage) -> None:
+    storage.agent_connected("ag1", T0)
+    before = storage.agent_disconnected("ag1", T0)
+    storage.create_conversation(conversation("c1"))
+    assert storage.assign_conversation("c1", "ag1", at(1)) is False
+    assert storage.get_conversation("c1") == conversation("c1")
+    assert storage.get_agent("ag1") == before
+    assert storage.get_participant("ag1", "c1") is None
+
+
+def test_assign_to_an_unknown_agent_fails_and_writes_nothing(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    assert storage.assign_conversation("c1", "ghost", at(1)) is False
+    assert storage.get_conversation("c1") == conversation("c1")
+    assert storage.get_agent("ghost") is None
+    assert storage.get_participant("ghost", "c1") is None
+
+
+def test_assign_unknown_conversation_fails_and_writes_nothing(storage: Storage) -> None:
+    agent = storage.agent_connected("ag1", T0)
+    assert storage.assign_conversation("nope", "ag1", at(1)) is False
+    assert storage.get_conversation("nope") is None
+    assert storage.get_agent("ag1") == agent
+    assert storage.get_participant("ag1", "nope") is None
+
+
+def test_assign_keeps_the_cursor_of_an_agent_already_participating(storage: Storage) -> None:
+    online_agent(storage, "ag1")
+    storage.create_conversation(conversation("c1"))
+    storage.add_participant(participant("ag1", "c1", role="agent", ack_seq=3))
+    assert storage.assign_conversation("c1", "ag1", at(1)) is True
+    member = storage.get_participant("ag1", "c1")
+    assert member is not None and (member.ack_seq, member.joined_at) == (3, T0)
+
+
+# ------------------------------------------------------------------- messages
+
+
+def test_append_stores_the_message_moves_the_counter_and_records_idempotency(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    msg = message(1, body="first")
+    idem = idem_for(msg)
+    storage.append_message(msg, idem, 0, NOW_EPOCH)
+    assert storage.get_message("c1", 1) == msg
+    conv = storage.get_conversation("c1")
+    assert conv is not None and conv.last_seq == 1
+    assert storage.get_idempotency("cust1", "c1", "m1", NOW_EPOCH) == idem
+
+
+def test_appends_number_messages_one_two_three(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    for seq in (1, 2, 3):
+        append(storage, seq)
+    assert [m.seq for m in storage.messages_after("c1", 0, 10)] == [1, 2, 3]
+    assert [m.message_id for m in storage.messages_after("c1", 0, 10)] == ["m1", "m2", "m3"]
+
+
+def test_append_rejects_a_seq_that_does_not_follow_the_expected_counter(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    msg = message(3)
+    with pytest.raises(ValueError):
+        storage.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+    assert storage.get_message("c1", 3) is None
+
+
+def test_duplicate_append_raises_duplicate_and_writes_nothing(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    first = message(1, message_id="m-dup")
+    storage.append_message(first, idem_for(first), 0, NOW_EPOCH)
+    again = message(2, message_id="m-dup", body="resent")
+    with pytest.raises(DuplicateMessage):
+        storage.append_message(again, idem_for(again), 1, NOW_EPOCH)
+    conv = storage.get_conversation("c1")
+    assert conv is not None and conv.last_seq == 1
+    assert storage.get_message("c1", 2) is None
+    assert storage.get_idempotency("cust1", "c1", "m-dup", NOW_EPOCH) == idem_for(first)
+
+
+def test_resend_with_a_stale_counter_reports_duplicate_not_conflict(storage: Storage) -> None:
+    # A client resends after a timeout; the service read last_seq before the
+    # first attempt committed. The duplicate must win, or a retry loop would
+    # store the message a second time under a new seq.
+    storage.create_conversation(conversation("c1"))
+    first = message(1, message_id="m-x")
+    storage.append_message(first, idem_for(first), 0, NOW_EPOCH)
+    with pytest.raises(DuplicateMessage):
+        storage.append_message(first, idem_for(first), 0, NOW_EPOCH)
+
+
+def test_same_message_id_from_another_sender_is_not_a_duplicate(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    append(storage, 1, message_id="same")
+    append(storage, 2, message_id="same", sender_id="ag1")
+    assert [m.sender_id for m in storage.messages_after("c1", 0, 10)] == ["cust1", "ag1"]
+
+
+def test_expired_idempotency_record_is_reused(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    old = message(1, message_id="m-old")
+    storage.append_message(old, idem_for(old, expires_at=NOW_EPOCH - 1), 0, NOW_EPOCH - 100)
+    assert storage.get_idempotency("cust1", "c1", "m-old", NOW_EPOCH) is None
+    new = message(2, message_id="m-old", body="again, a day later")
+    storage.append_message(new, idem_for(new), 1, NOW_EPOCH)
+    assert storage.get_idempotency("cust1", "c1", "m-old", NOW_EPOCH) == idem_for(new)
+    assert storage.get_message("c1", 2) == new
+
+
+def test_idempotency_record_is_valid_through_its_expiry_second(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    msg = message(1)
+    storage.append_message(msg, idem_for(msg, expires_at=NOW_EPOCH), 0, NOW_EPOCH)
+    assert storage.get_idempotency("cust1", "c1", "m1", NOW_EPOCH) == idem_for(msg, expires_at=NOW_EPOCH)
+    assert storage.get_idempotency("cust1", "c1", "m1", NOW_EPOCH + 1) is None
+    again = message(2, message_id="m1")
+    with pytest.raises(DuplicateMessage):
+        storage.append_message(again, idem_for(again), 1, NOW_EPOCH)
+
+
+def test_get_unknown_idempotency_record_is_none(storage: Storage) -> None:
+    assert storage.get_idempotency("cust1", "c1", "nope", NOW_EPOCH) is None
+
+
+def test_append_after_the_counter_moved_raises_sequence_conflict_and_writes_nothing(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    append(storage, 1)
+    late = message(1, message_id="m-late")  # read last_seq=0 before m1 committed
+    with pytest.raises(SequenceConflict):
+        storage.append_message(late, idem_for(late), 0, NOW_EPOCH)
+    assert storage.get_idempotency("cust1", "c1", "m-late", NOW_EPOCH) is None
+    assert storage.get_message("c1", 1) == message(1)
+    conv = storage.get_conversation("c1")
+    assert conv is not None and conv.last_seq == 1
+
+
+def test_append_expecting_a_counter_ahead_of_the_stored_one_conflicts(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    ahead = message(5)
+    with pytest.raises(SequenceConflict):
+        storage.append_message(ahead, idem_for(ahead), 4, NOW_EPOCH)
+    assert storage.get_message("c1", 5) is None
+    assert storage.get_idempotency("cust1", "c1", "m5", NOW_EPOCH) is None
+
+
+def test_append_to_a_closed_conversation_raises_closed_and_writes_nothing(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1", status="closed"))
+    msg = message(1)
+    with pytest.raises(ConversationClosed):
+        storage.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+    assert storage.get_message("c1", 1) is None
+    assert storage.get_idempotency("cust1", "c1", "m1", NOW_EPOCH) is None
+
+
+def test_append_to_an_active_conversation_is_allowed(storage: Storage) -> None:
+    online_agent(storage, "ag1")
+    storage.create_conversation(conversation("c1"))
+    storage.assign_conversation("c1", "ag1", at(1))
+    append(storage, 1, sender_id="ag1")
+    conv = storage.get_conversation("c1")
+    assert conv is not None and (conv.status, conv.last_seq) == ("active", 1)
+
+
+def test_append_to_an_unknown_conversation_raises_not_found_and_writes_nothing(storage: Storage) -> None:
+    msg = message(1, "ghost")
+    with pytest.raises(NotFound):
+        storage.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+    assert storage.get_conversation("ghost") is None
+    assert storage.get_message("ghost", 1) is None
+    assert storage.get_idempotency("cust1", "ghost", "m1", NOW_EPOCH) is None
+
+
+def test_get_unknown_message_is_none(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    assert storage.get_message("c1", 1) is None
+    assert storage.get_message("nope", 1) is None
+
+
+def test_messages_after_starts_after_the_cursor_in_ascending_order(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    storage.create_conversation(conversation("c2"))
+    for seq in range(1, 6):
+        append(storage, seq)
+    append(storage, 1, "c2")
+    assert [m.seq for m in storage.messages_after("c1", 2, 10)] == [3, 4, 5]
+    assert [m.seq for m in storage.messages_after("c1", 2, 2)] == [3, 4]
+    assert storage.messages_after("c1", 5, 10) == []
+    assert storage.messages_after("c1", 2, 0) == []
+    assert [m.conversation_id for m in storage.messages_after("c2", 0, 10)] == ["c2"]
+
+
+def test_messages_after_of_unknown_conversation_is_empty(storage: Storage) -> None:
+    assert storage.messages_after("nope", 0, 10) == []
+
+
+def test_messages_after_returns_the_limit_from_a_long_conversation(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    for seq in range(1, 251):
+        append(storage, seq)
+    page = storage.messages_after("c1", 0, 100)
+    assert [m.seq for m in page] == list(range(1, 101))
+    assert [m.seq for m in storage.messages_after("c1", 200, 100)] == list(range(201, 251))
+    assert [m.seq for m in storage.messages_after("c1", 0, 1000)] == list(range(1, 251))
+
+
+def test_messages_after_reads_past_a_one_megabyte_page(storage: Storage) -> None:
+    # 100 messages of 15 KB are 1.5 MB: DynamoDB (and moto) stop a Query page
+    # at 1 MB, so the implementation must follow LastEvaluatedKey.
+    storage.create_conversation(conversation("c1"))
+    body = "x" * 15_000
+    for seq in range(1, 101):
+        append(storage, seq, body=body)
+    got = storage.messages_after("c1", 0, 100)
+    assert [m.seq for m in got] == list(range(1, 101))
+    assert all(m.body == body for m in got)
+
+
+# ------------------------------------------------------ participants & cursors
+
+
+def test_add_participant_then_get_it(storage: Storage) -> None:
+    member = participant("ag1", "c1", role="agent")
+    storage.add_participant(member)
+    assert storage.get_participant("ag1", "c1") == member
+
+
+def test_add_participant_keeps_an_existing_membership_and_its_cursor(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1", "cust1"))
+    assert storage.advance_ack("cust1", "c1", 7)
+    storage.add_participant(participant("cust1", "c1", role="agent", ack_seq=0))
+    member = storage.get_participant("cust1", "c1")
+    assert member is not None and (member.role, member.ack_seq) == ("customer", 7)
+
+
+def test_get_unknown_participant_is_none(storage: Storage) -> None:
+    assert storage.get_participant("nobody", "c1") is None
+
+
+def test_participants_of_user_lists_every_membership_of_that_user_only(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1", "cust1"))
+    storage.create_conversation(conversation("c2", "cust1"))
+    storage.create_conversation(conversation("c3", "cust2"))
+    assert sorted(p.conversation_id for p in storage.participants_of_user("cust1")) == ["c1", "c2"]
+    assert [p.conversation_id for p in storage.participants_of_user("cust2")] == ["c3"]
+    assert storage.participants_of_user("nobody") == []
+
+
+def test_advance_ack_moves_the_cursor_forward_only(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1", "cust1"))
+    assert storage.advance_ack("cust1", "c1", 3) is True
+    assert storage.advance_ack("cust1", "c1", 2) is False
+    assert storage.advance_ack("cust1", "c1", 3) is False
+    assert storage.advance_ack("cust1", "c1", 5) is True
+    member = storage.get_participant("cust1", "c1")
+    assert member is not None and member.ack_seq == 5
+
+
+def test_advance_ack_of_a_non_participant_is_false_and_creates_nothing(storage: Storage) -> None:
+    assert storage.advance_ack("nobody", "c1", 3) is False
+    assert storage.get_participant("nobody", "c1") is None
+    assert storage.participants_of_user("nobody") == []
+
+
+def test_advance_ack_to_zero_never_moves(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1", "cust1"))
+    assert storage.advance_ack("cust1", "c1", 0) is False
+
