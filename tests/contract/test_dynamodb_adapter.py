@@ -1,0 +1,153 @@
+"""What only the DynamoDB adapter has: its items, its client, its error wrapping and retries.
+
+The behaviour shared with every Storage is in test_storage_contract.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from chalicelib.errors import OnceChatError, SequenceConflict
+from chalicelib.storage.dynamodb import DynamoStorage
+
+from .cloud import config_for
+from .conftest import STAGE
+from .records import NOW_EPOCH, T0, conversation, idem_for, message
+
+pytestmark = pytest.mark.usefixtures("moto_aws")
+
+
+@pytest.fixture
+def ddb(boto_session: boto3.session.Session) -> Any:
+    return boto_session.client("dynamodb")
+
+
+@pytest.fixture
+def store(ddb: Any) -> DynamoStorage:
+    return DynamoStorage(config_for(STAGE), ddb)
+
+
+def test_builds_its_own_client_from_the_default_session_on_first_use() -> None:
+    store = DynamoStorage(config_for(STAGE))
+    store.create_conversation(conversation("c1"))
+    assert store.get_conversation("c1") == conversation("c1")
+
+
+def test_unassigned_conversation_has_no_agent_id_attribute(store: DynamoStorage, ddb: Any) -> None:
+    # agentId is the key of GSI byAgent: a NULL there would be rejected.
+    store.create_conversation(conversation("c1"))
+    item = ddb.get_item(TableName=config_for(STAGE).conversations_table, Key={"conversationId": {"S": "c1"}})
+    assert "agentId" not in item["Item"]
+    assert item["Item"]["lastSeq"] == {"N": "0"}
+    assert item["Item"]["status"] == {"S": "waiting"}
+
+
+def test_items_carry_camel_case_names_numbers_and_the_idempotency_key(store: DynamoStorage, ddb: Any) -> None:
+    config = config_for(STAGE)
+    store.create_conversation(conversation("c1"))
+    msg = message(1)
+    store.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+    stored = ddb.get_item(
+        TableName=config.messages_table, Key={"conversationId": {"S": "c1"}, "seq": {"N": "1"}}
+    )["Item"]
+    assert set(stored) == {"conversationId", "seq", "messageId", "senderId", "senderRole", "body", "sentAt"}
+    idem = ddb.get_item(TableName=config.idempotency_table, Key={"idemKey": {"S": "cust1#c1#m1"}})["Item"]
+    assert idem["expiresAt"]["N"] == str(idem_for(msg).expires_at)
+    assert idem["seq"] == {"N": "1"}
+
+
+def test_agents_get_an_active_count_so_they_appear_in_the_presence_index(store: DynamoStorage, ddb: Any) -> None:
+    store.agent_connected("ag1", T0)
+    item = ddb.get_item(TableName=config_for(STAGE).agents_table, Key={"agentId": {"S": "ag1"}})["Item"]
+    assert item["activeCount"] == {"N": "0"}
+    assert item["connections"] == {"N": "1"}
+
+
+def test_backend_errors_are_wrapped_once_into_oncechat_error(ddb: Any) -> None:
+    store = DynamoStorage(config_for("no-such-stack"), ddb)
+    with pytest.raises(OnceChatError) as caught:
+        store.get_connection("conn-1")
+    assert isinstance(caught.value.__cause__, ClientError)
+    msg = message(1)
+    with pytest.raises(OnceChatError) as caught:
+        store.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+    assert isinstance(caught.value.__cause__, ClientError)
+    assert type(caught.value) is OnceChatError
+
+
+def test_moto_reports_cancellation_reasons_per_item(store: DynamoStorage, ddb: Any) -> None:
+    # append_message relies on these (item 0 = duplicate, 1 = counter, 2 = slot).
+    config = config_for(STAGE)
+    store.create_conversation(conversation("c1"))
+    with pytest.raises(ClientError) as caught:
+        ddb.transact_write_items(
+            TransactItems=[
+                {"ConditionCheck": {
+                    "TableName": config.conversations_table,
+                    "Key": {"conversationId": {"S": "c1"}},
+                    "ConditionExpression": "attribute_exists(conversationId)",
+                }},
+                {"Put": {
+                    "TableName": config.conversations_table,
+                    "Item": {"conversationId": {"S": "c2"}},
+                    "ConditionExpression": "attribute_exists(conversationId)",
+                }},
+            ]
+        )
+    assert caught.value.response["Error"]["Code"] == "TransactionCanceledException"
+    codes = [r["Code"] for r in caught.value.response["CancellationReasons"]]
+    assert codes == ["None", "ConditionalCheckFailed"]
+
+
+class _Conflicting:
+    """A client whose first ``conflicts`` transactions are cancelled by a concurrent transaction.
+
+    Real DynamoDB does this when two transactions touch one item at once;
+    moto never does, so it is injected here.
+    """
+
+    def __init__(self, client: Any, conflicts: int) -> None:
+        self._client = client
+        self.conflicts = conflicts
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def transact_write_items(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls <= self.conflicts:
+            n = len(kwargs["TransactItems"])
+            raise ClientError(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+                    "CancellationReasons": [{"Code": "TransactionConflict"}] + [{"Code": "None"}] * (n - 1),
+                },
+                "TransactWriteItems",
+            )
+        return self._client.transact_write_items(**kwargs)
+
+
+def test_a_transaction_conflict_is_retried_and_then_commits(ddb: Any) -> None:
+    client = _Conflicting(ddb, conflicts=2)
+    store = DynamoStorage(config_for(STAGE), client)
+    store.create_conversation(conversation("c1"))  # third call: commits
+    msg = message(1)
+    store.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+    assert client.calls == 4
+    assert store.get_message("c1", 1) == msg
+
+
+def test_a_lasting_transaction_conflict_is_reported_as_sequence_conflict(ddb: Any) -> None:
+    store = DynamoStorage(config_for(STAGE), ddb)
+    store.create_conversation(conversation("c1"))
+    conflicted = DynamoStorage(config_for(STAGE), _Conflicting(ddb, conflicts=100))
+    msg = message(1)
+    with pytest.raises(SequenceConflict):
+        conflicted.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+    assert store.get_message("c1", 1) is None
+    assert conflicted.assign_conversation("c1", "ag1", T0) is False
