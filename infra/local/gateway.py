@@ -110,6 +110,13 @@ class WebSocketGateway:
         self._executor = executor
         self._connections: dict[str, _Connection] = {}
         self._runner: web.AppRunner | None = None
+        # asyncio keeps only weak references to tasks: hold them until done.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -144,7 +151,7 @@ class WebSocketGateway:
     async def _handle_websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=self.config.max_message_bytes, autoping=True)
         if not ws.can_prepare(request).ok:
-            # For parity: a plain HTTPS GET on the stage URL is refused.
+            # A plain HTTP GET on the stage URL is no WebSocket handshake.
             return _aws_error(426, "UpgradeRequired", "Upgrade Required")
         conn = self._new_connection(request)
         self._connections[conn.info.connection_id] = conn
@@ -155,14 +162,21 @@ class WebSocketGateway:
             conn.state = "closed"
             self._connections.pop(conn.info.connection_id, None)
             return rejected
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except (ConnectionError, RuntimeError):
+            # The client left during $connect: for parity, no $disconnect for
+            # a connection that was never established.
+            conn.state = "closed"
+            self._connections.pop(conn.info.connection_id, None)
+            raise
         conn.ws = ws
         conn.state = "open"
         conn.last_active_ms = events.now_ms()
         loop = asyncio.get_running_loop()
         expiry = loop.call_later(
             self.config.max_connection_duration_s,
-            lambda: loop.create_task(self._server_close(conn, WSCloseCode.GOING_AWAY, "Going away")),
+            lambda: self._spawn(self._server_close(conn, WSCloseCode.GOING_AWAY, "Going away")),
         )
         try:
             await self._receive_loop(conn, ws)
@@ -230,7 +244,7 @@ class WebSocketGateway:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 last_client_frame = time.monotonic()
                 conn.last_active_ms = events.now_ms()
-                asyncio.get_running_loop().create_task(self._dispatch(conn, msg.data))
+                self._spawn(self._dispatch(conn, msg.data))
                 continue
             if msg.type == WSMsgType.CLOSE:
                 code = int(msg.data) if msg.data else _CLOSE_NO_STATUS
