@@ -42,23 +42,13 @@ def find_localstack(environ: Mapping[str, str]) -> str | None:
     """Return LocalStack's edge URL if one is configured or answering, else None.
 
     Follows the ``localstack_client`` conventions: ``LOCALSTACK_HOST`` (and
-    ``USE_SSL``) name the edge endpoint; a LocalStack is recognised by its
-    ``/_localstack/health`` resource.
+    ``USE_SSL``) in the process environment name the edge endpoint; without
+    them a LocalStack is recognised by its ``/_localstack/health`` resource
+    at the default edge URL.
     """
     from localstack_client import config as localstack_config
 
-    saved = {k: os.environ.get(k) for k in ("LOCALSTACK_HOST", "USE_SSL")}
-    try:
-        for key in saved:
-            if key in environ:
-                os.environ[key] = environ[key]
-        edge = localstack_config.get_service_endpoint("edge")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    edge = localstack_config.get_service_endpoint("edge")
     if not edge:
         return None
     if environ.get("LOCALSTACK_HOST"):
