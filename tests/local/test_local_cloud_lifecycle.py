@@ -97,6 +97,20 @@ def test_maximum_duration_closes_an_active_connection(cloud):
     assert wait_for_disconnect(cloud, known)["code"] == 1001
 
 
+def test_configured_endpoint_is_used_instead_of_moto(cloud):
+    with LocalCloud(BARE_APP, "--aws-endpoint", cloud.aws_endpoint, api_stage="ws") as second:
+        assert "starting moto server" not in second.log()
+        assert f"AWS endpoint:    {cloud.aws_endpoint}" in second.output
+        assert not _children(second.process.pid)
+
+        async def scenario():
+            async with websockets.connect(second.websocket_url) as ws:
+                await ws.send("through the second cloud")
+                return await ws.recv()
+
+        assert run(scenario()) == "through the second cloud"
+
+
 def _children(pid: int) -> list[int]:
     """Every process whose parent is ``pid`` (from /proc)."""
     children = []
