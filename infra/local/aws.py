@@ -96,7 +96,8 @@ class MotoServer:
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Start the server and wait until it answers HTTP."""
-        command = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        # Our launcher, not moto.server: it gives each request the atomicity AWS gives it.
+        command = [sys.executable, "-m", "infra.local.motoserver", "-H", self.host, "-p", str(self.port)]
         log.info("starting moto server: %s", " ".join(command[1:]))
         self._process = subprocess.Popen(
             command,

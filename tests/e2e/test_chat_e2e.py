@@ -260,3 +260,32 @@ def test_rest_errors_are_json(cloud):
     assert status == 403 and body["code"] == "forbidden"
     status, body = rest(cloud, "GET", "/conversations/nope/messages", "cust-x")
     assert status == 404 and body["code"] == "not_found"
+
+
+def test_concurrent_senders_over_sockets_get_gapless_seqs(cloud):
+    """Many clients racing in one conversation: distinct, gapless seqs, each message stored once."""
+    async def scenario():
+        agent, agent_id, customer, customer_id, conv = await pair(cloud)
+        cid = conv["conversationId"]
+        phones = [await connect(cloud.websocket_url, token(customer_id)) for _ in range(3)]
+        senders = [customer, agent, *phones]
+
+        async def burst(client, n, tag):
+            return [await client.send(cid, f"{tag}-{i}", message_id=f"{tag}-{i}") for i in range(n)]
+
+        # Every sender fires at once; two of them also race duplicates of each other's ids.
+        results = await asyncio.gather(*(burst(c, 15, f"s{k}") for k, c in enumerate(senders)),
+                                       burst(phones[0], 15, "s0"))
+        accepted = [a for r in results for a in r]
+        by_id = {}
+        for a in accepted:
+            by_id.setdefault(a["messageId"], set()).add(a["seq"])
+        assert all(len(s) == 1 for s in by_id.values())  # a duplicate always gets the same seq
+        seqs = sorted(next(iter(s)) for s in by_id.values())
+        assert seqs == list(range(1, 5 * 15 + 1))
+        status, page = rest(cloud, "GET", f"/conversations/{cid}/messages?limit=100", customer_id)
+        assert [m["seq"] for m in page["messages"]] == seqs
+        for c in senders:
+            await c.close()
+
+    run(scenario())

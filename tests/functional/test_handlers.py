@@ -136,8 +136,35 @@ def test_conflicting_reuse_of_message_id(chat):
                    "message": "messageId was already used with a different body"}
 
 
-def test_concurrent_senders_gapless(chat):
+class _AtomicRequests:
+    """A DynamoDB client whose calls run one at a time.
+
+    moto's in-process DynamoDB is not thread-safe (a transaction snapshots
+    and restores whole tables), while each request to AWS is atomic; this
+    restores that per-request atomicity without hiding any race between
+    requests, which is what the send loop must handle.
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with self._lock:
+                return attr(*args, **kwargs)
+        return call
+
+
+def test_concurrent_senders_gapless(chat, monkeypatch):
     cloud, customer, agent, cid = chat
+    storage = cloud.mod.handlers.chat.storage
+    monkeypatch.setattr(storage, "_client", _AtomicRequests(storage._db))
     sent, lock = {customer: set(), agent: set()}, threading.Lock()
 
     def run(conn, prefix):

@@ -138,7 +138,7 @@ def _alive(pid: int) -> bool:
 def test_sigint_stops_everything_and_exits_0(cloud):
     process = cloud.process
     assert process is not None
-    moto = [pid for pid in _children(process.pid) if "moto.server" in open(f"/proc/{pid}/cmdline").read()]
+    moto = [pid for pid in _children(process.pid) if "infra.local.motoserver" in open(f"/proc/{pid}/cmdline").read()]
     assert len(moto) == 1
 
     async def open_connection_sees_going_away() -> int:
