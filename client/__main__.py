@@ -19,7 +19,7 @@ from typing import Any
 
 from chalicelib.auth import mint_token
 from chalicelib.config import LOCAL_JWT_SECRET
-from client.protocol import Client, ErrorFrame, connect
+from client.protocol import ErrorFrame, connect
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

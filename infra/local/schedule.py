@@ -15,7 +15,6 @@ from __future__ import annotations
 import calendar
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -23,6 +22,7 @@ from typing import Callable
 
 from infra.local import events
 from infra.local.handlers import LambdaFunction
+from infra.local.worker import Worker
 
 log = logging.getLogger("infra.local.schedule")
 
@@ -159,7 +159,7 @@ def expression_of(schedule: object) -> str:
     return to_string()
 
 
-class ScheduleRunner:
+class ScheduleRunner(Worker):
     """A thread that invokes one function on one schedule."""
 
     def __init__(self, function: LambdaFunction, expression: str, rule_name: str, speed: float = 1.0,
@@ -173,8 +173,7 @@ class ScheduleRunner:
         self._region = region
         self._period_s = rate_seconds(expression)
         self._cron = None if self._period_s is not None else CronSchedule.parse(expression)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"schedule-{function.name}", daemon=True)
+        super().__init__(f"schedule-{function.name}")
         self._real_start = time.time()
 
     def _virtual_now(self) -> float:
@@ -190,16 +189,7 @@ class ScheduleRunner:
     def start(self) -> None:
         """Start the schedule in the background."""
         self._real_start = time.time()
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop firing and wait for a running invocation to finish."""
-        self.request_stop()
-        self._thread.join(timeout_s)
-
-    def request_stop(self) -> None:
-        """Ask the thread to stop without waiting for it."""
-        self._stop.set()
+        super().start()
 
     def _run(self) -> None:
         fire_at = self._next_fire(self._virtual_now())

@@ -16,13 +16,13 @@ hand out messages of a group while an earlier one is in flight.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict
 
 from infra.local import events
 from infra.local.handlers import LambdaFunction
+from infra.local.worker import Worker
 
 log = logging.getLogger("infra.local.sqs")
 
@@ -50,30 +50,14 @@ def queue_name_of(queue: str | None, queue_arn: str | None) -> str:
     raise ValueError("an SQS event source needs a queue name or ARN")
 
 
-class SqsPoller:
+class SqsPoller(Worker):
     """A thread that feeds one queue to one function."""
 
     def __init__(self, sqs_client_factory: Callable[[], Any], config: SqsSourceConfig, region: str) -> None:
         self.config = config
         self._client_factory = sqs_client_factory
         self._region = region
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"sqs-{config.function.name}", daemon=True
-        )
-
-    def start(self) -> None:
-        """Start polling in the background."""
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Ask the poller to stop and wait for its current batch to finish."""
-        self.request_stop()
-        self._thread.join(timeout_s)
-
-    def request_stop(self) -> None:
-        """Ask the thread to stop without waiting for it."""
-        self._stop.set()
+        super().__init__(f"sqs-{config.function.name}")
 
     def _run(self) -> None:
         client = self._client_factory()
