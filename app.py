@@ -1,7 +1,7 @@
 """oncechat: wiring only. Every handler is one call into chalicelib."""
 
 import boto3
-from chalice import Chalice
+from chalice import Chalice, Rate
 
 from chalicelib.config import delivery_queue_name
 from chalicelib.handlers import Handlers
@@ -30,6 +30,11 @@ def disconnect(event):
 @app.on_sqs_message(queue=delivery_queue_name(), batch_size=10)
 def deliver(event):
     handlers.deliver(event)
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def sweep(event):
+    handlers.sweep(event)
 
 
 @app.route("/conversations", methods=["POST"])

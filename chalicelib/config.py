@@ -34,6 +34,8 @@ class Config:
     page_size: int = 100
     resume_max_messages: int = 2000
     append_max_attempts: int = 64
+    sweep_grace_seconds: int = 30
+    sweep_batch: int = 500
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -81,6 +83,7 @@ class Config:
             max_body_bytes=number("MAX_BODY_BYTES", 16 * 1024),
             page_size=number("PAGE_SIZE", 100),
             resume_max_messages=number("RESUME_MAX_MESSAGES", 2000),
+            sweep_grace_seconds=number("SWEEP_GRACE_SECONDS", 30),
         )
 
 

@@ -82,6 +82,12 @@ class Handlers:
         """The FIFO consumer; raising makes SQS redeliver the whole batch."""
         DeliveryService(self.chat).deliver(record.body for record in event)
 
+    def sweep(self, event: Any) -> None:
+        """The scheduled sweeper: enqueue messages stored but never enqueued."""
+        count = self.chat.sweep()
+        if count:
+            log.warning("sweeper enqueued %d message(s)", count)
+
     # ----------------------------------------------------------------- REST
 
     def create_conversation(self, request: Request) -> Response:

@@ -33,6 +33,7 @@ from chalicelib.models import (
     AckFrame,
     ConnectionRecord,
     Conversation,
+    MessageRecord,
     Participant,
     Principal,
     ResumeFrame,
@@ -122,6 +123,7 @@ class ChatService:
 
     def on_frame(self, origin: Origin, raw: str | None) -> None:
         """Handle one client frame; every failure becomes an ``error`` frame."""
+        frame: SendFrame | AckFrame | ResumeFrame | None = None
         try:
             principal = self.principal_of(origin.connection_id)
             frame = core.parse_client_frame(raw, self.config.max_body_bytes)
@@ -137,7 +139,9 @@ class ChatService:
             log.info("connection %s left before its reply", origin.connection_id)
         except Exception:
             log.exception("frame on %s failed", origin.connection_id)
-            self.reply(origin, core.error_frame(OnceChatError("internal error")))
+            message_id = frame.message_id if isinstance(frame, SendFrame) else None
+            self.reply(origin, core.error_frame(OnceChatError(
+                "internal error; retry with the same messageId", message_id=message_id)))
 
     def reply(self, origin: Origin, frame: dict[str, Any]) -> None:
         """Push a frame to the connection a request came from."""
@@ -289,15 +293,42 @@ class ChatService:
     # ---------------------------------------------------------------- helpers
 
     def _enqueue(self, delivery: Delivery) -> None:
+        message = delivery.message
         try:
             self.queue.enqueue(delivery)
         except OnceChatError as err:
             # Stored but maybe not queued: the client's retry (same
-            # messageId) is answered as a duplicate and enqueues again.
-            log.error("enqueue of %s#%d failed: %s", delivery.message.conversation_id,
-                      delivery.message.seq, err.message)
+            # messageId) is answered as a duplicate and enqueues again; if
+            # the client never returns, the sweeper enqueues it.
+            log.error("enqueue of %s#%d failed: %s", message.conversation_id, message.seq,
+                      err.message)
             raise OnceChatError("message stored but not yet queued; retry with the same messageId",
-                                message_id=delivery.message.message_id) from err
+                                message_id=message.message_id) from err
+        self._mark_enqueued(message)
+
+    def _mark_enqueued(self, message: MessageRecord) -> None:
+        try:
+            self.storage.mark_enqueued(message.conversation_id, message.seq)
+        except OnceChatError as err:  # the sweeper enqueues it once more: harmless
+            log.warning("could not mark %s#%d enqueued: %s", message.conversation_id,
+                        message.seq, err.message)
+
+    def sweep(self) -> int:
+        """Enqueue messages committed but never marked enqueued; return how many.
+
+        A handler that died between its commit and its enqueue, for a
+        sender who never retries, leaves its message pending; after
+        ``sweep_grace_seconds`` (longer than any send takes) the sweeper
+        enqueues it. Run on a schedule, this bounds the delay of such a
+        message to grace + schedule period + delivery.
+        """
+        due = self.storage.pending_messages(
+            self.clock() // 1000 - self.config.sweep_grace_seconds, self.config.sweep_batch)
+        for message in due:
+            log.warning("sweeper enqueues %s#%d", message.conversation_id, message.seq)
+            self.queue.enqueue(Delivery(message, None))
+            self._mark_enqueued(message)
+        return len(due)
 
     def _conversation(self, conversation_id: str) -> Conversation:
         conv = self.storage.get_conversation(conversation_id)

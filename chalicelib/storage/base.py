@@ -87,7 +87,8 @@ class Storage(Protocol):
         - the idempotency record (condition: absent, or present but expired: ``expires_at < now_epoch``);
         - the conversation: ``last_seq`` from ``expected_last_seq`` to ``message.seq``
           (condition: ``last_seq == expected_last_seq`` and status is not closed);
-        - the message item keyed (conversation_id, seq) (condition: absent).
+        - the message item keyed (conversation_id, seq) (condition: absent),
+          marked pending since ``now_epoch`` until ``mark_enqueued``.
         ``message.seq`` must be ``expected_last_seq + 1``.
 
         Raises DuplicateMessage when the idempotency record exists (and is not
@@ -95,6 +96,17 @@ class Storage(Protocol):
         is taken, NotFound when the conversation does not exist,
         ConversationClosed when it is closed. On any raise nothing is written.
         """
+
+    def mark_enqueued(self, conversation_id: str, seq: int) -> None:
+        """Forget that a message is pending: it is on the delivery queue.
+
+        ``append_message`` stores every message as pending (since
+        ``now_epoch``); the sweeper enqueues what stays pending too long.
+        Idempotent; a missing message is ignored.
+        """
+
+    def pending_messages(self, committed_before: int, limit: int) -> list[MessageRecord]:
+        """Up to ``limit`` pending messages committed before ``committed_before`` (epoch s), oldest first."""
 
     def get_idempotency(
         self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int

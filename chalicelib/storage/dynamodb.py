@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import time
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
@@ -100,6 +101,15 @@ def _to_item(record: BaseModel, **extra: Any) -> Item:
 def _from_item(model: type[M], item: Mapping[str, Any]) -> M:
     """The record stored in an item (extra attributes such as idemKey are ignored)."""
     return model.model_validate({name: _deserialize(value) for name, value in item.items()})
+
+
+#: The byPending index is spread over this many partition keys so that a
+#: busy system does not write all pending messages to one hot GSI partition.
+PENDING_SHARDS = 16
+
+
+def _pending_shard(conversation_id: str) -> int:
+    return zlib.crc32(conversation_id.encode()) % PENDING_SHARDS
 
 
 def _n(value: int) -> dict[str, str]:
@@ -531,7 +541,13 @@ class DynamoStorage:
                 {
                     "Put": {
                         "TableName": self._config.messages_table,
-                        "Item": _to_item(message),
+                        # pending* put the message in the sparse byPending
+                        # index until mark_enqueued removes them.
+                        "Item": _to_item(
+                            message,
+                            pendingShard=_pending_shard(message.conversation_id),
+                            pendingSince=now_epoch,
+                        ),
                         "ConditionExpression": "attribute_not_exists(seq)",
                     }
                 },
@@ -570,6 +586,38 @@ class DynamoStorage:
         record = _from_item(IdempotencyRecord, item)
         # TTL deletes late: an expired record may still be stored.
         return None if record.expires_at < now_epoch else record
+
+    def mark_enqueued(self, conversation_id: str, seq: int) -> None:
+        with _backend("mark_enqueued"):
+            try:
+                self._db.update_item(
+                    TableName=self._config.messages_table,
+                    Key={"conversationId": _s(conversation_id), "seq": _n(seq)},
+                    UpdateExpression="REMOVE pendingShard, pendingSince",
+                    # Never create a stub item for a message that is not there.
+                    ConditionExpression="attribute_exists(seq)",
+                )
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":
+                    raise
+
+    def pending_messages(self, committed_before: int, limit: int) -> list[MessageRecord]:
+        # byPending is a GSI, so eventually consistent: a message enqueued a
+        # moment ago may still be listed and is enqueued again. Harmless:
+        # recipients drop copies by seq, and SQS dedup usually drops it first.
+        due: list[tuple[int, MessageRecord]] = []
+        with _backend("pending_messages"):
+            for shard in range(PENDING_SHARDS):
+                items = self._db.query(
+                    TableName=self._config.messages_table,
+                    IndexName="byPending",
+                    KeyConditionExpression="pendingShard = :s AND pendingSince < :t",
+                    ExpressionAttributeValues={":s": _n(shard), ":t": _n(committed_before)},
+                    Limit=limit,
+                ).get("Items", [])
+                due.extend((int(i["pendingSince"]["N"]), _from_item(MessageRecord, i)) for i in items)
+        due.sort(key=lambda pair: pair[0])
+        return [message for _, message in due[:limit]]
 
     def get_message(self, conversation_id: str, seq: int) -> MessageRecord | None:
         with _backend("get_message"):

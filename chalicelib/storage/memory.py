@@ -37,6 +37,7 @@ class MemoryStorage:
         self._messages: dict[tuple[str, int], MessageRecord] = {}
         self._idempotency: dict[str, IdempotencyRecord] = {}
         self._participants: dict[tuple[str, str], Participant] = {}
+        self._pending: dict[tuple[str, int], int] = {}
 
     # ---------------------------------------------------------- connections
     def put_connection(self, conn: ConnectionRecord) -> None:
@@ -160,6 +161,16 @@ class MemoryStorage:
                 update={"last_seq": message.seq}
             )
             self._messages[(message.conversation_id, message.seq)] = message
+            self._pending[(message.conversation_id, message.seq)] = now_epoch
+
+    def mark_enqueued(self, conversation_id: str, seq: int) -> None:
+        with self._lock:
+            self._pending.pop((conversation_id, seq), None)
+
+    def pending_messages(self, committed_before: int, limit: int) -> list[MessageRecord]:
+        with self._lock:
+            due = sorted((since, key) for key, since in self._pending.items() if since < committed_before)
+            return [self._messages[key] for _, key in due[:limit]]
 
     def get_idempotency(
         self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int

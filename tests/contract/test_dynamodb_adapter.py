@@ -54,7 +54,14 @@ def test_items_carry_camel_case_names_numbers_and_the_idempotency_key(store: Dyn
     stored = ddb.get_item(
         TableName=config.messages_table, Key={"conversationId": {"S": "c1"}, "seq": {"N": "1"}}
     )["Item"]
-    assert set(stored) == {"conversationId", "seq", "messageId", "senderId", "senderRole", "body", "sentAt"}
+    fields = {"conversationId", "seq", "messageId", "senderId", "senderRole", "body", "sentAt"}
+    assert set(stored) == fields | {"pendingShard", "pendingSince"}
+    assert stored["pendingSince"] == {"N": str(NOW_EPOCH)}
+    store.mark_enqueued("c1", 1)
+    stored = ddb.get_item(
+        TableName=config.messages_table, Key={"conversationId": {"S": "c1"}, "seq": {"N": "1"}}
+    )["Item"]
+    assert set(stored) == fields  # out of the sparse byPending index
     idem = ddb.get_item(TableName=config.idempotency_table, Key={"idemKey": {"S": "cust1#c1#m1"}})["Item"]
     assert idem["expiresAt"]["N"] == str(idem_for(msg).expires_at)
     assert idem["seq"] == {"N": "1"}

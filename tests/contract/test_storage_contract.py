@@ -504,3 +504,47 @@ def test_advance_ack_to_zero_never_moves(storage: Storage) -> None:
     storage.create_conversation(conversation("c1", "cust1"))
     assert storage.advance_ack("cust1", "c1", 0) is False
 
+
+
+# ------------------------------------------------------------ pending / sweeper
+
+
+def _append_at(storage: Storage, seq: int, conversation_id: str, epoch: int) -> None:
+    msg = message(seq, conversation_id, message_id=f"{conversation_id}-{seq}")  # type: ignore[arg-type]
+    storage.append_message(msg, idem_for(msg), seq - 1, epoch)
+
+
+def test_appended_messages_are_pending_until_marked_enqueued(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    storage.create_conversation(conversation("c2"))
+    _append_at(storage, 1, "c1", NOW_EPOCH)
+    _append_at(storage, 1, "c2", NOW_EPOCH + 5)
+    _append_at(storage, 2, "c1", NOW_EPOCH + 10)
+    due = storage.pending_messages(NOW_EPOCH + 10, 100)
+    assert [(m.conversation_id, m.seq) for m in due] == [("c1", 1), ("c2", 1)]  # oldest first
+    assert due[0].body == message(1, "c1").body
+    storage.mark_enqueued("c1", 1)
+    assert [(m.conversation_id, m.seq) for m in storage.pending_messages(NOW_EPOCH + 11, 100)] == [
+        ("c2", 1), ("c1", 2)]
+    assert [m.seq for m in storage.pending_messages(NOW_EPOCH + 11, 1)] == [1]
+
+
+def test_mark_enqueued_is_idempotent_and_ignores_missing_messages(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    _append_at(storage, 1, "c1", NOW_EPOCH)
+    storage.mark_enqueued("c1", 1)
+    storage.mark_enqueued("c1", 1)
+    storage.mark_enqueued("c1", 99)
+    storage.mark_enqueued("nope", 1)
+    assert storage.pending_messages(NOW_EPOCH + 100, 10) == []
+    assert storage.get_message("c1", 1) is not None
+    assert storage.get_message("c1", 99) is None
+
+
+def test_a_failed_append_leaves_nothing_pending(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    _append_at(storage, 1, "c1", NOW_EPOCH)
+    msg = message(1, "c1")
+    with pytest.raises((DuplicateMessage, SequenceConflict)):
+        storage.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+    assert [m.seq for m in storage.pending_messages(NOW_EPOCH + 1, 10)] == [1]

@@ -78,7 +78,7 @@ EXPECTED_TABLES = {
             "byAgent": ("agentId", "createdAt"),
         },
     ),
-    "messages_table": (("conversationId", "seq"), {}),
+    "messages_table": (("conversationId", "seq"), {"byPending": ("pendingShard", "pendingSince")}),
     "idempotency_table": (("idemKey",), {}),
     "connections_table": (("connectionId",), {"byUser": ("userId", "connectionId")}),
     "participants_table": (("userId", "conversationId"), {"byConversation": ("conversationId", "userId")}),

@@ -337,3 +337,33 @@ def test_waiting_conversation_assigned_when_agent_connects(cloud):
     cloud.connect("agent-7", "agent")
     status, page = cloud.rest("GET", f"/conversations/{conv['conversationId']}/messages", "agent-7", "agent")
     assert status == 200 and page == {"messages": [], "next": None}
+
+
+def test_scheduled_sweeper_recovers_commit_without_enqueue(chat, monkeypatch):
+    cloud, customer, agent, cid = chat
+    chat_service = cloud.mod.handlers.chat
+    real = chat_service.queue.enqueue
+    calls = {"n": 0}
+
+    def die_once(delivery):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("Lambda died between commit and enqueue")
+        real(delivery)
+
+    monkeypatch.setattr(chat_service.queue, "enqueue", die_once)
+    err = send(cloud, customer, cid, "m1", "orphan")
+    assert err["code"] == "internal" and err["messageId"] == "m1"
+    cloud.consume()
+    assert cloud.pushes.of(agent, "message") == []
+    sweep_event = {"version": "0", "id": "1", "detail-type": "Scheduled Event", "source": "aws.events",
+                   "account": "123456789012", "time": "2026-11-28T00:00:00Z", "region": REGION,
+                   "resources": [], "detail": {}}
+    cloud.mod.sweep(sweep_event, None)  # within the grace period: nothing yet
+    cloud.consume()
+    assert cloud.pushes.of(agent, "message") == []
+    object.__setattr__(chat_service.config, "sweep_grace_seconds", 0)  # a frozen dataclass
+    time.sleep(1.1)
+    cloud.mod.sweep(sweep_event, None)
+    cloud.consume()
+    assert [m["body"] for m in cloud.pushes.of(agent, "message")] == ["orphan"]

@@ -304,3 +304,24 @@ def test_resume_ack_frames_validate(chatting):
     assert AckFrame(action="ack", conversation_id=cid, seq=0).seq == 0
     assert ResumeFrame(action="resume").cursors == {}
     assert ConnectionGone("x").connection_id == "x"
+
+
+def test_sweeper_enqueues_a_message_whose_sender_never_returned(chatting):
+    chat, alice, bob, cid = chatting
+    chat.queue.fail_next = 1  # the handler "dies" between commit and enqueue
+    err = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="lost?")
+    assert err["code"] == "internal"
+    assert chat.sweep() == 0  # within the grace period a retry is still expected
+    chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
+    assert chat.sweep() == 1
+    assert chat.sweep() == 0  # marked enqueued: swept once
+    pump(chat)
+    assert [f["body"] for f in chat.pusher.frames(bob.connection_id, "message")] == ["lost?"]
+
+
+def test_enqueued_messages_are_never_swept(chatting):
+    chat, alice, bob, cid = chatting
+    for i in range(3):
+        frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body="x")
+    chat.clock.t += 3600 * 1000
+    assert chat.sweep() == 0
