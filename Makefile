@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean token chat
+.PHONY: run test install clean token chat dlq-list dlq-redrive
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,20 @@ token: $(STAMP)
 ## Chat from a terminal against `make run`: make chat SUB=alice ROLE=customer ARGS=--new
 chat: $(STAMP)
 	@$(PY) -m client --user $(SUB) --role $(ROLE) $(ARGS)
+
+STAGE ?= local
+# The local cloud's embedded AWS unless the environment names another endpoint.
+AWS_ENV = AWS_ENDPOINT_URL=$${AWS_ENDPOINT_URL:-http://127.0.0.1:4566} \
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} \
+	AWS_ACCESS_KEY_ID=$${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=$${AWS_SECRET_ACCESS_KEY:-test}
+
+## List the delivery dead-letter queue of STAGE (default: the running local cloud)
+dlq-list: $(STAMP)
+	@$(AWS_ENV) $(PY) -m infra.dlq list --stage $(STAGE)
+
+## Move the dead-letter queue's deliveries back to the delivery queue
+dlq-redrive: $(STAMP)
+	@$(AWS_ENV) $(PY) -m infra.dlq redrive --stage $(STAGE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -367,3 +367,24 @@ def test_scheduled_sweeper_recovers_commit_without_enqueue(chat, monkeypatch):
     cloud.mod.sweep(sweep_event, None)
     cloud.consume()
     assert [m["body"] for m in cloud.pushes.of(agent, "message")] == ["orphan"]
+
+
+def test_poison_delivery_lands_in_dlq_and_redrive_brings_it_back(chat):
+    from infra import dlq
+
+    cloud, customer, agent, cid = chat
+    cloud.pushes.failing.add(agent)  # the agent's endpoint keeps failing
+    send(cloud, customer, cid, "m1", "stuck")
+    for _ in range(5):  # maxReceiveCount = 5
+        with pytest.raises(Exception):
+            cloud.consume()
+        _expire_in_flight(cloud)
+    assert cloud.consume() == 0  # the 6th receive moved it to the DLQ
+    dlq_url = cloud.sqs.get_queue_url(QueueName=f"oncechat-{STAGE}-delivery-dlq.fifo")["QueueUrl"]
+    listed = dlq.list_dlq(cloud.sqs, dlq_url, 10)
+    assert [(m["conversationId"], m["seq"], m["group"]) for m in listed] == [(cid, 1, cid)]
+    cloud.pushes.failing.clear()
+    assert dlq.redrive(cloud.sqs, dlq_url, cloud.queue_url, 10) == 1
+    assert dlq.list_dlq(cloud.sqs, dlq_url, 10) == []
+    cloud.consume()
+    assert [m["body"] for m in cloud.pushes.of(agent, "message")] == ["stuck"]
