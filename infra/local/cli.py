@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from infra.local import tokens
+from infra.local import faults, tokens
 from infra.local.gateway import AWS_IDLE_TIMEOUT_S, AWS_MAX_CONNECTION_DURATION_S, AWS_MAX_MESSAGE_BYTES
 
 READY_LINE = "oncechat local cloud ready"
@@ -117,6 +117,27 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
     _flag(parser, environ, "--schedule-speed", 1.0, float, "run schedules this many times faster")
     _flag(parser, environ, "--workers", 32, int, "threads for handler invocations")
     _flag(parser, environ, "--log-level", "INFO", str, "DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--faults",
+        type=_fault_spec,
+        default=_env_default(environ, ENV_PREFIX + "FAULTS", None, _fault_spec),
+        metavar="SPEC",
+        help=(
+            "turn fault injection on: comma-separated kind=rate pairs (probability per opportunity, 0..1), "
+            "all=RATE sets every kind, later pairs override, e.g. all=0.01,push_fail=0; "
+            "all=0 installs the hooks with every rate 0, for PUT /_local/faults to raise later. Kinds: "
+            + ", ".join(faults.KINDS)
+            + " (env ONCECHAT_LOCAL_FAULTS; default: off)"
+        ),
+    )
+    _flag(parser, environ, "--fault-seed", None, int, "seed of the fault injection's random source, for reproducible runs")
+
+
+def _fault_spec(value: str) -> dict[str, float]:
+    try:
+        return faults.parse_spec(value)
+    except faults.FaultSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _print(line: str) -> None:
@@ -150,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         sqs_retry_delay_s=args.sqs_retry_delay,
         schedule_speed=args.schedule_speed,
         workers=args.workers,
+        faults=args.faults,
+        fault_seed=args.fault_seed,
     )
     stopping = threading.Event()
 

@@ -10,6 +10,10 @@ nothing about Chalice and custom route keys work.
 
 Every frame is its own invocation on a thread pool, so frames of one
 connection may be handled in parallel, as on AWS.
+
+The gateway's share of fault injection (:mod:`infra.local.faults`) is here:
+dropped connections, duplicated frames and failing ``@connections`` POSTs,
+plus the control endpoint ``/_local/faults`` outside every stage path.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from typing import Any, Callable, Dict, Mapping
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
-from infra.local import events
+from infra.local import events, faults
 from infra.local.events import ApiInfo, ConnectionInfo
+from infra.local.handlers import InvocationCrashed
 
 Route = Callable[[Dict[str, Any]], Any]
 
@@ -39,6 +44,9 @@ AWS_MAX_MESSAGE_BYTES = 128 * 1024
 
 _CLOSE_NO_STATUS = 1005  # RFC 6455 7.4.1: close frame without a status code
 _CLOSE_ABNORMAL = 1006  # RFC 6455 7.4.1: connection dropped without a close frame
+_ABNORMAL_REASON = "Connection closed abnormally"
+
+FAULTS_PATH = "/_local/faults"
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class _Connection:
     info: ConnectionInfo
     state: str = "connecting"  # connecting -> open -> closed
     ws: web.WebSocketResponse | None = None
+    transport: asyncio.BaseTransport | None = None
     last_active_ms: int = 0
     close_cause: tuple[int, str] | None = None
     disconnected: bool = False
@@ -101,12 +110,24 @@ def _aws_error(status: int, error_type: str, message: str | None) -> web.Respons
     )
 
 
+def _internal_error() -> web.Response:
+    """API Gateway's answer when it fails internally (an injected push fault)."""
+    return _aws_error(500, "InternalServerErrorException", "Internal server error")
+
+
 class WebSocketGateway:
     """The emulated API: owns the connections and runs routes on an executor."""
 
-    def __init__(self, routes: Mapping[str, Route], config: GatewayConfig, executor: Executor) -> None:
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        config: GatewayConfig,
+        executor: Executor,
+        injector: faults.FaultInjector | None = None,
+    ) -> None:
         self.routes = dict(routes)
         self.config = config
+        self.faults = injector if injector is not None else faults.FaultInjector(enabled=False)
         self._executor = executor
         self._connections: dict[str, _Connection] = {}
         self._runner: web.AppRunner | None = None
@@ -129,6 +150,8 @@ class WebSocketGateway:
         app.router.add_post(management, self._handle_post)
         app.router.add_get(management, self._handle_get)
         app.router.add_delete(management, self._handle_delete)
+        app.router.add_get(FAULTS_PATH, self._handle_get_faults)
+        app.router.add_put(FAULTS_PATH, self._handle_put_faults)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         return app
 
@@ -171,6 +194,7 @@ class WebSocketGateway:
             self._connections.pop(conn.info.connection_id, None)
             raise
         conn.ws = ws
+        conn.transport = request.transport
         conn.state = "open"
         conn.last_active_ms = events.now_ms()
         loop = asyncio.get_running_loop()
@@ -244,7 +268,7 @@ class WebSocketGateway:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 last_client_frame = time.monotonic()
                 conn.last_active_ms = events.now_ms()
-                self._spawn(self._dispatch(conn, msg.data))
+                self._receive_frame(conn, msg.data)
                 continue
             if msg.type == WSMsgType.CLOSE:
                 code = int(msg.data) if msg.data else _CLOSE_NO_STATUS
@@ -258,10 +282,41 @@ class WebSocketGateway:
                 else:
                     self._set_cause(conn, int(msg.data.code), str(msg.data))
             # CLOSED without a close frame first: the TCP connection dropped.
-            self._set_cause(conn, _CLOSE_ABNORMAL, "Connection closed abnormally")
+            self._set_cause(conn, _CLOSE_ABNORMAL, _ABNORMAL_REASON)
             if not ws.closed:
-                await ws.close()
+                try:
+                    await ws.close()
+                except ConnectionError:
+                    pass  # the transport is gone (dropped)
             return
+
+    def _receive_frame(self, conn: _Connection, data: str | bytes) -> None:
+        """Dispatch one client frame, unless an injected fault says otherwise."""
+        cid = conn.info.connection_id
+        if self.faults.decide(faults.DROP_CONNECTION):
+            dispatched = self.faults.choice(2) == 1
+            what = "after dispatching" if dispatched else "losing"
+            self.faults.record(faults.DROP_CONNECTION, f"gateway dropped {cid} {what} a client frame")
+            if dispatched:
+                self._spawn(self._dispatch(conn, data))
+            self._drop(conn)
+            return
+        self._spawn(self._dispatch(conn, data))
+        if self.faults.inject(faults.DUPLICATE_FRAME, f"gateway dispatched a frame of {cid} twice"):
+            # Two independent invocations, each with its own requestId and
+            # messageId, as an at-least-once gateway would make them.
+            self._spawn(self._dispatch(conn, data))
+
+    def _drop(self, conn: _Connection) -> None:
+        """Abort the TCP connection with no close frame; ``$disconnect`` follows (1006).
+
+        The receive loop sees the transport close and runs ``$disconnect``,
+        as AWS does for a connection that dropped.
+        """
+        self._set_cause(conn, _CLOSE_ABNORMAL, _ABNORMAL_REASON)
+        conn.state = "closed"  # the management API answers 410 from now on
+        if conn.transport is not None:
+            conn.transport.abort()
 
     @staticmethod
     def _set_cause(conn: _Connection, code: int, reason: str) -> None:
@@ -277,6 +332,10 @@ class WebSocketGateway:
         event = events.websocket_message_event(self.config.api, conn.info, route_key, data)
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.routes[route_key], event)
+        except InvocationCrashed:
+            # Already logged where the crash was injected; the client learns
+            # of it exactly as of any failed integration.
+            await self._send_error(conn, "Internal server error", event["requestContext"]["requestId"])
         except Exception:
             log.exception("route %s of %s raised", route_key, conn.info.connection_id)
             await self._send_error(conn, "Internal server error", event["requestContext"]["requestId"])
@@ -312,7 +371,7 @@ class WebSocketGateway:
         conn.disconnected = True
         conn.state = "closed"
         self._connections.pop(conn.info.connection_id, None)
-        code, reason = conn.close_cause or (_CLOSE_ABNORMAL, "Connection closed abnormally")
+        code, reason = conn.close_cause or (_CLOSE_ABNORMAL, _ABNORMAL_REASON)
         route = self.routes.get("$disconnect")
         if route is None:
             return
@@ -338,16 +397,44 @@ class WebSocketGateway:
         conn = self._open_connection(request)
         if conn is None:
             return _aws_error(410, "GoneException", None)
+        cid = conn.info.connection_id
+        if self.faults.inject(faults.PUSH_FAIL, f"POST @connections/{cid} answered 500, nothing delivered"):
+            return _internal_error()
         try:
             payload: str | bytes = data.decode("utf-8")
         except UnicodeDecodeError:
             payload = data
+        if self.faults.decide(faults.DROP_CONNECTION):
+            return await self._drop_on_push(conn, payload)
         try:
             await self._send(conn, payload)
         except ConnectionError:
             return _aws_error(410, "GoneException", None)
         conn.last_active_ms = events.now_ms()
+        if self.faults.inject(faults.PUSH_LOST_ACK, f"POST @connections/{cid} delivered, then answered 500"):
+            return _internal_error()
         return web.Response(status=200)
+
+    async def _drop_on_push(self, conn: _Connection, payload: str | bytes) -> web.Response:
+        """Drop the connection around a push: before it (410) or just after it (200).
+
+        After: the frame was handed to the socket, then the transport is
+        aborted, so the client may or may not have it, and the caller was
+        told it was sent; AWS gives no stronger promise for a connection
+        that drops while a frame is on its way.
+        """
+        cid = conn.info.connection_id
+        if self.faults.choice(2) == 1:
+            self.faults.record(faults.DROP_CONNECTION, f"gateway dropped {cid} just after a push")
+            try:
+                await self._send(conn, payload)
+            except ConnectionError:
+                pass
+            self._drop(conn)
+            return web.Response(status=200)
+        self.faults.record(faults.DROP_CONNECTION, f"gateway dropped {cid} instead of a push")
+        self._drop(conn)
+        return _aws_error(410, "GoneException", None)
 
     async def _handle_get(self, request: web.Request) -> web.Response:
         conn = self._open_connection(request)
@@ -370,6 +457,31 @@ class WebSocketGateway:
         # a normal closure.
         await self._server_close(conn, WSCloseCode.OK, "")
         return web.Response(status=204)
+
+    # --- fault control (local only, no AWS counterpart) ------------------------------
+
+    async def _handle_get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(self.faults.snapshot())
+
+    async def _handle_put_faults(self, request: web.Request) -> web.Response:
+        if not self.faults.enabled:
+            return web.json_response(
+                {"message": "fault injection is off: start the local cloud with --faults (e.g. --faults all=0)"},
+                status=409,
+            )
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"message": "the body must be JSON: {\"rates\": {kind: rate}}"}, status=400)
+        rates = body.get("rates") if isinstance(body, dict) else None
+        if not isinstance(rates, dict):
+            return web.json_response({"message": "the body must be JSON: {\"rates\": {kind: rate}}"}, status=400)
+        try:
+            self.faults.update(rates)
+        except faults.FaultSpecError as exc:
+            return web.json_response({"message": str(exc)}, status=400)
+        log.info("fault rates now %s", {k: v for k, v in self.faults.rates().items() if v})
+        return web.json_response(self.faults.snapshot())
 
     async def _handle_unknown(self, request: web.Request) -> web.Response:
         return _aws_error(403, "ForbiddenException", "Forbidden")

@@ -9,11 +9,21 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict
 
+from infra.local import faults
 from infra.local.events import DEFAULT_ACCOUNT_ID, DEFAULT_REGION
 
 Handler = Callable[[Dict[str, Any], Any], Any]
 
 log = logging.getLogger("infra.local.lambda")
+
+
+class InvocationCrashed(Exception):
+    """The function's process died during the invocation (an injected crash).
+
+    Event sources treat it like any failed invocation (API Gateway answers
+    "Internal server error", an SQS batch stays in the queue); the fault was
+    already logged in one line where it was injected, so they log no traceback.
+    """
 
 
 def resolve_handler(handler_string: str) -> Handler:
@@ -71,6 +81,10 @@ class LambdaFunction:
     def invoke(self, event: Dict[str, Any]) -> Any:
         """Call the handler with ``event`` and a fresh context; exceptions propagate.
 
+        An injected crash (:class:`infra.local.faults.InjectedCrash`) becomes
+        :class:`InvocationCrashed`: like Lambda after its process died, the
+        invocation failed and nothing of the handler runs any more.
+
         Knowingly differs from AWS: the function timeout is not enforced (a
         Python thread cannot be killed); ``get_remaining_time_in_millis`` still
         counts down so code that checks it behaves.
@@ -78,7 +92,10 @@ class LambdaFunction:
         context = LambdaContext(self.name, timeout_s=self.timeout_s)
         started = time.monotonic()
         try:
-            return self.handler(event, context)
+            with faults.invocation(self.name, event):
+                return self.handler(event, context)
+        except faults.InjectedCrash as crash:
+            raise InvocationCrashed(f"{self.name}: {crash}") from None
         finally:
             log.debug(
                 "REPORT %s RequestId: %s Duration: %.1f ms",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from infra.local import aws, redirect
+from infra.local import aws, faults, redirect
 from infra.local.gateway import (
     AWS_IDLE_TIMEOUT_S,
     AWS_MAX_CONNECTION_DURATION_S,
@@ -46,6 +46,9 @@ class Settings:
     sqs_retry_delay_s: int | None = None
     schedule_speed: float = 1.0
     workers: int = 32
+    #: Fault rates by kind; None (the default) leaves fault injection off and uninstalled.
+    faults: dict[str, float] | None = None
+    fault_seed: int | None = None
 
 
 def load_config(project_dir: Path, stage: str) -> Any:
@@ -91,6 +94,9 @@ class LocalCloud:
         self._pollers: list[SqsPoller] = []
         self._schedules: list[ScheduleRunner] = []
         self._stop_callbacks: list[Callable[[], None]] = []
+        self.faults = faults.FaultInjector(
+            settings.faults or {}, seed=settings.fault_seed, enabled=settings.faults is not None
+        )
 
     # --- public -------------------------------------------------------------------
 
@@ -135,6 +141,7 @@ class LocalCloud:
     def _start(self) -> None:
         s = self.settings
         self.config = load_config(self.project_dir, s.stage)
+        self._install_faults()
         self._start_aws()
         self._deploy_stack()
         self._load_app()
@@ -142,6 +149,26 @@ class LocalCloud:
         self._start_sqs_sources()
         self._start_schedules()
         self._start_rest()
+
+    def _install_faults(self) -> None:
+        """Hook botocore before the app (or anything else) creates a client.
+
+        Installed whenever ``--faults`` was given, even with every rate 0, so
+        rates can be raised later through ``PUT /_local/faults``.
+        """
+        if not self.faults.enabled:
+            return
+        faults.install(self.faults)
+        injector = self.faults
+
+        def report() -> None:
+            faults.uninstall()
+            log.info("%s", injector.summary())
+
+        # First in, so it runs last: the counts include the final $disconnects.
+        self._stop_callbacks.append(report)
+        active = {k: v for k, v in injector.rates().items() if v}
+        log.info("fault injection on; rates: %s", active or "all 0")
 
     def _start_aws(self) -> None:
         s = self.settings
@@ -211,7 +238,7 @@ class LocalCloud:
             max_connection_duration_s=s.max_connection_duration_s,
             max_message_bytes=s.max_message_bytes,
         )
-        self.gateway = WebSocketGateway(routes, config, self._executor)
+        self.gateway = WebSocketGateway(routes, config, self._executor, self.faults)
         self._loop = _LoopThread()
         self._loop.start()
         loop = self._loop

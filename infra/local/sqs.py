@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict
 
 from infra.local import events
-from infra.local.handlers import LambdaFunction
+from infra.local.handlers import InvocationCrashed, LambdaFunction
 from infra.local.worker import Worker
 
 log = logging.getLogger("infra.local.sqs")
@@ -136,6 +136,10 @@ class SqsPoller(Worker):
         event = events.sqs_event(batch, source_arn, self._region)
         try:
             self.config.function.invoke(event)
+        except InvocationCrashed:
+            # Logged in one line where it was injected: no traceback.
+            self._after_failure(client, queue_url, batch)
+            return
         except Exception:
             log.exception(
                 "%s failed on a batch of %d from %s; the messages stay in the queue",
