@@ -1,0 +1,1 @@
+"""Runnable examples of the client SDK (docs/client.md)."""
