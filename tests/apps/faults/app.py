@@ -11,6 +11,7 @@ and an ``id``:
 * ``push``: push ``{"push": ID}`` to the connection itself and record the
   outcome (``ok`` or the error code) in ``push#ID``.
 * ``throttle``: one DynamoDB and one SQS call; reply with the outcome of each.
+* ``whoami``: reply ``{"connection_id": ...}``.
 
 ``$disconnect`` records ``disconnect#CONNECTION_ID`` with its status code.
 """
@@ -72,6 +73,8 @@ def message(event):
         except ClientError as exc:
             outcome = exc.response["Error"]["Code"]
         _put("push#" + item_id, outcome=outcome)
+    elif action == "whoami":
+        _reply(event.connection_id, {"connection_id": event.connection_id})
     elif action == "throttle":
         outcomes = {}
         for name, call in (
