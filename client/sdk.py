@@ -511,6 +511,7 @@ class OnceChatClient:
         self._resume_sent = cursors
         self._resume_wanted_at = None
         self._resume_answer_by = now + self.resume_timeout
+        log.debug("%s resume %s", self.user_id, cursors)
         await ws.send(json.dumps({"action": "resume", "cursors": cursors}))
 
     async def _send_acks(self, ws: ClientConnection, acks: dict[str, int]) -> None:
@@ -529,6 +530,7 @@ class OnceChatClient:
         if not isinstance(frame, dict):
             return
         kind = frame.get("type")
+        log.debug("%s <- %s %s", self.user_id, kind, frame.get("seq", frame.get("code", "")))
         try:
             if kind == "message":
                 self._on_message(Message.from_frame(frame))
@@ -577,6 +579,7 @@ class OnceChatClient:
         self._want_resume_if_behind()
 
     def _on_resumed(self, latest: dict[str, Any]) -> None:
+        log.debug("%s resumed %s; last %s", self.user_id, latest, self._inbox.last)
         self._inbox.note_latest({k: v for k, v in latest.items() if isinstance(v, int)})
         now = time.monotonic()
         self._resume_answer_by = None

@@ -1,0 +1,222 @@
+"""The SDK against the local cloud over real sockets: chat, connections killed mid-send,
+a restart with SQLite persistence, a refused token, and the documented example."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from chalicelib.auth import mint_token
+from chalicelib.config import LOCAL_JWT_SECRET
+from client import AuthError, Backoff, ConnectionState, Message, OnceChatClient, SendRejected, SqliteStore
+from tests.local_cloud import REPO_ROOT, LocalCloud
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    with LocalCloud(REPO_ROOT, "--sqs-retry-delay", "1") as running:
+        yield running
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def sdk(cloud, user: str, role: str = "customer", **kwargs) -> OnceChatClient:
+    kwargs.setdefault("backoff", Backoff(base=0.05, cap=0.5))
+    return OnceChatClient(cloud.websocket_url, lambda: mint_token(LOCAL_JWT_SECRET, user, role),
+                          rest_url=cloud.rest_url, **kwargs)
+
+
+def run(coro, timeout: float = 45):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def collect(client: OnceChatClient, cid: str, upto: int) -> list[Message]:
+    """What the app sees of one conversation, until seq ``upto``."""
+    out: list[Message] = []
+    async for m in client.messages():
+        if m.conversation_id == cid:
+            out.append(m)
+            if m.seq >= upto:
+                break
+    return out
+
+
+def history(cloud, cid: str, user: str) -> list[dict]:
+    """Every stored message of a conversation (REST, paged)."""
+    out, after = [], 0
+    while after is not None:
+        req = urllib.request.Request(f"{cloud.rest_url}/conversations/{cid}/messages?after={after}&limit=100",
+                                     headers={"Authorization": f"Bearer {mint_token(LOCAL_JWT_SECRET, user, 'customer')}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            page = json.loads(resp.read())
+        out += page["messages"]
+        after = page["next"]
+    return out
+
+
+async def pair(cloud, **customer_kwargs):
+    agent_id, customer_id = uid("agent"), uid("cust")
+    agent = sdk(cloud, agent_id, "agent")
+    await agent.connect()  # the agent is online once connect() returns
+    customer = sdk(cloud, customer_id, **customer_kwargs)
+    await customer.connect()
+    conv = await customer.open_conversation()
+    assert conv.status == "active" and conv.agent_id == agent_id
+    return agent, customer, conv.conversation_id
+
+
+def test_customer_and_agent_see_one_complete_transcript(cloud):
+    async def scenario():
+        states: list[ConnectionState] = []
+        agent, customer, cid = await pair(cloud, on_state=states.append)
+        first = await customer.send(cid, "my parcel is late")
+        assert (first.seq, first.duplicate) == (1, False)
+        seen_by_agent = await collect(agent, cid, 1)
+        assert [(m.seq, m.sender_id, m.body) for m in seen_by_agent] == [(1, customer.user_id, "my parcel is late")]
+        reply = await agent.send(cid, "let me check")
+        assert reply.seq == 2
+        both = await collect(customer, cid, 2)  # the own message is part of the customer's transcript
+        assert [(m.seq, m.sender_role, m.body) for m in both] == [
+            (1, "customer", "my parcel is late"), (2, "agent", "let me check")]
+        assert [m.seq for m in await collect(agent, cid, 2)] == [2]
+        with pytest.raises(SendRejected) as info:
+            await customer.send(cid, "same id, other body", message_id=first.message_id)
+        assert info.value.code == "conflict"
+        assert customer.cursors == {cid: 2}
+        await customer.close()
+        await agent.close()
+        assert states == [ConnectionState.CONNECTING, ConnectionState.CONNECTED, ConnectionState.CLOSED]
+
+    run(scenario())
+
+
+def connection_ids(cloud, user: str) -> list[str]:
+    items = cloud.client("dynamodb").scan(TableName="oncechat-local-connections")["Items"]
+    return [i["connectionId"]["S"] for i in items if i["userId"]["S"] == user]
+
+
+def delete_connection(mgmt, conn: str) -> None:
+    try:
+        mgmt.delete_connection(ConnectionId=conn)
+    except mgmt.exceptions.GoneException:
+        pass  # a record whose $disconnect has not run yet
+
+
+def test_connections_killed_while_sending_lose_and_duplicate_nothing(cloud):
+    async def scenario():
+        agent, customer, cid = await pair(cloud, send_timeout=2.0)
+        mgmt = cloud.client("apigatewaymanagementapi")
+        n_customer, n_agent = 40, 20
+        futures = []
+
+        async def customer_burst():
+            for i in range(n_customer):
+                futures.append(customer.send(cid, f"c{i}"))
+                if i % 10 == 5 and customer._ws is not None:
+                    customer._ws.transport.abort()  # the network dies: no close frame
+                await asyncio.sleep(0.01)
+
+        async def agent_burst():
+            for i in range(n_agent):
+                futures.append(agent.send(cid, f"a{i}"))
+                if i % 8 == 3:  # the server side drops the agent's connection
+                    for conn in await asyncio.to_thread(connection_ids, cloud, agent.user_id):
+                        await asyncio.to_thread(delete_connection, mgmt, conn)
+                await asyncio.sleep(0.02)
+
+        total = n_customer + n_agent
+        customer_view = asyncio.create_task(collect(customer, cid, total))
+        agent_view = asyncio.create_task(collect(agent, cid, total))
+        await asyncio.gather(customer_burst(), agent_burst())
+        accepted = await asyncio.gather(*futures)
+        assert sorted(a.seq for a in accepted) == list(range(1, total + 1))  # unique and gapless
+        for view in await asyncio.gather(customer_view, agent_view):
+            assert [m.seq for m in view] == list(range(1, total + 1))  # each once, in order
+            assert sorted(m.body for m in view) == sorted([f"c{i}" for i in range(n_customer)] +
+                                                          [f"a{i}" for i in range(n_agent)])
+        stored = await asyncio.to_thread(history, cloud, cid, customer.user_id)
+        assert [m["seq"] for m in stored] == list(range(1, total + 1))
+        assert len({m["body"] for m in stored}) == total  # no message stored twice
+        await customer.close()
+        await agent.close()
+
+    run(scenario(), timeout=60)
+
+
+def test_restart_with_sqlite_resends_the_outbox_and_resumes_from_the_cursor(cloud, tmp_path):
+    async def scenario():
+        agent_id, customer_id = uid("agent"), uid("cust")
+        agent = sdk(cloud, agent_id, "agent")
+        await agent.connect()
+        db = tmp_path / "customer.db"
+        first = sdk(cloud, customer_id, store=SqliteStore(db))
+        await first.connect()
+        cid = (await first.open_conversation()).conversation_id
+        await first.send(cid, "m0")
+        assert [m.seq for m in await collect(first, cid, 1)] == [1]  # processed: the cursor is 1
+        for i in range(1, 10):
+            first.send(cid, f"m{i}")  # not awaited: the process "dies" right away
+        first._ws.transport.abort()
+        await first.close()
+
+        second = sdk(cloud, customer_id, store=SqliteStore(db))
+        pending = second.pending_sends()
+        assert 0 < len(pending) <= 9  # what the first process could not see accepted
+        await second.connect()
+        await second.flush(timeout=20)
+        assert all(f.done() and not f.exception() for f in pending.values())
+        seen = await collect(second, cid, 10)
+        assert [m.seq for m in seen] == list(range(2, 11))  # from the stored cursor, nothing twice
+        stored = await asyncio.to_thread(history, cloud, cid, customer_id)
+        assert sorted(m["body"] for m in stored) == sorted(f"m{i}" for i in range(10))
+        assert [m["seq"] for m in stored] == list(range(1, 11))
+        got = await collect(agent, cid, 10)
+        assert [m.seq for m in got] == list(range(1, 11))
+        await second.close()
+        await agent.close()
+
+    run(scenario())
+
+
+def test_refused_token_raises_auth_error_without_retrying(cloud):
+    calls = []
+
+    def bad_token() -> str:
+        calls.append(1)
+        return mint_token("not-the-local-secret-0123456789abcdef", "u-401", "customer")
+
+    async def scenario():
+        client = OnceChatClient(cloud.websocket_url, bad_token, backoff=Backoff(base=0.5, cap=5))
+        fut = client.send("any-conversation", "queued before connecting")
+        started = time.monotonic()
+        with pytest.raises(AuthError):
+            await client.connect()
+        assert time.monotonic() - started < 3 and len(calls) == 1
+        with pytest.raises(AuthError):
+            await fut
+        with pytest.raises(AuthError):
+            async for _ in client.messages():
+                pass
+        assert client.state is ConnectionState.CLOSED
+
+    run(scenario())
+
+
+def test_documented_example_runs(cloud):
+    done = subprocess.run([sys.executable, "-m", "client.examples.chat_pair",
+                           "--ws", cloud.websocket_url, "--rest", cloud.rest_url],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for who in ("customer", "agent"):
+        assert [int(line.split("[")[1].split("]")[0]) for line in lines if line.startswith(f"{who} sees")] \
+            == [1, 2, 3, 4, 5, 6]
