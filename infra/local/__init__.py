@@ -7,7 +7,10 @@
 * an API Gateway WebSocket emulator with the ``@connections`` management API;
 * an SQS event source (pollers that invoke ``@app.on_sqs_message`` handlers);
 * a runner for ``@app.schedule`` handlers;
-* Chalice's own local REST gateway.
+* Chalice's own local REST gateway;
+* optional fault injection (``--faults``, ``/_local/faults``): dropped and
+  duplicated frames, crashes around commits, enqueues and pushes, failing
+  pushes and throttling, each at its own rate and counted.
 
 The layers mirror AWS: transport (``gateway``) -> event (``events``) ->
 handler (``handlers``), so each layer can be tested on its own.
@@ -16,7 +19,8 @@ Modules: ``cli`` (flags, ``token``), ``runtime`` (wiring), ``aws`` (endpoint,
 moto subprocess, stack deployment), ``gateway`` (WebSocket + ``@connections``),
 ``events`` (pure event builders), ``handlers`` (handler strings, Lambda
 context), ``redirect`` (management client -> emulator), ``sqs``
-(event source pollers), ``schedule`` (rate/cron), ``tokens`` (dev JWTs).
+(event source pollers), ``schedule`` (rate/cron), ``tokens`` (dev JWTs),
+``faults`` (fault injection).
 
 Where it knowingly differs from AWS (each is also noted at its code):
 
@@ -31,5 +35,10 @@ Where it knowingly differs from AWS (each is also noted at its code):
   visibility timeout of failed batches when set.
 * Schedules fire on time, never late or twice.
 * All handlers share one process, so module-level state is shared between
-  "functions" that would be separate Lambdas on AWS.
+  "functions" that would be separate Lambdas on AWS; an injected crash ends
+  the invocation but, unlike a dead Lambda process, keeps that state.
+* Fault injection: ``push_fail`` and ``push_lost_ack`` strike every
+  ``@connections`` POST (any caller, each retry attempt); the app-side
+  kinds strike only inside invocations the local cloud made (not REST
+  routes, not threads the handler starts itself).
 """

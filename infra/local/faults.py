@@ -37,6 +37,25 @@ so every new DynamoDB, SQS and management client gets event handlers. They
 act only inside an app invocation (:func:`invocation` marks one in a
 context variable), so the local cloud's own calls (SQS polling and
 deletion, stack deployment) are never touched.
+
+Where this matches or knowingly differs from AWS:
+
+* ``push_fail`` and ``push_lost_ack`` are answered by the gateway's
+  ``@connections`` endpoint, at the HTTP layer, so botocore retries the 500
+  exactly as it would retry AWS's: each attempt is an opportunity (and is
+  counted), and a lost ack can deliver the frame once per attempt. The
+  other side of that choice: they strike any caller of the endpoint, not
+  only app invocations.
+* ``throttle`` answers before the request leaves botocore (``before-send``),
+  so botocore's retry handler, backoff and retry quota see the throttling
+  error as they would see AWS's; only the app's calls inside invocations
+  are throttled.
+* ``drop_connection`` on a push either drops before it (the caller gets
+  410) or just after handing the frame to the socket (200; the client may
+  or may not have it).
+* A crash stops the handler, not the process: module-level state survives,
+  where a dead Lambda process would cold-start. ``crash_*`` only watch
+  ``TransactWriteItems`` and ``SendMessage`` (not ``SendMessageBatch``).
 """
 
 from __future__ import annotations
@@ -48,8 +67,9 @@ import logging
 import random
 import threading
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 log = logging.getLogger("infra.local.faults")
 
@@ -86,9 +106,13 @@ SQS = "sqs"
 # SQS's other throttling code, RequestThrottled, is retried by legacy mode
 # only with status 403, so ThrottlingException is the one both modes retry.
 _THROTTLING: dict[str, tuple[str, str]] = {
-    "dynamodb": ("com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
-                 "The level of configured provisioned throughput for the table was exceeded. "
-                 "Consider increasing your provisioning level with the UpdateTable API."),
+    "dynamodb": (
+        "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+        (
+            "The level of configured provisioned throughput for the table was exceeded. "
+            "Consider increasing your provisioning level with the UpdateTable API."
+        ),
+    ),
     "sqs": ("com.amazonaws.sqs#ThrottlingException", "Rate exceeded"),
 }
 
@@ -244,9 +268,9 @@ def invocation_kind(event: Mapping[str, Any]) -> str:
     if isinstance(context, Mapping) and context.get("eventType") == "MESSAGE":
         return WEBSOCKET_MESSAGE
     records = event.get("Records")
-    if isinstance(records, list) and records and isinstance(records[0], Mapping):
-        if records[0].get("eventSource") == "aws:sqs":
-            return SQS
+    first = records[0] if isinstance(records, list) and records else None
+    if isinstance(first, Mapping) and first.get("eventSource") == "aws:sqs":
+        return SQS
     return "other"
 
 

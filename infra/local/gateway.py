@@ -480,7 +480,7 @@ class WebSocketGateway:
             self.faults.update(rates)
         except faults.FaultSpecError as exc:
             return web.json_response({"message": str(exc)}, status=400)
-        log.info("fault rates now %s", {k: v for k, v in self.faults.rates().items() if v})
+        log.info("fault rates now %s", {k: v for k, v in self.faults.rates().items() if v} or "all 0")
         return web.json_response(self.faults.snapshot())
 
     async def _handle_unknown(self, request: web.Request) -> web.Response:
