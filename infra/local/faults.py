@@ -218,7 +218,7 @@ class FaultInjector:
         whatever the other kinds do at those rates, and rate 0 costs one
         dictionary read.
         """
-        rate = self._rates[kind]
+        rate = self._rates[kind]  # one dict read is atomic: no lock on the hot path
         if rate <= 0.0:
             return False
         if rate >= 1.0:
