@@ -15,7 +15,8 @@ import pytest
 
 from chalicelib.auth import mint_token
 from chalicelib.config import LOCAL_JWT_SECRET
-from client import AuthError, Backoff, ConnectionState, Message, OnceChatClient, SendRejected, SqliteStore
+from client import (AuthError, Backoff, ConnectionState, MemoryStore, Message, OnceChatClient, SendRejected,
+                    SqliteStore)
 from tests.local_cloud import REPO_ROOT, LocalCloud
 
 
@@ -183,6 +184,31 @@ def test_restart_with_sqlite_resends_the_outbox_and_resumes_from_the_cursor(clou
         assert [m.seq for m in got] == list(range(1, 11))
         await second.close()
         await agent.close()
+
+    run(scenario())
+
+
+def test_offline_agent_catches_up_from_its_cursor_exactly_once(cloud):
+    """Nothing reaches a closed client live: all it gets comes from the resume replay."""
+    async def scenario():
+        agent_id, customer_id = uid("agent"), uid("cust")
+        store = MemoryStore()  # outlives the first client object, like a file would
+        agent = sdk(cloud, agent_id, "agent", store=store)
+        await agent.connect()
+        customer = sdk(cloud, customer_id)
+        await customer.connect()
+        cid = (await customer.open_conversation()).conversation_id
+        await customer.send(cid, "m1")
+        assert [m.seq for m in await collect(agent, cid, 1)] == [1]
+        await agent.close()
+        for i in range(2, 8):
+            await customer.send(cid, f"m{i}")
+        again = sdk(cloud, agent_id, "agent", store=store)
+        await again.connect()
+        seen = await asyncio.wait_for(collect(again, cid, 7), 15)
+        assert [(m.seq, m.body) for m in seen] == [(i, f"m{i}") for i in range(2, 8)]
+        await again.close()
+        await customer.close()
 
     run(scenario())
 
