@@ -1,0 +1,227 @@
+"""Property: any interleaving of sends, duplicate sends, lost and repeated
+deliveries, acks, resumes and reconnects gives gapless sequences, and every
+device that follows the protocol's client rule processes every message
+exactly once, in order.
+
+The system is the real ChatService and DeliveryService on the in-memory
+adapters; the network is a model that loses frames to dead connections,
+delivers queue entries at least once, and lets a handler die between its
+commit and its enqueue.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from chalicelib.auth import mint_token
+from chalicelib.config import Config
+from chalicelib.ports import Delivery, MemoryPusher, MemoryQueue
+from chalicelib.service import ChatService, DeliveryFailed, DeliveryService, Origin
+from chalicelib.storage.memory import MemoryStorage
+
+SECRET = "property-test-secret-0123456789abcdef"
+DEVICES = ("cust-phone", "cust-laptop", "agent-desk")
+USERS = {"cust-phone": ("cust", "customer"), "cust-laptop": ("cust", "customer"),
+         "agent-desk": ("agent", "agent")}
+
+
+class Device:
+    """A client following docs/protocol.md: seq rule, own sends, resume on gaps."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.generation = 0
+        self.connection: str | None = None
+        self.read = 0  # frames of the current connection already looked at
+        self.last = 0
+        self.own: dict[int, str] = {}  # accepted seq -> body
+        self.processed: list[tuple[int, str]] = []
+
+    def advance_own(self) -> None:
+        while self.last + 1 in self.own:
+            self.last += 1
+            self.processed.append((self.last, self.own[self.last]))
+
+
+class ExactlyOnce(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock_ms = 1_800_000_000_000
+        config = Config.from_env({"STAGE": "prop", "JWT_SECRET": SECRET, "PAGE_SIZE": "3",
+                                  "RESUME_MAX_MESSAGES": "4"})
+        self.queue = MemoryQueue()
+        self.pusher = MemoryPusher()
+        self.chat = ChatService(config, MemoryStorage(), self.queue, self.pusher,
+                                clock=self.tick, new_id=lambda: "conv1")
+        self.devices = {name: Device(name) for name in DEVICES}
+        self.in_flight: list[Delivery] = []  # taken from the queue, not yet deleted
+        self.sent_bodies: dict[tuple[str, str], str] = {}  # (user, messageId) -> body
+        self.accepted: dict[tuple[str, str], int] = {}  # (user, messageId) -> seq
+
+    def tick(self) -> int:
+        self.clock_ms += 7
+        return self.clock_ms
+
+    # ---------------------------------------------------------------- helpers
+    def origin(self, device: Device) -> Origin:
+        assert device.connection is not None
+        return Origin(device.connection, "gw", "api")
+
+    def connect(self, device: Device) -> None:
+        device.generation += 1
+        device.connection = f"{device.name}-{device.generation}"
+        device.read = 0
+        user, role = USERS[device.name]
+        self.chat.connect(mint_token(SECRET, user, role), self.origin(device))
+
+    def pump_frames(self, device: Device) -> None:
+        """The device reads what reached its current connection."""
+        if device.connection is None:
+            return
+        frames = self.pusher.frames(device.connection)
+        resumed = False  # one resume per look: a broken server must not loop us forever
+        while device.read < len(frames):
+            frame = frames[device.read]
+            device.read += 1
+            if frame["type"] == "accepted":
+                key = (USERS[device.name][0], frame["messageId"])
+                assert self.accepted.setdefault(key, frame["seq"]) == frame["seq"]
+                device.own[frame["seq"]] = self.sent_bodies[key]
+                device.advance_own()
+            elif frame["type"] == "message":
+                seq = frame["seq"]
+                if seq == device.last + 1:
+                    device.last = seq
+                    device.processed.append((seq, frame["body"]))
+                    device.advance_own()
+                elif seq > device.last + 1 and not resumed:
+                    resumed = True
+                    self.chat.on_frame(self.origin(device), json.dumps(
+                        {"action": "resume", "cursors": {"conv1": device.last}}))
+            elif frame["type"] == "error":
+                assert frame["code"] == "internal", frame  # only injected enqueue failures
+
+    # ------------------------------------------------------------------ rules
+    @initialize()
+    def setup(self) -> None:
+        self.connect(self.devices["agent-desk"])
+        for name in ("cust-phone", "cust-laptop"):
+            self.connect(self.devices[name])
+        conv = self.chat.create_conversation(self.chat.principal_of("cust-phone-1"))
+        assert conv.agent_id == "agent"
+
+    @rule(device=st.sampled_from(DEVICES), n=st.integers(0, 5), body=st.sampled_from("abc"),
+          enqueue_dies=st.booleans())
+    def send(self, device: str, n: int, body: str, enqueue_dies: bool) -> None:
+        d = self.devices[device]
+        if d.connection is None:
+            return
+        user = USERS[device][0]
+        key = (user, f"m{n}")
+        body = self.sent_bodies.setdefault(key, f"{user}:{n}:{body}")  # a retry repeats the body
+        self.queue.fail_next = 1 if enqueue_dies else 0
+        self.chat.on_frame(self.origin(d), json.dumps(
+            {"action": "send", "conversationId": "conv1", "messageId": f"m{n}", "body": body}))
+        self.queue.fail_next = 0
+        self.pump_frames(d)
+
+    @rule(k=st.integers(1, 4), redeliver=st.booleans())
+    def deliver(self, k: int, redeliver: bool) -> None:
+        """The consumer takes up to k queue entries; SQS may hand them out again."""
+        self.in_flight.extend(self.queue.drain())
+        batch, self.in_flight = self.in_flight[:k], self.in_flight[k:]
+        if not batch:
+            return
+        try:
+            DeliveryService(self.chat).deliver(d.to_json() for d in batch)
+        except DeliveryFailed:
+            redeliver = True
+        if redeliver:  # at-least-once: the batch comes back
+            self.in_flight = batch + self.in_flight
+        for d in self.devices.values():
+            self.pump_frames(d)
+
+    @rule(device=st.sampled_from(DEVICES))
+    def drop(self, device: str) -> None:
+        """The network dies: pushes to the old connection answer 410; $disconnect may never run."""
+        d = self.devices[device]
+        if d.connection is not None:
+            self.pusher.gone.add(d.connection)
+            d.connection = None
+
+    @rule(device=st.sampled_from(DEVICES), tell_server=st.booleans())
+    def reconnect(self, device: str, tell_server: bool) -> None:
+        d = self.devices[device]
+        if d.connection is not None:
+            self.pusher.gone.add(d.connection)
+            if tell_server:
+                self.chat.disconnect(d.connection)
+        self.connect(d)
+        self.chat.on_frame(self.origin(d), json.dumps(
+            {"action": "resume", "cursors": {"conv1": d.last}}))
+        self.pump_frames(d)
+
+    @rule(device=st.sampled_from(DEVICES))
+    def ack(self, device: str) -> None:
+        d = self.devices[device]
+        if d.connection is not None:
+            self.chat.on_frame(self.origin(d), json.dumps(
+                {"action": "ack", "conversationId": "conv1", "seq": d.last}))
+
+    @rule(device=st.sampled_from(DEVICES))
+    def resume(self, device: str) -> None:
+        d = self.devices[device]
+        if d.connection is not None:
+            self.chat.on_frame(self.origin(d), json.dumps(
+                {"action": "resume", "cursors": {"conv1": d.last}}))
+            self.pump_frames(d)
+
+    @rule()
+    def sweep(self) -> None:
+        self.clock_ms += 3_600_000
+        self.chat.sweep()
+
+    # ------------------------------------------------------------- invariants
+    @invariant()
+    def stored_sequence_is_gapless_and_unique(self) -> None:
+        conv = self.chat.storage.get_conversation("conv1")
+        if conv is None:
+            return
+        stored = self.chat.storage.messages_after("conv1", 0, 10_000)
+        assert [m.seq for m in stored] == list(range(1, conv.last_seq + 1))
+        ids = [(m.sender_id, m.message_id) for m in stored]
+        assert len(ids) == len(set(ids))  # one seq per (sender, messageId)
+        for (user, mid), seq in self.accepted.items():
+            assert (stored[seq - 1].sender_id, stored[seq - 1].message_id) == (user, mid)
+
+    @invariant()
+    def every_device_processed_a_prefix_exactly_once(self) -> None:
+        stored = {m.seq: m.body for m in self.chat.storage.messages_after("conv1", 0, 10_000)}
+        for d in self.devices.values():
+            assert [s for s, _ in d.processed] == list(range(1, len(d.processed) + 1))
+            assert all(stored[s] == body for s, body in d.processed)
+
+    def teardown(self) -> None:
+        # Let everything settle: sweep, drain the queue, everyone reconnects and resumes.
+        self.clock_ms += 3_600_000
+        self.chat.sweep()
+        self.pusher.gone.clear()
+        for d in self.devices.values():
+            self.reconnect(d.name, tell_server=True)
+        for _ in range(50):
+            self.deliver(10, False)
+            for d in self.devices.values():
+                self.resume(d.name)
+        last = self.chat.storage.get_conversation("conv1").last_seq
+        for d in self.devices.values():
+            assert [s for s, _ in d.processed] == list(range(1, last + 1)), d.name
+        super().teardown()
+
+
+ExactlyOnce.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestExactlyOnce = ExactlyOnce.TestCase
+
