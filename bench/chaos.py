@@ -1,0 +1,235 @@
+"""``make chaos``: C conversations x M messages through the local cloud with every fault on.
+
+    python -m bench.chaos                                   # the CI-sized run (~2,000 messages)
+    python -m bench.chaos --conversations 250 --messages 200 --clients 50 --faults all=0.03
+
+K clients (half customers, half agents) use the SDK (client.sdk) the way
+an app would. Customers open C conversations; the server assigns them to
+the agents; then, with faults switched on in the local cloud, each
+conversation's customer and agent each send M/2 messages concurrently.
+Faults are switched off, the system drains, and the independent checker
+(bench/checker.py) compares what every sender was told with what every
+recipient application processed. It prints a table, writes the same as
+JSON, and exits 1 on any loss, duplicate or reorder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.checker import Accepted, Processed, Report, Sent, check
+from chalicelib.auth import mint_token
+from chalicelib.config import LOCAL_JWT_SECRET
+from client import Backoff, OnceChatClient
+from infra.local.faults import KINDS
+from infra.local.launcher import REPO_ROOT, LocalCloud
+
+STAGE = "chaos"  # its own tables (oncechat-chaos-*) and a short sweeper grace
+
+
+@dataclass
+class Party:
+    """One client application: its SDK and what it sent, was told and processed."""
+
+    name: str
+    role: str
+    sdk: OnceChatClient
+    processed: list[Processed] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--conversations", "-C", type=int, default=40)
+    p.add_argument("--messages", "-M", type=int, default=50, help="messages per conversation")
+    p.add_argument("--clients", "-K", type=int, default=20, help="concurrent clients (half agents)")
+    p.add_argument("--faults", default="all=0.02", help="fault rates while sending (kind=rate,...)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--window", type=int, default=8, help="unaccepted sends per client and conversation")
+    p.add_argument("--drain-timeout", type=float, default=120.0)
+    p.add_argument("--json", default="chaos-report.json", help="where to write the report")
+    p.add_argument("--workers", type=int, default=32, help="local cloud handler threads")
+    return p.parse_args(argv)
+
+
+def fault_rates(spec: str) -> dict[str, float]:
+    """``all=0.02,push_fail=0.05`` -> a rate for every kind."""
+    rates = {kind: 0.0 for kind in KINDS}
+    for part in filter(None, (x.strip() for x in spec.split(","))):
+        kind, _, value = part.partition("=")
+        for k in (KINDS if kind == "all" else [kind]):
+            if k not in rates:
+                raise SystemExit(f"unknown fault kind {k!r}; kinds: {', '.join(KINDS)}")
+            rates[k] = float(value)
+    return rates
+
+
+def faults_call(cloud: LocalCloud, rates: dict[str, float] | None = None) -> dict[str, Any]:
+    url = f"http://{cloud.host}:{cloud.ws_port}/_local/faults"
+    data = json.dumps({"rates": rates}).encode() if rates is not None else None
+    req = urllib.request.Request(url, data=data, method="PUT" if data else "GET",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+class Run:
+    """One chaos run against a started local cloud."""
+
+    def __init__(self, args: argparse.Namespace, cloud: LocalCloud) -> None:
+        self.args = args
+        self.cloud = cloud
+        self.rng = random.Random(args.seed)
+        self.sent: list[Sent] = []
+        self.accepted: list[Accepted] = []
+        self.participants: dict[str, list[str]] = {}
+        self.parties: dict[str, Party] = {}
+        self.failures: list[str] = []
+
+    def party(self, name: str, role: str) -> Party:
+        token = mint_token(LOCAL_JWT_SECRET, name, role, ttl_seconds=6 * 3600)
+        sdk = OnceChatClient(self.cloud.websocket_url, token, rest_url=self.cloud.rest_url,
+                             backoff=Backoff(base=0.05, cap=2.0), send_timeout=5.0)
+        party = Party(name, role, sdk)
+        self.parties[name] = party
+        return party
+
+    async def consume(self, party: Party) -> None:
+        async for m in party.sdk.messages():
+            party.processed.append(Processed(m.conversation_id, m.seq, m.message_id, m.body))
+
+    async def setup(self) -> list[tuple[str, Party, Party]]:
+        agents = [self.party(f"agent-{i:03d}", "agent") for i in range(max(1, self.args.clients // 2))]
+        customers = [self.party(f"cust-{i:03d}", "customer")
+                     for i in range(max(1, self.args.clients - len(agents)))]
+        for p in self.parties.values():
+            await p.sdk.connect()
+            p.task = asyncio.create_task(self.consume(p))
+        await asyncio.sleep(0.5)  # agents' $connect recorded: they are online
+        conversations = []
+        for i in range(self.args.conversations):
+            customer = customers[i % len(customers)]
+            conv = await customer.sdk.open_conversation()
+            if conv.agent_id is None:
+                raise SystemExit(f"conversation {conv.conversation_id} found no agent")
+            agent = self.parties[conv.agent_id]
+            self.participants[conv.conversation_id] = [customer.name, agent.name]
+            conversations.append((conv.conversation_id, customer, agent))
+        return conversations
+
+    async def talk(self, cid: str, sender: Party, count: int, tag: str) -> None:
+        window = asyncio.Semaphore(self.args.window)
+
+        async def one(i: int) -> None:
+            async with window:
+                mid = f"{tag}-{cid[:12]}-{i}"  # the SDK wants messageIds unique per client
+                body = f"{sender.name} {cid[:8]} #{i} {self.rng.random():.6f}"
+                self.sent.append(Sent(sender.name, cid, mid, body))
+                try:
+                    acc = await asyncio.wait_for(sender.sdk.send(cid, body, message_id=mid), 300)
+                except Exception as exc:  # counted as unaccepted by the checker
+                    self.failures.append(f"{sender.name} {cid} {mid}: {exc!r}")
+                    return
+                self.accepted.append(Accepted(sender.name, cid, mid, acc.seq))
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+
+    def progress(self, phase: str, started: float, final: bool = False) -> None:
+        processed = sum(len(p.processed) for p in self.parties.values())
+        expected = 2 * len(self.accepted)
+        line = (f"[{time.monotonic() - started:6.1f}s] {phase:8} sent {len(self.sent)}"
+                f" accepted {len(self.accepted)} processed {processed}/{expected}")
+        end = "\n" if final or not sys.stderr.isatty() else ""
+        print(("\r" if sys.stderr.isatty() else "") + line, end=end, file=sys.stderr, flush=True)
+
+    def drained(self) -> bool:
+        latest: dict[str, int] = defaultdict(int)
+        for a in self.accepted:
+            latest[a.conversation_id] = max(latest[a.conversation_id], a.seq)
+        for cid, names in self.participants.items():
+            for name in names:
+                got = {p.seq for p in self.parties[name].processed if p.conversation_id == cid}
+                if len(got) < latest[cid]:
+                    return False
+        return True
+
+    async def execute(self) -> dict[str, Any]:
+        started = time.monotonic()
+        conversations = await self.setup()
+        half = self.args.messages // 2
+        faults_call(self.cloud, fault_rates(self.args.faults))
+
+        async def ticker(phase: str) -> None:
+            while True:
+                self.progress(phase, started)
+                await asyncio.sleep(1 if sys.stderr.isatty() else 5)
+
+        tick = asyncio.create_task(ticker("sending"))
+        await asyncio.gather(*(
+            coro for cid, customer, agent in conversations
+            for coro in (self.talk(cid, customer, self.args.messages - half, "c"),
+                         self.talk(cid, agent, half, "a"))))
+        tick.cancel()
+        faults_call(self.cloud, {kind: 0.0 for kind in KINDS})
+        tick = asyncio.create_task(ticker("draining"))
+        deadline = time.monotonic() + self.args.drain_timeout
+        while not self.drained() and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(1.0)  # late duplicates, if any, would show up now
+        tick.cancel()
+        self.progress("done", started, final=True)
+        wall = time.monotonic() - started
+        faults = faults_call(self.cloud)["injected"]
+        for p in self.parties.values():
+            await p.sdk.close()
+            if p.task:
+                p.task.cancel()
+        report = check(self.sent, self.accepted,
+                       {name: p.processed for name, p in self.parties.items()}, self.participants)
+        return {"params": vars(self.args), "report": report.to_dict(), "faults_injected": faults,
+                "wall_seconds": round(wall, 1), "send_failures": self.failures[:20],
+                "throughput_msgs_per_s": round(len(self.accepted) / wall, 1) if wall else 0.0}
+
+
+def table(result: dict[str, Any]) -> str:
+    r = result["report"]
+    rows = [("conversations", r["conversations"]), ("sent", r["sent"]), ("accepted", r["accepted"]),
+            ("delivered", f"{r['delivered']} / {r['expected_deliveries']}"), ("lost", r["lost"]),
+            ("duplicated", r["duplicated"]), ("out of order", r["out_of_order"]),
+            ("mismatched", r["mismatched"]), ("unaccepted", r["unaccepted"]),
+            ("seq errors", r["seq_errors"])]
+    rows += [(f"fault {k}", v) for k, v in result["faults_injected"].items()]
+    rows += [("wall time", f"{result['wall_seconds']} s"),
+             ("accepted msgs/s", result["throughput_msgs_per_s"]),
+             ("verdict", "OK" if r["ok"] else "FAILED")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    flags = ["--faults", "all=0", "--fault-seed", str(args.seed), "--sqs-retry-delay", "1",
+             "--schedule-speed", "60", "--workers", str(args.workers), "--log-level", "WARNING"]
+    with LocalCloud(REPO_ROOT, *flags, stage=STAGE, startup_timeout_s=120) as cloud:
+        result = asyncio.run(Run(args, cloud).execute())
+    print(table(result))
+    for example in result["report"]["examples"]:
+        print("  !", example)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"report written to {args.json}")
+    return 0 if result["report"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
