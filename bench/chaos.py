@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", "-K", type=int, default=20, help="concurrent clients (half agents)")
     p.add_argument("--faults", default="all=0.02", help="fault rates while sending (kind=rate,...)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--window", type=int, default=8, help="unaccepted sends per client and conversation")
+    p.add_argument("--window", type=int, default=2, help="unaccepted sends per client and conversation")
     p.add_argument("--drain-timeout", type=float, default=120.0)
     p.add_argument("--json", default="chaos-report.json", help="where to write the report")
     p.add_argument("--workers", type=int, default=32, help="local cloud handler threads")

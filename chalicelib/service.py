@@ -33,6 +33,7 @@ from chalicelib.models import (
     AckFrame,
     ConnectionRecord,
     Conversation,
+    IdempotencyRecord,
     MessageRecord,
     Participant,
     Principal,
@@ -159,12 +160,14 @@ class ChatService:
         record the winner wrote.
         """
         origin_id = origin.connection_id if origin else None
+        # Optimistic: the first attempt does not read the idempotency record;
+        # the transaction's condition on it tells a retry from a new message.
+        existing: IdempotencyRecord | None = None
         for attempt in range(self.config.append_max_attempts):
             now = self.clock()
             conv = self._conversation(frame.conversation_id)
-            existing = self.storage.get_idempotency(
-                principal.user_id, frame.conversation_id, frame.message_id, now // 1000
-            )
+            if conv.status == "closed" and existing is None:  # a retry is still answered
+                existing = self._idempotency(principal, frame, now)
             decision = core.decide_send(
                 principal, conv, frame, existing, now, self.config.idempotency_ttl_seconds
             )
@@ -187,7 +190,10 @@ class ChatService:
                 time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
                 continue
             except DuplicateMessage:
-                continue  # a concurrent duplicate committed first: re-read and replay it
+                # Stored before (a retry), or a concurrent duplicate committed
+                # first: answer from the record it wrote.
+                existing = self._idempotency(principal, frame, now)
+                continue
             self._enqueue(Delivery(decision.message, origin_id))
             m = decision.message
             return core.accepted_frame(m.conversation_id, m.message_id, m.seq, m.sent_at, False)
@@ -291,6 +297,10 @@ class ChatService:
         return assigned
 
     # ---------------------------------------------------------------- helpers
+
+    def _idempotency(self, principal: Principal, frame: SendFrame, now_ms: int) -> IdempotencyRecord | None:
+        return self.storage.get_idempotency(
+            principal.user_id, frame.conversation_id, frame.message_id, now_ms // 1000)
 
     def _enqueue(self, delivery: Delivery) -> None:
         message = delivery.message

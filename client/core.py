@@ -263,12 +263,21 @@ class Outbox:
                 blocked.add(e.conversation_id)  # later ones wait for this one's accepted
         return out
 
+    #: The answer timeout doubles with each unanswered attempt, up to this factor.
+    MAX_TIMEOUT_FACTOR = 8
+
     def mark_sent(self, message_id: str, now: float) -> None:
-        """The entry was written to the connection; it expects an answer by ``now + send_timeout``."""
+        """The entry was written to the connection; it expects an answer in time.
+
+        The first attempt waits ``send_timeout``; each further one twice as
+        long, up to ``MAX_TIMEOUT_FACTOR`` times: a slow server is not sent
+        ever more copies of the same messages (congestion collapse).
+        """
         e = self._entries.get(message_id)
         if e is not None:
+            factor = min(2 ** e.attempts, self.MAX_TIMEOUT_FACTOR)
             e.attempts += 1
-            e.due_at, e.answer_by = float("inf"), now + self.send_timeout
+            e.due_at, e.answer_by = float("inf"), now + self.send_timeout * factor
 
     def accepted(self, message_id: str) -> PendingSend | None:
         """Remove and return the entry of an ``accepted`` (None if not pending)."""

@@ -114,6 +114,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
         "make a failed SQS batch visible again after N seconds instead of the queue's visibility "
         "timeout (differs from AWS; unset = faithful)",
     )
+    _flag(parser, environ, "--sqs-concurrency", 4, int,
+          "concurrent batches per SQS event source (Lambda runs several; FIFO groups stay in order)")
     _flag(parser, environ, "--schedule-speed", 1.0, float, "run schedules this many times faster")
     _flag(parser, environ, "--workers", 32, int, "threads for handler invocations")
     _flag(parser, environ, "--log-level", "INFO", str, "DEBUG, INFO, WARNING or ERROR")
@@ -169,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         max_connection_duration_s=args.max_connection_duration,
         max_message_bytes=args.max_message_bytes,
         sqs_retry_delay_s=args.sqs_retry_delay,
+        sqs_concurrency=args.sqs_concurrency,
         schedule_speed=args.schedule_speed,
         workers=args.workers,
         faults=args.faults,

@@ -9,7 +9,8 @@ optimistic-concurrency send loop would lose messages on moto under load.
 This launcher keeps moto's threaded server (an SQS long poll must not block
 everybody else) but runs every request except ``ReceiveMessage`` under one
 lock, which gives each request the atomicity AWS gives it. For parity the
-long poll runs unlocked, as SQS serves it concurrently.
+long poll runs unlocked, as SQS serves it concurrently. It also applies
+``moto_patches`` (transactions that do not copy whole tables).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
+
+from infra.local import moto_patches
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=4566)
     args = parser.parse_args(argv)
+    moto_patches.apply()
     app = SerializedRequests(DomainDispatcherApplication(create_backend_app))
     run_simple(args.host, args.port, app, threaded=True, use_reloader=False, use_debugger=False)
 

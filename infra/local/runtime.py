@@ -44,6 +44,7 @@ class Settings:
     max_connection_duration_s: float = AWS_MAX_CONNECTION_DURATION_S
     max_message_bytes: int = AWS_MAX_MESSAGE_BYTES
     sqs_retry_delay_s: int | None = None
+    sqs_concurrency: int = 4
     schedule_speed: float = 1.0
     workers: int = 32
     #: Fault rates by kind; None (the default) leaves fault injection off and uninstalled.
@@ -272,12 +273,17 @@ class LocalCloud:
                 retry_delay_s=self.settings.sqs_retry_delay_s,
             )
             endpoint = self.aws_endpoint
-            poller = SqsPoller(
-                lambda: boto3.session.Session().client("sqs", endpoint_url=endpoint), config, region
-            )
-            self._pollers.append(poller)
-            self._stop_callbacks.append(poller.stop)
-            poller.start()
+            # Lambda runs several batches of one source at once (one per
+            # active FIFO group at most); SQS keeps each group in order by not
+            # handing out a group's next messages while earlier ones are in flight.
+            for index in range(max(1, self.settings.sqs_concurrency)):
+                poller = SqsPoller(
+                    lambda: boto3.session.Session().client("sqs", endpoint_url=endpoint), config,
+                    region, index,
+                )
+                self._pollers.append(poller)
+                self._stop_callbacks.append(poller.stop)
+                poller.start()
 
     def _start_schedules(self) -> None:
         from chalice.app import ScheduledEventConfig

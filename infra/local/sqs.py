@@ -53,11 +53,12 @@ def queue_name_of(queue: str | None, queue_arn: str | None) -> str:
 class SqsPoller(Worker):
     """A thread that feeds one queue to one function."""
 
-    def __init__(self, sqs_client_factory: Callable[[], Any], config: SqsSourceConfig, region: str) -> None:
+    def __init__(self, sqs_client_factory: Callable[[], Any], config: SqsSourceConfig, region: str,
+                 index: int = 0) -> None:
         self.config = config
         self._client_factory = sqs_client_factory
         self._region = region
-        super().__init__(f"sqs-{config.function.name}")
+        super().__init__(f"sqs-{config.function.name}-{index}")
 
     def _run(self) -> None:
         client = self._client_factory()

@@ -28,7 +28,8 @@ ECHO_APP = APPS_DIR / "echo"
 
 @pytest.fixture(scope="module")
 def cloud():
-    with LocalCloud(ECHO_APP, "--schedule-speed", "60") as running:
+    # one poller: the batching-window test counts what one poller gathers
+    with LocalCloud(ECHO_APP, "--schedule-speed", "60", "--sqs-concurrency", "1") as running:
         yield running
 
 

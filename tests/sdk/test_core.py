@@ -243,3 +243,19 @@ def test_sqlite_store_survives_reopening(tmp_path):
     assert again.load_cursors() == {"c": 9}
     with pytest.raises(StoreError):
         again.bind_user("mallory")
+
+
+def test_unanswered_sends_back_off_instead_of_flooding_a_slow_server() -> None:
+    from client.core import Outbox, PendingSend
+
+    box = Outbox(send_timeout=5.0)
+    box.add(PendingSend("c", "m1", "hi"), now=0.0)
+    resent_at = []
+    now = 0.0
+    while len(resent_at) < 6:
+        if [e.message_id for e in box.due(now)] == ["m1"]:
+            resent_at.append(now)
+            box.mark_sent("m1", now)
+        now += 1.0
+    gaps = [b - a for a, b in zip(resent_at, resent_at[1:])]
+    assert gaps == [5.0, 10.0, 20.0, 40.0, 40.0]
