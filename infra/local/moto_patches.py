@@ -12,12 +12,20 @@ and writes only when all hold, undoing the items it already wrote if a
 write itself fails. It relies on the server running one request at a time
 (infra/local/motoserver.py), which makes check-then-write atomic, as a
 transaction is on AWS.
+
+moto's SQS recomputes the approximate message counts (a pass over every
+message of the queue, several times) whenever any code reads a queue's
+attributes, which ``SendMessage`` does three times; a backlog makes every
+send slower. ``cache_approximate_counts`` keeps each count for up to
+``COUNT_TTL_S``: AWS documents these counts as approximate and eventually
+consistent, so a reader cannot tell the difference.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import time
 from typing import Any
 
 from moto.dynamodb.comparisons import get_filter_expression
@@ -28,6 +36,7 @@ from moto.dynamodb.exceptions import (
     TransactWriteSingleOpException,
 )
 from moto.dynamodb.models import DynamoDBBackend
+from moto.sqs.models import Queue
 
 _OPS = ("ConditionCheck", "Put", "Delete", "Update")
 
@@ -98,6 +107,33 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
         raise
 
 
+COUNT_TTL_S = 0.5
+_COUNTS = ("approximate_number_of_messages", "approximate_number_of_messages_not_visible",
+           "approximate_number_of_messages_delayed")
+
+
+def _cached_count(name: str, original: property) -> property:
+    def count(queue: Queue) -> Any:
+        now = time.monotonic()
+        cache = queue.__dict__.setdefault("_local_cloud_counts", {})
+        hit = cache.get(name)
+        if hit is not None and now - hit[0] < COUNT_TTL_S:
+            return hit[1]
+        value = original.fget(queue)  # type: ignore[misc]
+        cache[name] = (now, value)
+        return value
+    return property(count)
+
+
+def cache_approximate_counts() -> None:
+    """Keep moto's SQS approximate counts for ``COUNT_TTL_S``."""
+    for name in _COUNTS:
+        original = getattr(Queue, name)
+        if isinstance(original, property):
+            setattr(Queue, name, _cached_count(name, original))
+
+
 def apply() -> None:
     """Install the patches in this process (the moto server's)."""
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    cache_approximate_counts()

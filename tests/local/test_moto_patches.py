@@ -65,3 +65,29 @@ def test_two_operations_on_one_item_are_refused(ddb):
         ddb.transact_write_items(TransactItems=[put("a"), put("a")])
     assert info.value.response["Error"]["Code"] == "ValidationException"
     assert keys(ddb) == []
+
+
+def test_approximate_counts_are_cached_briefly(monkeypatch):
+    from moto.sqs.models import Queue
+
+    for name in moto_patches._COUNTS:
+        monkeypatch.setattr(Queue, name, getattr(Queue, name))  # restored after the test
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    moto_patches.cache_approximate_counts()
+    with mock_aws():
+        sqs = boto3.client("sqs")
+        url = sqs.create_queue(QueueName="q")["QueueUrl"]
+
+        def visible():
+            return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])[
+                "Attributes"]["ApproximateNumberOfMessages"]
+
+        assert visible() == "0"
+        sqs.send_message(QueueUrl=url, MessageBody="x")
+        assert visible() == "0"  # within the TTL: the cached, approximate count
+        import time
+
+        time.sleep(moto_patches.COUNT_TTL_S + 0.1)
+        assert visible() == "1"
