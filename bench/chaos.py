@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conversations", "-C", type=int, default=40)
     p.add_argument("--messages", "-M", type=int, default=50, help="messages per conversation")
     p.add_argument("--clients", "-K", type=int, default=20, help="concurrent clients (half agents)")
-    p.add_argument("--faults", default="all=0.02", help="fault rates while sending (kind=rate,...)")
+    p.add_argument("--faults", default="all=0.02,consumer_crash=0.25",
+                   help="fault rates while sending (kind=rate,...; consumer_crash is per batch)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--window", type=int, default=2, help="unaccepted sends per client and conversation")
     p.add_argument("--drain-timeout", type=float, default=120.0)
