@@ -234,8 +234,10 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Schedules 6x faster: the sweeper runs every 10 s (each sweep queries a
+    # GSI, which moto answers by scanning the whole messages table).
     flags = ["--faults", "all=0", "--fault-seed", str(args.seed), "--sqs-retry-delay", "1",
-             "--schedule-speed", "60", "--workers", str(args.workers), "--log-level", "WARNING"]
+             "--schedule-speed", "6", "--workers", str(args.workers), "--log-level", "WARNING"]
     with LocalCloud(REPO_ROOT, *flags, stage=STAGE, startup_timeout_s=120) as cloud:
         result = asyncio.run(Run(args, cloud).execute())
     print(table(result))
