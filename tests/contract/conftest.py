@@ -45,11 +45,24 @@ def moto_aws(aws_env: None, boto_session: boto3.session.Session) -> Iterator[Non
         yield
 
 
-@pytest.fixture(params=["memory", "dynamodb"])
+@pytest.fixture(params=["memory", "dynamodb", "dynamodb-local-cloud"])
 def storage(request: pytest.FixtureRequest, boto_session: boto3.session.Session) -> Storage:
-    """Each implementation of the Storage contract in turn."""
+    """Each implementation of the Storage contract in turn.
+
+    ``dynamodb-local-cloud`` is moto with the local cloud's own transaction
+    implementation (infra/local/moto_patches.py), so the local cloud keeps
+    DynamoDB's contract too.
+    """
     if request.param == "memory":
         return MemoryStorage()
+    if request.param == "dynamodb-local-cloud":
+        from moto.dynamodb.models import DynamoDBBackend
+
+        from infra.local import moto_patches
+
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setattr(DynamoDBBackend, "transact_write_items",
+                            moto_patches.transact_write_items)
     request.getfixturevalue("moto_aws")
     # Clients are made after the mock started (test_dynamodb_adapter.py covers
     # the client DynamoStorage builds for itself when given none).
