@@ -375,25 +375,24 @@ class DeliveryService:
         A 410 prunes that connection and does not fail the batch. Any other
         failure is raised after the whole batch was tried, so SQS redelivers
         the batch; recipients drop the copies they already have by seq.
+        Who to push to is read once per conversation and batch (a FIFO batch
+        often holds several messages of one conversation).
         """
         failures: list[str] = []
         pushed = 0
+        audiences: dict[str, _Audience | None] = {}
         for body in bodies:
             delivery = Delivery.from_json(body)
             message = delivery.message
-            conv = self.storage.get_conversation(message.conversation_id)
-            if conv is None:
-                log.error("delivery for unknown conversation %s dropped", message.conversation_id)
+            cid = message.conversation_id
+            if cid not in audiences:
+                audiences[cid] = self._audience(cid)
+            audience = audiences[cid]
+            if audience is None:
+                log.error("delivery for unknown conversation %s dropped", cid)
                 continue
-            users = conv.participant_ids()
-            connections = {u: self.storage.connections_of(u) for u in users}
-            cursors = {}
-            for u in users:
-                p = self.storage.get_participant(u, conv.conversation_id)
-                cursors[u] = p.ack_seq if p else 0
-            targets = core.delivery_targets(
-                message, conv, connections, cursors, delivery.origin_connection_id
-            )
+            targets = core.delivery_targets(message, audience.conv, audience.connections,
+                                            audience.cursors, delivery.origin_connection_id)
             data = core.encode(message.frame())
             for conn in targets:
                 try:
@@ -401,10 +400,36 @@ class DeliveryService:
                     pushed += 1
                 except ConnectionGone:
                     self.chat.forget_connection(conn.connection_id)
+                    audience.drop(conn.connection_id)
                 except Exception as exc:
-                    log.warning("push of %s#%d to %s failed: %s", message.conversation_id,
-                                message.seq, conn.connection_id, exc)
+                    log.warning("push of %s#%d to %s failed: %s", cid, message.seq,
+                                conn.connection_id, exc)
                     failures.append(conn.connection_id)
         if failures:
             raise DeliveryFailed(f"{len(failures)} push(es) failed: {', '.join(failures[:5])}")
         return pushed
+
+    def _audience(self, conversation_id: str) -> _Audience | None:
+        conv = self.storage.get_conversation(conversation_id)
+        if conv is None:
+            return None
+        users = conv.participant_ids()
+        cursors = {}
+        for user in users:
+            p = self.storage.get_participant(user, conversation_id)
+            cursors[user] = p.ack_seq if p else 0
+        return _Audience(conv, {u: self.storage.connections_of(u) for u in users}, cursors)
+
+
+@dataclass
+class _Audience:
+    """A conversation's participants, their open connections and ack cursors."""
+
+    conv: Conversation
+    connections: dict[str, list[ConnectionRecord]]
+    cursors: dict[str, int]
+
+    def drop(self, connection_id: str) -> None:
+        """Forget a connection found gone, for the rest of the batch."""
+        for user, conns in self.connections.items():
+            self.connections[user] = [c for c in conns if c.connection_id != connection_id]

@@ -325,3 +325,20 @@ def test_enqueued_messages_are_never_swept(chatting):
         frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body="x")
     chat.clock.t += 3600 * 1000
     assert chat.sweep() == 0
+
+
+def test_a_batch_reads_each_conversations_audience_once(chatting, monkeypatch):
+    chat, alice, bob, cid = chatting
+    for i in range(4):
+        frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body=str(i))
+    chat.pusher.gone.add(bob.connection_id)
+    calls = []
+    real = chat.storage.connections_of
+    monkeypatch.setattr(chat.storage, "connections_of", lambda u: calls.append(u) or real(u))
+    attempts = []
+    real_push = chat.pusher.push
+    monkeypatch.setattr(chat.pusher, "push", lambda c, *a: attempts.append(c) or real_push(c, *a))
+    pump(chat)
+    assert sorted(calls) == ["alice", "bob"]  # once per participant for the 4 messages
+    assert attempts.count(bob.connection_id) == 1  # found gone once, not pushed to again
+    assert chat.storage.get_connection(bob.connection_id) is None
