@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from werkzeug.serving import run_simple
+from werkzeug.serving import WSGIRequestHandler, run_simple
 
 from infra.local import moto_patches
 
@@ -48,6 +48,20 @@ class SerializedRequests:
             return list(self.app(environ, start_response))
 
 
+class KeepAliveHandler(WSGIRequestHandler):
+    """HTTP/1.1 with keep-alive and no access log.
+
+    The stock server answers HTTP/1.0 and closes every connection, so each
+    AWS call pays a TCP handshake and a new thread, and it logs every request;
+    together that was most of the server's time under load.
+    """
+
+    protocol_version = "HTTP/1.1"
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve moto on ``--host``/``--port`` until interrupted."""
     parser = argparse.ArgumentParser(prog="python -m infra.local.motoserver", description=__doc__)
@@ -56,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     moto_patches.apply()
     app = SerializedRequests(DomainDispatcherApplication(create_backend_app))
-    run_simple(args.host, args.port, app, threaded=True, use_reloader=False, use_debugger=False)
+    run_simple(args.host, args.port, app, threaded=True, use_reloader=False, use_debugger=False,
+               request_handler=KeepAliveHandler)
 
 
 if __name__ == "__main__":
