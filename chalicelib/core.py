@@ -50,6 +50,17 @@ def iso_ms(epoch_ms: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 
+def epoch_ms(iso: str) -> int:
+    """The inverse of ``iso_ms``."""
+    dt = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+#: After this long a connection's ``$connect`` has surely returned (API
+#: Gateway's integration timeout is 29 s), so a 410 means it is gone.
+CONNECT_SETTLE_MS = 30_000
+
+
 def payload_hash(conversation_id: str, body: str) -> str:
     """What a retry must repeat exactly: the conversation and the body."""
     digest = hashlib.sha256()

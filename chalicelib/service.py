@@ -113,6 +113,22 @@ class ChatService:
         if removed is not None and removed.role == "agent":
             self.storage.agent_disconnected(removed.user_id, core.iso_ms(self.clock()))
 
+    def prune_gone(self, conn: ConnectionRecord) -> bool:
+        """A push got 410: forget the connection, unless it may still be in ``$connect``.
+
+        API Gateway answers 410 for a connection whose ``$connect`` has not
+        returned yet, and ``$connect`` writes the record before it returns:
+        a delivery racing a new connection would delete the record of a
+        connection about to open. ``$connect`` cannot run longer than the
+        29 s integration timeout, so only records older than
+        ``core.CONNECT_SETTLE_MS`` are pruned; a younger one that is really
+        gone goes with its ``$disconnect``, a later 410, or its TTL.
+        """
+        if self.clock() - core.epoch_ms(conn.connected_at) < core.CONNECT_SETTLE_MS:
+            return False
+        self.forget_connection(conn.connection_id)
+        return True
+
     def principal_of(self, connection_id: str) -> Principal:
         """The user behind a connection, from the record made at ``$connect``."""
         conn = self.storage.get_connection(connection_id)
@@ -372,7 +388,8 @@ class DeliveryService:
     def deliver(self, bodies: Iterable[str]) -> int:
         """Push a batch; return the number of frames pushed.
 
-        A 410 prunes that connection and does not fail the batch. Any other
+        A 410 prunes that connection (unless it may still be in its
+        ``$connect``) and does not fail the batch. Any other
         failure is raised after the whole batch was tried, so SQS redelivers
         the batch; recipients drop the copies they already have by seq.
         Who to push to is read once per conversation and batch (a FIFO batch
@@ -399,7 +416,7 @@ class DeliveryService:
                     self.pusher.push(conn.connection_id, conn.domain_name, conn.stage, data)
                     pushed += 1
                 except ConnectionGone:
-                    self.chat.forget_connection(conn.connection_id)
+                    self.chat.prune_gone(conn)
                     audience.drop(conn.connection_id)
                 except Exception as exc:
                     log.warning("push of %s#%d to %s failed: %s", cid, message.seq,

@@ -189,10 +189,13 @@ def test_concurrent_senders_gapless(chat, monkeypatch):
     assert sorted(set(got)) == sorted(sent[agent]) and got == sorted(got)
 
 
-def test_stale_connection_is_pruned_on_410(chat):
+def test_stale_connection_is_pruned_on_410(chat, monkeypatch):
     cloud, customer, agent, cid = chat
     cloud.pushes.gone.add(agent)
     send(cloud, customer, cid, "m1")
+    service = cloud.mod.handlers.chat
+    later = service.clock() + 31_000  # long after the agent's $connect
+    monkeypatch.setattr(service, "clock", lambda: later)
     cloud.consume()
     assert not [i for i in table_items("connections") if i["connectionId"]["S"] == agent]
     assert [i for i in table_items("agents") if i["agentId"]["S"] == "agent-1"][0]["presence"]["S"] == "offline"

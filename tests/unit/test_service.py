@@ -158,6 +158,7 @@ def test_gone_connection_is_pruned_without_failing(chatting):
     chat, alice, bob, cid = chatting
     chat.pusher.gone.add(bob.connection_id)
     frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
+    chat.clock.t += 31_000  # long after bob's $connect
     pump(chat)
     assert chat.storage.get_connection(bob.connection_id) is None
     assert chat.storage.get_agent("bob").connections == 0
@@ -332,6 +333,7 @@ def test_a_batch_reads_each_conversations_audience_once(chatting, monkeypatch):
     for i in range(4):
         frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body=str(i))
     chat.pusher.gone.add(bob.connection_id)
+    chat.clock.t += 31_000
     calls = []
     real = chat.storage.connections_of
     monkeypatch.setattr(chat.storage, "connections_of", lambda u: calls.append(u) or real(u))
@@ -342,3 +344,16 @@ def test_a_batch_reads_each_conversations_audience_once(chatting, monkeypatch):
     assert sorted(calls) == ["alice", "bob"]  # once per participant for the 4 messages
     assert attempts.count(bob.connection_id) == 1  # found gone once, not pushed to again
     assert chat.storage.get_connection(bob.connection_id) is None
+
+
+def test_a_410_during_connect_does_not_prune_the_new_connection(chatting):
+    """API Gateway answers 410 while $connect runs; the record it just wrote must survive."""
+    chat, alice, bob, cid = chatting
+    laptop = connect(chat, "bob", "agent", "bob-laptop")  # its $connect has "not returned" yet
+    chat.pusher.gone.add(laptop.connection_id)
+    frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
+    pump(chat)
+    assert chat.storage.get_connection(laptop.connection_id) is not None
+    chat.pusher.gone.discard(laptop.connection_id)
+    assert frame(chat, laptop, action="resume", cursors={cid: 0})["type"] == "resumed"
+    assert [f["seq"] for f in chat.pusher.frames(laptop.connection_id, "message")] == [1]
