@@ -42,6 +42,41 @@ def create_conversation():
     return handlers.create_conversation(app.current_request)
 
 
+@app.route("/conversations", methods=["GET"])
+def list_conversations():
+    return handlers.list_conversations(app.current_request)
+
+
+@app.route("/conversations/{conversation_id}", methods=["GET"])
+def get_conversation(conversation_id):
+    return handlers.get_conversation(app.current_request, conversation_id)
+
+
 @app.route("/conversations/{conversation_id}/messages", methods=["GET"])
 def list_messages(conversation_id):
     return handlers.list_messages(app.current_request, conversation_id)
+
+
+@app.route("/conversations/{conversation_id}/close", methods=["POST"])
+def close_conversation(conversation_id):
+    return handlers.close_conversation(app.current_request, conversation_id)
+
+
+@app.route("/conversations/{conversation_id}/transfer", methods=["POST"])
+def transfer_conversation(conversation_id):
+    return handlers.transfer_conversation(app.current_request, conversation_id)
+
+
+@app.route("/agents/me/status", methods=["PUT"])
+def set_agent_status():
+    return handlers.set_agent_status(app.current_request)
+
+
+@app.route("/agents", methods=["GET"])
+def list_agents():
+    return handlers.list_agents(app.current_request)
+
+
+@app.route("/queue", methods=["GET"])
+def waiting_queue():
+    return handlers.waiting_queue(app.current_request)

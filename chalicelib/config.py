@@ -27,6 +27,7 @@ class Config:
     connections_table: str
     participants_table: str
     agents_table: str
+    limits_table: str
     delivery_queue_name: str
     connection_ttl_seconds: int = 3 * 3600
     idempotency_ttl_seconds: int = 24 * 3600
@@ -36,6 +37,15 @@ class Config:
     append_max_attempts: int = 64
     sweep_grace_seconds: int = 30
     sweep_batch: int = 500
+    #: A closed conversation reopens when its customer writes within this window.
+    reopen_window_seconds: int = 24 * 3600
+    #: Rate limits: fixed windows of ``rate_window_seconds``.
+    rate_window_seconds: int = 10
+    rate_user_sends: int = 100
+    rate_connection_sends: int = 60
+    rate_connection_typing: int = 20
+    #: 0 keeps messages forever; N > 0 lets a message expire N days after it was sent.
+    message_retention_days: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -56,7 +66,7 @@ class Config:
         def name(var: str, suffix: str) -> str:
             return env.get(var) or f"{prefix}-{suffix}"
 
-        def number(var: str, default: int) -> int:
+        def number(var: str, default: int, allow_zero: bool = False) -> int:
             raw = env.get(var)
             if raw is None or raw == "":
                 return default
@@ -64,7 +74,7 @@ class Config:
                 value = int(raw)
             except ValueError as exc:
                 raise ConfigurationError(f"{var} must be an integer, got {raw!r}") from exc
-            if value <= 0:
+            if value < 0 or (value == 0 and not allow_zero):
                 raise ConfigurationError(f"{var} must be positive, got {value}")
             return value
 
@@ -77,6 +87,7 @@ class Config:
             connections_table=name("CONNECTIONS_TABLE", "connections"),
             participants_table=name("PARTICIPANTS_TABLE", "participants"),
             agents_table=name("AGENTS_TABLE", "agents"),
+            limits_table=name("LIMITS_TABLE", "limits"),
             delivery_queue_name=delivery_queue_name(env),
             connection_ttl_seconds=number("CONNECTION_TTL_SECONDS", 3 * 3600),
             idempotency_ttl_seconds=number("IDEMPOTENCY_TTL_SECONDS", 24 * 3600),
@@ -84,6 +95,12 @@ class Config:
             page_size=number("PAGE_SIZE", 100),
             resume_max_messages=number("RESUME_MAX_MESSAGES", 2000),
             sweep_grace_seconds=number("SWEEP_GRACE_SECONDS", 30),
+            reopen_window_seconds=number("REOPEN_WINDOW_SECONDS", 24 * 3600),
+            rate_window_seconds=number("RATE_WINDOW_SECONDS", 10),
+            rate_user_sends=number("RATE_USER_SENDS", 100),
+            rate_connection_sends=number("RATE_CONNECTION_SENDS", 60),
+            rate_connection_typing=number("RATE_CONNECTION_TYPING", 20),
+            message_retention_days=number("MESSAGE_RETENTION_DAYS", 0, allow_zero=True),
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,12 +34,16 @@ from chalicelib.models import (
     MessageRecord,
     Participant,
     Principal,
+    ReadFrame,
     ResumeFrame,
     SendFrame,
+    TypingFrame,
 )
 
-_CLIENT_FRAME: TypeAdapter[SendFrame | AckFrame | ResumeFrame] = TypeAdapter(ClientFrame)
-ACTIONS = ("send", "ack", "resume")
+AnyClientFrame = SendFrame | AckFrame | ResumeFrame | TypingFrame | ReadFrame
+_CLIENT_FRAME: TypeAdapter[AnyClientFrame] = TypeAdapter(ClientFrame)
+ACTIONS = ("send", "ack", "resume", "typing", "read")
+SYSTEM_SENDER = "system"
 
 
 # ------------------------------------------------------------------ time & ids
@@ -84,7 +89,7 @@ def deduplication_id(conversation_id: str, seq: int) -> str:
 # --------------------------------------------------------------------- parsing
 
 
-def parse_client_frame(raw: str | None, max_body_bytes: int) -> SendFrame | AckFrame | ResumeFrame:
+def parse_client_frame(raw: str | None, max_body_bytes: int) -> AnyClientFrame:
     """Validate one client frame, or raise BadRequest / PayloadTooLarge.
 
     The raised error carries the frame's messageId when it has a usable one,
@@ -122,6 +127,14 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+_REQUEST_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def valid_request_key(key: str) -> bool:
+    """An Idempotency-Key header value: 1 to 128 characters of ``A-Za-z0-9_-.:``."""
+    return bool(_REQUEST_KEY.match(key))
+
+
 # --------------------------------------------------------------- authorization
 
 
@@ -136,6 +149,24 @@ def require_participant(principal: Principal, conv: Conversation) -> None:
     """Raise Forbidden unless the caller takes part in the conversation."""
     if not is_participant(principal, conv):
         raise Forbidden(f"not a participant of conversation {conv.conversation_id}")
+
+
+def can_view(principal: Principal, conv: Conversation) -> bool:
+    """Who may see a conversation's summary: its participants, and any agent while it waits."""
+    return is_participant(principal, conv) or (
+        principal.role == "agent" and conv.status == "waiting")
+
+
+def require_view(principal: Principal, conv: Conversation) -> None:
+    """Raise Forbidden unless the caller may see the conversation's summary."""
+    if not can_view(principal, conv):
+        raise Forbidden(f"conversation {conv.conversation_id} is not yours")
+
+
+def require_role(principal: Principal, role: str, what: str) -> None:
+    """Raise Forbidden unless the caller has ``role``."""
+    if principal.role != role:
+        raise Forbidden(f"only {role}s may {what}")
 
 
 # -------------------------------------------------------------------- sending
@@ -164,6 +195,7 @@ def decide_send(
     existing: IdempotencyRecord | None,
     now_ms: int,
     idempotency_ttl_seconds: int,
+    retention_seconds: int = 0,
 ) -> Replay | Append:
     """Decide what a ``send`` does given the stored conversation and idempotency record.
 
@@ -178,7 +210,8 @@ def decide_send(
                            message_id=frame.message_id)
         return Replay(existing)
     if conv.status == "closed":
-        raise ConversationClosed("conversation is closed", message_id=frame.message_id)
+        raise ConversationClosed("conversation is closed; the customer may open a new one",
+                                 message_id=frame.message_id)
     seq = conv.last_seq + 1
     sent_at = iso_ms(now_ms)
     message = MessageRecord(
@@ -189,6 +222,7 @@ def decide_send(
         sender_role=principal.role,
         body=frame.body,
         sent_at=sent_at,
+        expires_at=now_ms // 1000 + retention_seconds if retention_seconds else None,
     )
     idem = IdempotencyRecord(
         sender_id=principal.user_id,
@@ -200,6 +234,142 @@ def decide_send(
         expires_at=now_ms // 1000 + idempotency_ttl_seconds,
     )
     return Append(message=message, idem=idem, expected_last_seq=conv.last_seq)
+
+
+# ----------------------------------------------------------------- lifecycle
+
+
+@dataclass(frozen=True)
+class AgentDelta:
+    """A change of one agent's ``active_count``: +1 needs room (online, below capacity)."""
+
+    agent_id: str
+    delta: int
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One lifecycle step, written as one conditional transaction.
+
+    The conversation goes from ``before`` (the condition: status, agent and
+    counter unchanged) to ``after``; the system message takes seq
+    ``before.last_seq + 1``; each agent's load moves by its delta; ``join``
+    (an agent) becomes a participant.
+    """
+
+    before: Conversation
+    after: Conversation
+    message: MessageRecord
+    agents: tuple[AgentDelta, ...] = ()
+    join: str | None = None
+
+
+_EVENT_TEXT = {
+    "assigned": "{agent} joined the conversation",
+    "transferred": "The conversation was transferred from {previous} to {agent}",
+    "closed": "The conversation was closed by {actor}",
+    "reopened": "The conversation was reopened by {actor}",
+}
+
+
+def _transition(conv: Conversation, event: str, actor: str, now_ms: int,
+                agents: tuple[AgentDelta, ...] = (), join: str | None = None,
+                **changes: Any) -> Transition:
+    now = iso_ms(now_ms)
+    seq = conv.last_seq + 1
+    after = conv.model_copy(update={**changes, "updated_at": now, "last_seq": seq})
+    previous = conv.agent_id if event in ("transferred", "reopened") else None
+    message = MessageRecord(
+        conversation_id=conv.conversation_id,
+        seq=seq,
+        message_id=f"system-{seq}",
+        sender_id=SYSTEM_SENDER,
+        sender_role="system",
+        body=_EVENT_TEXT[event].format(agent=after.agent_id, previous=previous, actor=actor),
+        sent_at=now,
+        event=event,  # type: ignore[arg-type]
+        status=after.status,
+        agent_id=after.agent_id,
+        previous_agent_id=previous,
+    )
+    return Transition(conv, after, message, agents, join)
+
+
+def plan_assign(conv: Conversation, agent_id: str, now_ms: int) -> Transition:
+    """waiting -> active with ``agent_id``; the agent needs room. Conflict unless waiting."""
+    if conv.status != "waiting":
+        raise Conflict(f"conversation {conv.conversation_id} is {conv.status}, not waiting")
+    return _transition(conv, "assigned", agent_id, now_ms, (AgentDelta(agent_id, 1),), agent_id,
+                       status="active", agent_id=agent_id)
+
+
+def plan_transfer(principal: Principal, conv: Conversation, to_agent: str, now_ms: int) -> Transition:
+    """active with the caller -> active with ``to_agent`` (who needs room)."""
+    require_role(principal, "agent", "transfer conversations")
+    require_participant(principal, conv)
+    if conv.status != "active":
+        raise Conflict(f"conversation {conv.conversation_id} is {conv.status}, not active")
+    if to_agent == conv.agent_id:
+        raise Conflict(f"conversation {conv.conversation_id} is already with {to_agent}")
+    assert conv.agent_id is not None
+    return _transition(conv, "transferred", principal.user_id, now_ms,
+                       (AgentDelta(conv.agent_id, -1), AgentDelta(to_agent, 1)), to_agent,
+                       agent_id=to_agent)
+
+
+def plan_close(principal: Principal, conv: Conversation, now_ms: int) -> Transition:
+    """waiting or active -> closed, by the customer or the assigned agent; frees the agent."""
+    require_participant(principal, conv)
+    if conv.status == "closed":
+        raise Conflict(f"conversation {conv.conversation_id} is already closed")
+    frees = (AgentDelta(conv.agent_id, -1),) if conv.status == "active" and conv.agent_id else ()
+    return _transition(conv, "closed", principal.user_id, now_ms, frees,
+                       status="closed", closed_at=iso_ms(now_ms))
+
+
+def plan_reopen(principal: Principal, conv: Conversation, now_ms: int,
+                window_seconds: int, message_id: str | None = None) -> Transition:
+    """closed -> waiting, when its customer writes within ``window_seconds`` of the close.
+
+    Raises ConversationClosed (read-only: the customer opens a new
+    conversation) after the window or for anyone but the customer.
+    """
+    require_participant(principal, conv)
+    if conv.status != "closed":
+        raise Conflict(f"conversation {conv.conversation_id} is {conv.status}, not closed")
+    closed_at = epoch_ms(conv.closed_at) if conv.closed_at else 0
+    if principal.role != "customer" or now_ms - closed_at > window_seconds * 1000:
+        raise ConversationClosed("conversation is closed; the customer may open a new one",
+                                 message_id=message_id)
+    return _transition(conv, "reopened", principal.user_id, now_ms,
+                       status="waiting", agent_id=None, closed_at=None, queued_at=iso_ms(now_ms))
+
+
+def conversation_frame(message: MessageRecord, conv: Conversation) -> dict[str, Any]:
+    """``conversation``: a lifecycle event, so every screen follows (ephemeral, like typing)."""
+    return {
+        "type": "conversation",
+        "event": message.event,
+        "conversationId": message.conversation_id,
+        "seq": message.seq,
+        "status": message.status,
+        "customerId": conv.customer_id,
+        "agentId": message.agent_id,
+        "previousAgentId": message.previous_agent_id,
+        "at": message.sent_at,
+    }
+
+
+def typing_frame(conversation_id: str, principal: Principal) -> dict[str, Any]:
+    """``typing``: relayed to the other participants' connections, never stored."""
+    return {"type": "typing", "conversationId": conversation_id,
+            "userId": principal.user_id, "role": principal.role}
+
+
+def read_frame(conversation_id: str, principal: Principal, seq: int) -> dict[str, Any]:
+    """``read``: a participant's cumulative read cursor moved to ``seq``."""
+    return {"type": "read", "conversationId": conversation_id,
+            "userId": principal.user_id, "role": principal.role, "seq": seq}
 
 
 # ------------------------------------------------------------------- delivery

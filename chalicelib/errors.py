@@ -113,6 +113,26 @@ class DuplicateMessage(StorageSignal):
     """The idempotency record of this (sender, conversation, messageId) already exists."""
 
 
+class StaleConversation(StorageSignal):
+    """A transition's condition failed: the conversation is no longer as it was read."""
+
+
+class AgentUnavailable(StorageSignal):
+    """An assignment's agent is not online or has no room left (capacity reached)."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(agent_id)
+        self.agent_id = agent_id
+
+
+class DuplicateRequest(StorageSignal):
+    """A request with this idempotency key was already carried out; ``existing_id`` is its result."""
+
+    def __init__(self, existing_id: str) -> None:
+        super().__init__(existing_id)
+        self.existing_id = existing_id
+
+
 class ConnectionGone(Exception):
     """A push found the connection gone (HTTP 410): the frame was maybe delivered."""
 

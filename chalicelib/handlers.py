@@ -10,22 +10,27 @@ for REST.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from chalice.app import Chalice, Request, Response, SQSEvent, WebsocketEvent
+from pydantic import BaseModel, ValidationError
 
 from chalicelib.auth import bearer_token, verify_token
 from chalicelib.config import Config
 from chalicelib.errors import BadRequest, OnceChatError
+from chalicelib.models import AgentStatusRequest, TransferRequest
 from chalicelib.ports import ChalicePusher, SqsDeliveryQueue
 from chalicelib.service import ChatService, DeliveryService, Origin
 
 log = logging.getLogger("oncechat")
 
 MAX_PAGE = 100
+STATUSES = ("waiting", "active", "closed")
+B = TypeVar("B", bound=BaseModel)
 
 
 class Handlers:
@@ -91,17 +96,66 @@ class Handlers:
     # ----------------------------------------------------------------- REST
 
     def create_conversation(self, request: Request) -> Response:
-        """``POST /conversations``."""
+        """``POST /conversations`` (``Idempotency-Key`` honoured): 201 created, 200 replayed."""
+        key = (request.headers or {}).get("idempotency-key")
+
+        def call(chat: ChatService, who: Any) -> tuple[int, Any]:
+            conv, created = chat.open_conversation(who, key)
+            return (201 if created else 200), conv.rest_view()
+        return self._rest(request, call)
+
+    def list_conversations(self, request: Request) -> Response:
+        """``GET /conversations?status=S&limit=L&cursor=C``: the caller's, newest first."""
+        query = request.query_params or {}
+        status = query.get("status")
+        if status is not None and status not in STATUSES:
+            return _error(BadRequest(f"status must be one of {', '.join(STATUSES)}"))
+        return self._rest(request, lambda chat, who: (200, chat.list_conversations(
+            who, status, _int_param(query, "limit", 50, 1, MAX_PAGE), query.get("cursor"))))
+
+    def get_conversation(self, request: Request, conversation_id: str) -> Response:
+        """``GET /conversations/{id}``."""
         return self._rest(request, lambda chat, who: (
-            201, chat.create_conversation(who).rest_view()))
+            200, chat.get_conversation(who, conversation_id)))
 
     def list_messages(self, request: Request, conversation_id: str) -> Response:
-        """``GET /conversations/{id}/messages?after=N&limit=L``."""
+        """``GET /conversations/{id}/messages?after=N|before=N&limit=L``."""
         query = request.query_params or {}
         return self._rest(request, lambda chat, who: (200, chat.list_messages(
             who, conversation_id,
-            _int_param(query, "after", 0, 0, None),
-            _int_param(query, "limit", 50, 1, MAX_PAGE))))
+            after=_int_param(query, "after", None, 0, None),
+            limit=_int_param(query, "limit", 50, 1, MAX_PAGE),
+            before=_int_param(query, "before", None, 1, None))))
+
+    def close_conversation(self, request: Request, conversation_id: str) -> Response:
+        """``POST /conversations/{id}/close``."""
+        return self._rest(request, lambda chat, who: (
+            200, chat.close(who, conversation_id).rest_view()))
+
+    def transfer_conversation(self, request: Request, conversation_id: str) -> Response:
+        """``POST /conversations/{id}/transfer`` ``{"agentId": A}``."""
+        return self._rest(request, lambda chat, who: (200, chat.transfer(
+            who, conversation_id, _body(request, TransferRequest).agent_id).rest_view()))
+
+    def set_agent_status(self, request: Request) -> Response:
+        """``PUT /agents/me/status`` ``{"status": S, "capacity": N}``."""
+        def call(chat: ChatService, who: Any) -> tuple[int, Any]:
+            body = _body(request, AgentStatusRequest)
+            if body.status is None and body.capacity is None:
+                raise BadRequest("give status, capacity or both")
+            return 200, chat.set_agent_status(who, body.status, body.capacity).rest_view()
+        return self._rest(request, call)
+
+    def list_agents(self, request: Request) -> Response:
+        """``GET /agents`` (agents only)."""
+        return self._rest(request, lambda chat, who: (
+            200, {"agents": [a.rest_view() for a in chat.list_agents(who)]}))
+
+    def waiting_queue(self, request: Request) -> Response:
+        """``GET /queue?limit=L`` (agents only): waiting conversations, oldest first."""
+        query = request.query_params or {}
+        return self._rest(request, lambda chat, who: (
+            200, chat.waiting_queue(who, _int_param(query, "limit", 50, 1, MAX_PAGE))))
 
     def _rest(self, request: Request,
               call: Callable[[ChatService, Any], tuple[int, Any]]) -> Response:
@@ -113,20 +167,42 @@ class Handlers:
         except OnceChatError as err:
             if err.http_status >= 500:
                 log.error("request failed: %s", err.message)
-            return Response(body=err.to_body(), status_code=err.http_status)
+            return _error(err)
         except Exception:
             log.exception("request failed")
-            return Response(body=OnceChatError().to_body(), status_code=500)
+            return _error(OnceChatError())
         return Response(body=body, status_code=status,
                         headers={"Content-Type": "application/json"})
+
+
+def _error(err: OnceChatError) -> Response:
+    return Response(body=err.to_body(), status_code=err.http_status,
+                    headers={"Content-Type": "application/json"})
+
+
+def _body(request: Request, model: type[B]) -> B:
+    """The JSON body validated by ``model``; BadRequest with the reason otherwise."""
+    raw = request.raw_body
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        raise BadRequest("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise BadRequest(f"{where}: {err['msg']}") from None
 
 
 def _origin(event: WebsocketEvent) -> Origin:
     return Origin(event.connection_id, event.domain_name, event.stage)
 
 
-def _int_param(query: dict[str, str], name: str, default: int, low: int,
-               high: int | None) -> int:
+def _int_param(query: dict[str, str], name: str, default: Any, low: int,
+               high: int | None) -> Any:
     raw = query.get(name)
     if raw is None:
         return default

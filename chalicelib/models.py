@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 from pydantic.alias_generators import to_camel
 
 Role = Literal["customer", "agent"]
 SenderRole = Literal["customer", "agent", "system"]
 Status = Literal["waiting", "active", "closed"]
 Presence = Literal["online", "away", "offline"]
+#: The lifecycle events a system message records (``event`` of a message frame).
+Event = Literal["assigned", "transferred", "closed", "reopened"]
 
 ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 MessageId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
@@ -61,7 +63,23 @@ class ResumeFrame(_Wire):
     cursors: dict[ConversationId, Seq] = Field(default_factory=dict, max_length=100)
 
 
-ClientFrame = Annotated[SendFrame | AckFrame | ResumeFrame, Field(discriminator="action")]
+class TypingFrame(_Wire):
+    """``{"action":"typing","conversationId":C}``: ephemeral, relayed, never stored."""
+
+    action: Literal["typing"]
+    conversation_id: ConversationId
+
+
+class ReadFrame(_Wire):
+    """``{"action":"read","conversationId":C,"seq":N}``: the cumulative read cursor."""
+
+    action: Literal["read"]
+    conversation_id: ConversationId
+    seq: Seq
+
+
+ClientFrame = Annotated[SendFrame | AckFrame | ResumeFrame | TypingFrame | ReadFrame,
+                        Field(discriminator="action")]
 
 
 # --------------------------------------------------------------------- records
@@ -96,7 +114,24 @@ class Conversation(_Wire):
     status: Status = "waiting"
     created_at: str
     updated_at: str
+    #: When it last started waiting (creation or reopening): the queue's order.
+    queued_at: str | None = None
+    closed_at: str | None = None
     last_seq: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _queued_at_creation(cls, data: Any) -> Any:
+        """A new conversation is queued when it is created."""
+        if isinstance(data, dict) and not (data.get("queued_at") or data.get("queuedAt")):
+            created = data.get("created_at") or data.get("createdAt")
+            data = {**data, "queued_at": created}
+        return data
+
+    @property
+    def queue_position_key(self) -> tuple[str, str]:
+        """Oldest waiting first; ties by id."""
+        return (self.queued_at or self.created_at, self.conversation_id)
 
     def participant_ids(self) -> list[str]:
         """The users that may read and write this conversation."""
@@ -110,6 +145,9 @@ class Conversation(_Wire):
             "agentId": self.agent_id,
             "status": self.status,
             "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+            "queuedAt": self.queued_at or self.created_at,
+            "closedAt": self.closed_at,
             "lastSeq": self.last_seq,
         }
 
@@ -124,10 +162,17 @@ class MessageRecord(_Wire):
     sender_role: SenderRole
     body: str
     sent_at: str
+    #: System messages only: the lifecycle event, and the conversation after it.
+    event: Event | None = None
+    status: Status | None = None
+    agent_id: str | None = None
+    previous_agent_id: str | None = None
+    #: Epoch seconds after which the message is gone (MESSAGE_RETENTION_DAYS); None: kept.
+    expires_at: int | None = None
 
     def frame(self) -> dict[str, Any]:
         """The ``message`` frame that carries this record."""
-        return {
+        frame = {
             "type": "message",
             "conversationId": self.conversation_id,
             "seq": self.seq,
@@ -137,6 +182,13 @@ class MessageRecord(_Wire):
             "body": self.body,
             "sentAt": self.sent_at,
         }
+        if self.event is not None:
+            frame["event"] = self.event
+            frame["status"] = self.status
+            frame["agentId"] = self.agent_id
+            if self.previous_agent_id is not None:
+                frame["previousAgentId"] = self.previous_agent_id
+        return frame
 
 
 class IdempotencyRecord(_Wire):
@@ -168,14 +220,53 @@ class Participant(_Wire):
     conversation_id: str
     role: Role
     ack_seq: int = 0
+    read_seq: int = 0
     joined_at: str
 
 
+#: Concurrent active conversations an agent takes unless they set another capacity.
+DEFAULT_CAPACITY = 5
+MAX_CAPACITY = 100
+
+
 class AgentRecord(_Wire):
-    """An agent's presence and load."""
+    """An agent's presence, open connections, load and capacity."""
 
     agent_id: str
     presence: Presence = "offline"
     connections: int = 0
     active_count: int = 0
+    capacity: int = DEFAULT_CAPACITY
     updated_at: str
+
+    @property
+    def has_room(self) -> bool:
+        """Online and below capacity: may take one more conversation."""
+        return self.presence == "online" and self.active_count < self.capacity
+
+    def rest_view(self) -> dict[str, Any]:
+        """The REST representation."""
+        return {
+            "agentId": self.agent_id,
+            "status": self.presence,
+            "connections": self.connections,
+            "activeCount": self.active_count,
+            "capacity": self.capacity,
+            "updatedAt": self.updated_at,
+        }
+
+
+class AgentStatusRequest(_Wire):
+    """``PUT /agents/me/status`` body: ``{"status": ..., "capacity": N}`` (either may be omitted)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True,
+                              extra="forbid")
+
+    status: Presence | None = None
+    capacity: Annotated[StrictInt, Field(ge=0, le=MAX_CAPACITY)] | None = None
+
+
+class TransferRequest(_Wire):
+    """``POST /conversations/{id}/transfer`` body: ``{"agentId": A}``."""
+
+    agent_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]

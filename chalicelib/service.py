@@ -20,25 +20,34 @@ from chalicelib import core
 from chalicelib.auth import verify_token
 from chalicelib.config import Config
 from chalicelib.errors import (
+    AgentUnavailable,
     BadRequest,
+    Conflict,
     ConnectionGone,
+    ConversationClosed,
     DuplicateMessage,
+    DuplicateRequest,
     Forbidden,
     NotFound,
     OnceChatError,
+    RateLimited,
     SequenceConflict,
+    StaleConversation,
     Unauthorized,
 )
 from chalicelib.models import (
     AckFrame,
+    AgentRecord,
     ConnectionRecord,
     Conversation,
     IdempotencyRecord,
     MessageRecord,
     Participant,
     Principal,
+    ReadFrame,
     ResumeFrame,
     SendFrame,
+    TypingFrame,
 )
 from chalicelib.ports import Delivery, DeliveryQueue, Pusher
 from chalicelib.storage.base import Storage
@@ -46,6 +55,10 @@ from chalicelib.storage.base import Storage
 log = logging.getLogger("oncechat")
 
 Clock = Callable[[], int]
+
+#: How often a lifecycle step is re-planned when a message or another step
+#: moved the conversation between the read and the conditional write.
+TRANSITION_ATTEMPTS = 16
 
 
 def wall_clock_ms() -> int:
@@ -99,8 +112,9 @@ class ChatService:
             )
         )
         if principal.role == "agent":
-            self.storage.agent_connected(principal.user_id, core.iso_ms(now))
-            self.assign_waiting()
+            agent = self.storage.agent_connected(principal.user_id, core.iso_ms(now))
+            if agent.has_room:
+                self.assign_waiting()
         return principal
 
     def disconnect(self, connection_id: str) -> None:
@@ -140,7 +154,7 @@ class ChatService:
 
     def on_frame(self, origin: Origin, raw: str | None) -> None:
         """Handle one client frame; every failure becomes an ``error`` frame."""
-        frame: SendFrame | AckFrame | ResumeFrame | None = None
+        frame: core.AnyClientFrame | None = None
         try:
             principal = self.principal_of(origin.connection_id)
             frame = core.parse_client_frame(raw, self.config.max_body_bytes)
@@ -148,8 +162,12 @@ class ChatService:
                 self.reply(origin, self.send(principal, origin, frame))
             elif isinstance(frame, AckFrame):
                 self.ack(principal, frame)
-            else:
+            elif isinstance(frame, ResumeFrame):
                 self.resume(principal, origin, frame)
+            elif isinstance(frame, TypingFrame):
+                self.typing(principal, origin, frame)
+            else:
+                self.read(principal, origin, frame)
         except OnceChatError as err:
             self.reply(origin, core.error_frame(err))
         except ConnectionGone:
@@ -176,16 +194,30 @@ class ChatService:
         record the winner wrote.
         """
         origin_id = origin.connection_id if origin else None
+        buckets = [(f"send#user#{principal.user_id}", self.config.rate_user_sends)]
+        if origin_id:
+            buckets.append((f"send#conn#{origin_id}", self.config.rate_connection_sends))
+        self._take_tokens(buckets, frame.message_id)
         # Optimistic: the first attempt does not read the idempotency record;
         # the transaction's condition on it tells a retry from a new message.
         existing: IdempotencyRecord | None = None
+        reopened = False
         for attempt in range(self.config.append_max_attempts):
             now = self.clock()
             conv = self._conversation(frame.conversation_id)
             if conv.status == "closed" and existing is None:  # a retry is still answered
                 existing = self._idempotency(principal, frame, now)
+                if existing is None:
+                    # The customer's message reopens it within the window
+                    # (ConversationClosed otherwise); then it is appended.
+                    core.require_participant(principal, conv)
+                    reopened = self._commit_once(core.plan_reopen(
+                        principal, conv, now, self.config.reopen_window_seconds,
+                        frame.message_id)) or reopened
+                    continue
             decision = core.decide_send(
-                principal, conv, frame, existing, now, self.config.idempotency_ttl_seconds
+                principal, conv, frame, existing, now, self.config.idempotency_ttl_seconds,
+                self.config.message_retention_days * 86400,
             )
             if isinstance(decision, core.Replay):
                 idem = decision.idem
@@ -210,7 +242,11 @@ class ChatService:
                 # first: answer from the record it wrote.
                 existing = self._idempotency(principal, frame, now)
                 continue
+            except ConversationClosed:
+                continue  # closed since we read it: re-read (reopen, or refuse)
             self._enqueue(Delivery(decision.message, origin_id))
+            if reopened:
+                self.assign_waiting()
             m = decision.message
             return core.accepted_frame(m.conversation_id, m.message_id, m.seq, m.sent_at, False)
         raise OnceChatError("conversation too busy, retry the send", message_id=frame.message_id)
@@ -228,6 +264,52 @@ class ChatService:
         if self.storage.get_participant(principal.user_id, conv.conversation_id) is None:
             self._join(principal, conv.conversation_id)
             self.storage.advance_ack(principal.user_id, conv.conversation_id, frame.seq)
+
+    # ------------------------------------------------------- typing & read
+
+    def typing(self, principal: Principal, origin: Origin, frame: TypingFrame) -> None:
+        """Relay ``typing`` to the other participants' connections; nothing is stored."""
+        conv = self._conversation(frame.conversation_id)
+        core.require_participant(principal, conv)
+        if conv.status == "closed":
+            raise ConversationClosed("conversation is closed")
+        self._take_tokens([(f"typing#conn#{origin.connection_id}",
+                            self.config.rate_connection_typing)])
+        others = [u for u in conv.participant_ids() if u != principal.user_id]
+        self.push_to_users(others, core.typing_frame(conv.conversation_id, principal))
+
+    def read(self, principal: Principal, origin: Origin, frame: ReadFrame) -> None:
+        """Move the caller's read cursor forward and tell the others (and the caller's other devices)."""
+        conv = self._conversation(frame.conversation_id)
+        core.require_participant(principal, conv)
+        if frame.seq > conv.last_seq:
+            raise BadRequest(f"seq {frame.seq} is beyond the latest message {conv.last_seq}")
+        moved = self.storage.advance_read(principal.user_id, conv.conversation_id, frame.seq)
+        if not moved and self.storage.get_participant(principal.user_id, conv.conversation_id) is None:
+            self._join(principal, conv.conversation_id)
+            moved = self.storage.advance_read(principal.user_id, conv.conversation_id, frame.seq)
+        if moved:
+            self.push_to_users(conv.participant_ids(),
+                                core.read_frame(conv.conversation_id, principal, frame.seq),
+                                skip_connection=origin.connection_id)
+
+    def push_to_users(self, users: Iterable[str], frame: dict[str, Any],
+                       skip_connection: str | None = None) -> int:
+        """Best-effort push of an ephemeral frame to every connection of ``users``."""
+        data = core.encode(frame)
+        pushed = 0
+        for user in users:
+            for conn in self.storage.connections_of(user):
+                if conn.connection_id == skip_connection:
+                    continue
+                try:
+                    self.pusher.push(conn.connection_id, conn.domain_name, conn.stage, data)
+                    pushed += 1
+                except ConnectionGone:
+                    self.prune_gone(conn)
+                except Exception as exc:  # ephemeral: a lost one is not retried
+                    log.info("push of %s to %s failed: %s", frame["type"], conn.connection_id, exc)
+        return pushed
 
     # ----------------------------------------------------------------- resume
 
@@ -266,53 +348,209 @@ class ChatService:
     # ------------------------------------------------------------------- REST
 
     def create_conversation(self, principal: Principal) -> Conversation:
-        """A customer opens a conversation; it goes to an online agent if there is one."""
-        if principal.role != "customer":
-            raise Forbidden("only customers open conversations")
-        now = core.iso_ms(self.clock())
+        """``open_conversation`` without an idempotency key."""
+        return self.open_conversation(principal)[0]
+
+    def open_conversation(self, principal: Principal,
+                          request_key: str | None = None) -> tuple[Conversation, bool]:
+        """A customer opens a conversation; it goes to the queue and, room permitting, to an agent.
+
+        With ``request_key`` (the Idempotency-Key header) a retried request
+        returns the conversation the first one created. Returns the
+        conversation and whether this call created it.
+        """
+        core.require_role(principal, "customer", "open conversations")
+        if request_key is not None and not core.valid_request_key(request_key):
+            raise BadRequest("Idempotency-Key must be 1 to 128 characters of A-Z a-z 0-9 _ - . :")
+        now_ms = self.clock()
+        now = core.iso_ms(now_ms)
         conv = Conversation(
             conversation_id=self.new_id(),
             customer_id=principal.user_id,
             created_at=now,
             updated_at=now,
+            queued_at=now,
         )
-        self.storage.create_conversation(conv)
-        self.try_assign(conv.conversation_id)
-        return self._conversation(conv.conversation_id)
+        try:
+            self.storage.create_conversation(
+                conv, request_key, now_ms // 1000 + self.config.idempotency_ttl_seconds,
+                now_ms // 1000)
+        except DuplicateRequest as dup:
+            existing = self._conversation(dup.existing_id)
+            if existing.customer_id != principal.user_id:  # cannot happen: keys are per customer
+                raise Conflict("Idempotency-Key belongs to another request") from None
+            return existing, False
+        self.assign_waiting()
+        return self._conversation(conv.conversation_id), True
+
+    def get_conversation(self, principal: Principal, conversation_id: str) -> dict[str, Any]:
+        """One conversation with its participants' cursors (participants; agents also while it waits)."""
+        conv = self._conversation(conversation_id)
+        core.require_view(principal, conv)
+        current = set(conv.participant_ids())
+        members = [p for p in self.storage.participants_of_conversation(conversation_id)
+                   if p.user_id in current]
+        view = conv.rest_view()
+        view["participants"] = [
+            {"userId": p.user_id, "role": p.role, "ackSeq": p.ack_seq, "readSeq": p.read_seq}
+            for p in members
+        ]
+        return view
+
+    def list_conversations(self, principal: Principal, status: str | None, limit: int,
+                           cursor: str | None) -> dict[str, Any]:
+        """A customer's own or an agent's assigned conversations, newest first."""
+        page, next_cursor = self.storage.conversations_of(
+            principal.user_id, principal.role, status, limit, cursor)
+        return {"conversations": [c.rest_view() for c in page], "next": next_cursor}
+
+    def waiting_queue(self, principal: Principal, limit: int) -> dict[str, Any]:
+        """The waiting queue, oldest first (agents only)."""
+        core.require_role(principal, "agent", "see the waiting queue")
+        waiting = self.storage.waiting_conversations(limit)
+        return {"conversations": [
+            c.rest_view() | {"position": i} for i, c in enumerate(waiting, start=1)]}
 
     def list_messages(
-        self, principal: Principal, conversation_id: str, after: int, limit: int
+        self, principal: Principal, conversation_id: str, after: int | None = None,
+        limit: int = 50, before: int | None = None,
     ) -> dict[str, Any]:
-        """A page of messages after ``after``; ``next`` is the cursor of the next page or None."""
+        """A page of messages in seq order, after ``after`` or before ``before``.
+
+        ``next`` is the ``after`` of the following page (None at the latest
+        message); ``prev`` is the ``before`` of the preceding page (None at seq 1).
+        """
+        if after is not None and before is not None:
+            raise BadRequest("give after or before, not both")
         conv = self._conversation(conversation_id)
         core.require_participant(principal, conv)
-        page = self.storage.messages_after(conversation_id, after, limit)
-        more = bool(page) and len(page) == limit and page[-1].seq < conv.last_seq
+        if before is not None:
+            page = self.storage.messages_before(conversation_id, before, limit)
+        else:
+            page = self.storage.messages_after(conversation_id, after or 0, limit)
         return {
             "messages": [m.frame() for m in page],
-            "next": page[-1].seq if more else None,
+            "next": page[-1].seq if page and page[-1].seq < conv.last_seq else None,
+            "prev": page[0].seq if page and page[0].seq > 1 else None,
         }
+
+    # -------------------------------------------------------------- lifecycle
+
+    def close(self, principal: Principal, conversation_id: str) -> Conversation:
+        """waiting/active -> closed, by its customer or its agent; frees the agent's place."""
+        conv = self._transition(conversation_id, lambda c, now: core.plan_close(principal, c, now))
+        self.assign_waiting()
+        return conv
+
+    def transfer(self, principal: Principal, conversation_id: str, to_agent: str) -> Conversation:
+        """Move an active conversation from the calling agent to ``to_agent`` (online, with room)."""
+        core.require_role(principal, "agent", "transfer conversations")
+        if self.storage.get_agent(to_agent) is None:
+            raise NotFound(f"agent {to_agent} not found")
+        try:
+            conv = self._transition(conversation_id,
+                                    lambda c, now: core.plan_transfer(principal, c, to_agent, now))
+        except AgentUnavailable:
+            raise Conflict(f"agent {to_agent} is not online or has no room") from None
+        self.assign_waiting()
+        return conv
+
+    def _transition(self, conversation_id: str,
+                    plan: Callable[[Conversation, int], core.Transition]) -> Conversation:
+        """Plan and commit one lifecycle step, re-planning when the conversation moved meanwhile."""
+        for _ in range(TRANSITION_ATTEMPTS):
+            conv = self._conversation(conversation_id)
+            transition = plan(conv, self.clock())  # raises Conflict / Forbidden when illegal now
+            if self._commit_once(transition):
+                return transition.after
+        raise Conflict(f"conversation {conversation_id} is too busy; retry")
+
+    def _commit_once(self, transition: core.Transition) -> bool:
+        """Write a step and enqueue its system message; False when the conversation moved first."""
+        try:
+            self.storage.apply_transition(transition, self.clock() // 1000)
+        except (StaleConversation, SequenceConflict):
+            return False
+        try:
+            self._enqueue(Delivery(transition.message, None))
+        except OnceChatError:
+            pass  # stored and pending: the sweeper enqueues it
+        return True
+
+    # ------------------------------------------------------------- agents
+
+    def set_agent_status(self, principal: Principal, status: str | None,
+                         capacity: int | None) -> AgentRecord:
+        """``PUT /agents/me/status``: presence and/or capacity; an agent with room gets work."""
+        core.require_role(principal, "agent", "set an agent status")
+        agent = self.storage.set_agent_status(principal.user_id, status, capacity,
+                                              core.iso_ms(self.clock()))
+        if agent.has_room:
+            self.assign_waiting()
+            agent = self.storage.get_agent(principal.user_id) or agent
+        return agent
+
+    def list_agents(self, principal: Principal) -> list[AgentRecord]:
+        """Every agent's presence and load (agents only)."""
+        core.require_role(principal, "agent", "list agents")
+        return self.storage.list_agents()
 
     # ------------------------------------------------------------- assignment
 
-    def try_assign(self, conversation_id: str) -> bool:
-        """Give a waiting conversation to the online agent with the fewest active ones."""
-        now = core.iso_ms(self.clock())
-        for agent in self.storage.online_agents():
-            if self.storage.assign_conversation(conversation_id, agent.agent_id, now):
-                return True
-        return False
-
     def assign_waiting(self, limit: int = 25) -> int:
-        """Assign waiting conversations, oldest first, while an online agent takes them."""
+        """Assign waiting conversations, oldest first, each to the online agent with the fewest.
+
+        Called whenever a conversation starts waiting, an agent comes online
+        or frees a place. Racing callers are safe: each assignment is one
+        transaction conditioned on the conversation still waiting and the
+        agent still online and below capacity.
+        """
         assigned = 0
         for conv in self.storage.waiting_conversations(limit):
-            if not self.try_assign(conv.conversation_id):
-                break
-            assigned += 1
+            outcome = self._assign_one(conv)
+            if outcome is None:
+                break  # nobody has room: the rest waits too
+            assigned += outcome
         return assigned
 
+    def _assign_one(self, conv: Conversation) -> int | None:
+        """1 when assigned here, 0 when it no longer waits, None when no agent has room."""
+        for _ in range(TRANSITION_ATTEMPTS):
+            agents = [a for a in self.storage.online_agents() if a.has_room]
+            if not agents:
+                return None
+            try:
+                transition = core.plan_assign(conv, agents[0].agent_id, self.clock())
+            except Conflict:
+                return 0
+            try:
+                self.storage.apply_transition(transition, self.clock() // 1000)
+            except AgentUnavailable:
+                continue  # that agent filled up or left meanwhile: choose again
+            except (StaleConversation, SequenceConflict):
+                fresh = self.storage.get_conversation(conv.conversation_id)
+                if fresh is None or fresh.status != "waiting":
+                    return 0
+                conv = fresh
+                continue
+            try:
+                self._enqueue(Delivery(transition.message, None))
+            except OnceChatError:
+                pass  # the sweeper enqueues it
+            return 1
+        return 0
+
     # ---------------------------------------------------------------- helpers
+
+    def _take_tokens(self, buckets: list[tuple[str, int]], message_id: str | None = None) -> None:
+        """Count a request in fixed-window buckets; RateLimited (nothing done) when one is full."""
+        window = self.config.rate_window_seconds
+        now_s = self.clock() // 1000
+        start = now_s - now_s % window
+        if not self.storage.take_tokens([(f"{key}#{start}", limit) for key, limit in buckets],
+                                        start + 2 * window):
+            raise RateLimited(f"rate limit reached; retry in {start + window - now_s} s",
+                              message_id=message_id)
 
     def _idempotency(self, principal: Principal, frame: SendFrame, now_ms: int) -> IdempotencyRecord | None:
         return self.storage.get_idempotency(
@@ -422,9 +660,24 @@ class DeliveryService:
                     log.warning("push of %s#%d to %s failed: %s", cid, message.seq,
                                 conn.connection_id, exc)
                     failures.append(conn.connection_id)
+            if message.event is not None:
+                self._announce(message, audience)
         if failures:
             raise DeliveryFailed(f"{len(failures)} push(es) failed: {', '.join(failures[:5])}")
         return pushed
+
+    def _announce(self, message: MessageRecord, audience: _Audience) -> None:
+        """A lifecycle event's ``conversation`` frame, to every connection that follows it.
+
+        The participants and, for a transfer or a reopening, the agent it
+        left. Best effort, like typing: the system message itself is the
+        durable, exactly-once record of the event; a repeated delivery
+        repeats the frame, which carries the event's seq to tell.
+        """
+        users = list(audience.conv.participant_ids())
+        if message.previous_agent_id and message.previous_agent_id not in users:
+            users.append(message.previous_agent_id)
+        self.chat.push_to_users(users, core.conversation_frame(message, audience.conv))
 
     def _audience(self, conversation_id: str) -> _Audience | None:
         conv = self.storage.get_conversation(conversation_id)

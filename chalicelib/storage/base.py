@@ -10,8 +10,10 @@ backend's own exception types.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
+from chalicelib.core import Transition
 from chalicelib.models import (
     AgentRecord,
     ConnectionRecord,
@@ -43,7 +45,11 @@ class Storage(Protocol):
 
     # --------------------------------------------------------------- agents
     def agent_connected(self, agent_id: str, now: str) -> AgentRecord:
-        """Count one more open connection of an agent and mark it online; return the new state."""
+        """Count one more open connection of an agent; return the new state.
+
+        An agent not ``away`` becomes online (an away agent stays away). A
+        new agent gets ``active_count`` 0 and the default capacity.
+        """
 
     def agent_disconnected(self, agent_id: str, now: str) -> AgentRecord | None:
         """Count one connection fewer (never below 0); offline at 0. None if the agent is unknown."""
@@ -54,27 +60,57 @@ class Storage(Protocol):
     def online_agents(self) -> list[AgentRecord]:
         """Agents whose presence is online, fewest active conversations first, then by id."""
 
+    def list_agents(self) -> list[AgentRecord]:
+        """Every known agent, by id."""
+
+    def set_agent_status(
+        self, agent_id: str, presence: str | None, capacity: int | None, now: str
+    ) -> AgentRecord:
+        """Set an agent's presence and/or capacity (creating the agent if new); return the new state."""
+
     # -------------------------------------------------------- conversations
-    def create_conversation(self, conv: Conversation) -> None:
+    def create_conversation(
+        self, conv: Conversation, request_key: str | None = None, expires_at: int = 0,
+        now_epoch: int = 0,
+    ) -> None:
         """Store a new conversation; its customer becomes a participant (ack 0).
 
-        Raises chalicelib.errors.Conflict when the id exists.
+        With ``request_key`` (the customer's Idempotency-Key) a request record
+        is written in the same transaction (kept until ``expires_at``, epoch s);
+        if an unexpired one exists, nothing is written and DuplicateRequest
+        carries the conversation id it created. Raises chalicelib.errors.Conflict
+        when the id exists.
         """
 
     def get_conversation(self, conversation_id: str) -> Conversation | None:
         """The conversation (strongly consistent), or None."""
 
     def waiting_conversations(self, limit: int) -> list[Conversation]:
-        """Up to ``limit`` conversations with status waiting, oldest ``created_at`` first."""
+        """Up to ``limit`` conversations with status waiting, oldest ``queued_at`` first, then by id."""
 
-    def assign_conversation(self, conversation_id: str, agent_id: str, now: str) -> bool:
-        """Atomically assign a waiting conversation to an online agent.
+    def conversations_of(
+        self, user_id: str, role: str, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Conversation], str | None]:
+        """A customer's own (role customer) or an agent's assigned conversations, newest first.
 
-        In one transaction: the conversation goes waiting -> active with
-        ``agent_id`` (condition: still waiting), the agent's ``active_count``
-        grows by one (condition: the agent is online), and the agent becomes
-        a participant (ack 0, kept if already one). Returns False, writing
-        nothing, when either condition fails.
+        Filtered by ``status`` when given; at most ``limit``; ``cursor`` is
+        the opaque value returned by the previous page (None: first page).
+        Returns the page and the next page's cursor (None: no more).
+        Raises BadRequest for a cursor this method did not make.
+        """
+
+    def apply_transition(self, transition: Transition, now_epoch: int) -> None:
+        """Write one lifecycle step atomically (see chalicelib.core.Transition).
+
+        One transaction: the conversation becomes ``after`` on condition that
+        its status, agent and ``last_seq`` are still those of ``before``; the
+        system message is stored at its seq (pending, like any message); each
+        agent's ``active_count`` moves by its delta, a +1 on condition that
+        the agent is online and below capacity; ``join`` becomes a
+        participant (ack 0, kept if already one). On any failed condition
+        nothing is written: StaleConversation (the conversation changed),
+        AgentUnavailable (an agent has no room), SequenceConflict (the
+        message slot is taken).
         """
 
     # ------------------------------------------------------------- messages
@@ -119,6 +155,9 @@ class Storage(Protocol):
     def messages_after(self, conversation_id: str, after: int, limit: int) -> list[MessageRecord]:
         """Up to ``limit`` messages with seq > ``after``, ascending seq (strongly consistent)."""
 
+    def messages_before(self, conversation_id: str, before: int, limit: int) -> list[MessageRecord]:
+        """The last ``limit`` messages with seq < ``before``, ascending seq (strongly consistent)."""
+
     # ------------------------------------------------ participants & cursors
     def add_participant(self, participant: Participant) -> None:
         """Record a membership; an existing one (and its cursor) is kept unchanged."""
@@ -129,9 +168,24 @@ class Storage(Protocol):
     def participants_of_user(self, user_id: str) -> list[Participant]:
         """Every membership of a user (any order)."""
 
+    def participants_of_conversation(self, conversation_id: str) -> list[Participant]:
+        """Every membership of a conversation (past agents included), by user id."""
+
     def advance_ack(self, user_id: str, conversation_id: str, seq: int) -> bool:
         """Move the user's ack cursor forward to ``seq``; never back.
 
         Conditional update (``ack_seq < seq``); returns True when it moved.
         Returns False when the cursor is already >= seq or the membership is absent.
+        """
+
+    def advance_read(self, user_id: str, conversation_id: str, seq: int) -> bool:
+        """Move the user's read cursor forward to ``seq``; never back (like ``advance_ack``)."""
+
+    # ---------------------------------------------------------- rate limits
+    def take_tokens(self, buckets: Sequence[tuple[str, int]], expires_at: int) -> bool:
+        """Count one hit in every bucket ``(key, limit)``, atomically, or none.
+
+        Returns False, counting nothing, when any bucket already holds
+        ``limit`` hits. Buckets are fixed windows: the key names the window,
+        and a bucket is forgotten after ``expires_at`` (epoch s).
         """

@@ -19,10 +19,12 @@ the real outcome (counter moved, duplicate, ...).
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -32,15 +34,21 @@ from pydantic import BaseModel
 
 from chalicelib import aws
 from chalicelib.config import Config
+from chalicelib.core import Transition
 from chalicelib.errors import (
+    AgentUnavailable,
+    BadRequest,
     Conflict,
     ConversationClosed,
     DuplicateMessage,
+    DuplicateRequest,
     NotFound,
     OnceChatError,
     SequenceConflict,
+    StaleConversation,
 )
 from chalicelib.models import (
+    DEFAULT_CAPACITY,
     AgentRecord,
     ConnectionRecord,
     Conversation,
@@ -235,32 +243,33 @@ class DynamoStorage:
     # --------------------------------------------------------------- agents
     def agent_connected(self, agent_id: str, now: str) -> AgentRecord:
         # One atomic update: the counter and the presence move together, and
-        # activeCount is created at 0 so the agent appears in GSI byPresence
-        # (an item without the index's range key is left out of the index).
+        # activeCount is created at 0 (an item without the index's range key
+        # is left out of GSI byPresence) and capacity at the default. An away
+        # agent stays away: the condition tells the two cases apart, so a
+        # concurrent status change is never overwritten by a stale read.
+        names = {
+            "#presence": "presence",
+            "#updatedAt": "updatedAt",
+            "#activeCount": "activeCount",
+            "#capacity": "capacity",
+            "#connections": "connections",
+        }
+        values = {":now": _s(now), ":zero": _n(0), ":one": _n(1), ":cap": _n(DEFAULT_CAPACITY),
+                  ":away": _s("away")}
+        common = (" #updatedAt = :now, #activeCount = if_not_exists(#activeCount, :zero),"
+                  " #capacity = if_not_exists(#capacity, :cap) ADD #connections :one")
         with _backend("agent_connected"):
-            response = self._db.update_item(
-                TableName=self._config.agents_table,
-                Key={"agentId": _s(agent_id)},
-                UpdateExpression=(
-                    "SET #presence = :online, #updatedAt = :now,"
-                    " #activeCount = if_not_exists(#activeCount, :zero)"
-                    " ADD #connections :one"
-                ),
-                ExpressionAttributeNames={
-                    "#presence": "presence",
-                    "#updatedAt": "updatedAt",
-                    "#activeCount": "activeCount",
-                    "#connections": "connections",
-                },
-                ExpressionAttributeValues={
-                    ":online": _s("online"),
-                    ":now": _s(now),
-                    ":zero": _n(0),
-                    ":one": _n(1),
-                },
-                ReturnValues="ALL_NEW",
-            )
-        return _from_item(AgentRecord, response["Attributes"])
+            for _ in range(16):
+                new = self._conditional_agent_update(
+                    agent_id, "SET #presence = :online," + common,
+                    "attribute_not_exists(#presence) OR #presence <> :away",
+                    names, values | {":online": _s("online")})
+                if new is None:  # away: only count the connection
+                    new = self._conditional_agent_update(
+                        agent_id, "SET" + common, "#presence = :away", names, values)
+                if new is not None:
+                    return new
+        raise OnceChatError(f"agent_connected({agent_id}) kept racing; giving up")
 
     def agent_disconnected(self, agent_id: str, now: str) -> AgentRecord | None:
         # A read-then-write ("connections - 1, offline if that is 0") would
@@ -354,27 +363,100 @@ class DynamoStorage:
         # The index orders by activeCount only; ties are ordered by id here.
         return sorted(agents, key=lambda a: (a.active_count, a.agent_id))
 
+    def list_agents(self) -> list[AgentRecord]:
+        # A scan: the agents table holds one small item per agent.
+        items: list[Item] = []
+        kwargs: dict[str, Any] = {"TableName": self._config.agents_table, "ConsistentRead": True}
+        with _backend("list_agents"):
+            while True:
+                page = self._db.scan(**kwargs)
+                items.extend(page.get("Items", []))
+                if not page.get("LastEvaluatedKey"):
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted((_from_item(AgentRecord, i) for i in items), key=lambda a: a.agent_id)
+
+    def set_agent_status(
+        self, agent_id: str, presence: str | None, capacity: int | None, now: str
+    ) -> AgentRecord:
+        # One update; the fields not given keep their value (or get their
+        # defaults on a new agent), so a concurrent connect is not undone.
+        names = {"#updatedAt": "updatedAt", "#activeCount": "activeCount", "#capacity": "capacity",
+                 "#connections": "connections", "#presence": "presence"}
+        values: Item = {":now": _s(now), ":zero": _n(0)}
+        sets = ["#updatedAt = :now", "#activeCount = if_not_exists(#activeCount, :zero)",
+                "#connections = if_not_exists(#connections, :zero)"]
+        if presence is None:
+            sets.append("#presence = if_not_exists(#presence, :offline)")
+            values[":offline"] = _s("offline")
+        else:
+            sets.append("#presence = :presence")
+            values[":presence"] = _s(presence)
+        if capacity is None:
+            sets.append("#capacity = if_not_exists(#capacity, :cap)")
+            values[":cap"] = _n(DEFAULT_CAPACITY)
+        else:
+            sets.append("#capacity = :cap")
+            values[":cap"] = _n(capacity)
+        with _backend("set_agent_status"):
+            response = self._db.update_item(
+                TableName=self._config.agents_table,
+                Key={"agentId": _s(agent_id)},
+                UpdateExpression="SET " + ", ".join(sets),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        return _from_item(AgentRecord, response["Attributes"])
+
     # -------------------------------------------------------- conversations
-    def create_conversation(self, conv: Conversation) -> None:
-        codes = self._transact(
-            [
-                {
-                    "Put": {
-                        "TableName": self._config.conversations_table,
-                        "Item": _to_item(conv),
-                        # Two creates of one id: exactly one succeeds.
-                        "ConditionExpression": "attribute_not_exists(conversationId)",
-                    }
-                },
-                self._participant_upsert(
-                    conv.customer_id, conv.conversation_id, "customer", conv.created_at
-                ),
-            ],
-            "create_conversation",
-        )
+    def create_conversation(
+        self, conv: Conversation, request_key: str | None = None, expires_at: int = 0,
+        now_epoch: int = 0,
+    ) -> None:
+        items: list[Item] = []
+        if request_key is not None:
+            # The customer's Idempotency-Key, in the idempotency table under
+            # its own prefix: a retried POST fails this condition and is
+            # answered with the conversation the first one created. An expired
+            # record (TTL deletes late) counts as absent.
+            items.append({
+                "Put": {
+                    "TableName": self._config.idempotency_table,
+                    "Item": {
+                        "idemKey": _s(_request_key(conv.customer_id, request_key)),
+                        "conversationId": _s(conv.conversation_id),
+                        "expiresAt": _n(expires_at),
+                    },
+                    "ConditionExpression": "attribute_not_exists(idemKey) OR expiresAt < :now",
+                    "ExpressionAttributeValues": {":now": _n(now_epoch)},
+                }
+            })
+        items += [
+            {
+                "Put": {
+                    "TableName": self._config.conversations_table,
+                    "Item": _to_item(conv),
+                    # Two creates of one id: exactly one succeeds.
+                    "ConditionExpression": "attribute_not_exists(conversationId)",
+                }
+            },
+            self._participant_upsert(
+                conv.customer_id, conv.conversation_id, "customer", conv.created_at
+            ),
+        ]
+        codes = self._transact(items, "create_conversation")
         if codes is None:
             return
-        if codes and codes[0] == "ConditionalCheckFailed":
+        if request_key is not None and codes and codes[0] == "ConditionalCheckFailed":
+            with _backend("create_conversation"):
+                item = self._get(self._config.idempotency_table,
+                                 {"idemKey": _s(_request_key(conv.customer_id, request_key))})
+            if item is not None:
+                raise DuplicateRequest(item["conversationId"]["S"])
+            raise OnceChatError("create_conversation raced with an expiring request record")
+        offset = 1 if request_key is not None else 0
+        if codes and len(codes) > offset and codes[offset] == "ConditionalCheckFailed":
             raise Conflict(f"conversation {conv.conversation_id} exists")
         if not codes and self.get_conversation(conv.conversation_id) is not None:
             raise Conflict(f"conversation {conv.conversation_id} exists")
@@ -394,7 +476,7 @@ class DynamoStorage:
         out: list[Conversation] = []
         kwargs: dict[str, Any] = {
             "TableName": self._config.conversations_table,
-            "IndexName": "byStatus",
+            "IndexName": "byStatus",  # status, queuedAt
             "KeyConditionExpression": "#status = :waiting",
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": {":waiting": _s("waiting")},
@@ -406,74 +488,148 @@ class DynamoStorage:
                 page = self._db.query(**kwargs)
                 out.extend(_from_item(Conversation, item) for item in page.get("Items", []))
                 last = page.get("LastEvaluatedKey")
-                # Stop once `limit` are read and the boundary createdAt is
+                # Stop once `limit` are read and the boundary queuedAt is
                 # passed, so ties at the boundary are ordered by id like the
-                # other implementations (the index orders by createdAt only).
-                if not last or (len(out) >= limit and out[-1].created_at > out[limit - 1].created_at):
+                # other implementations (the index orders by queuedAt only).
+                if not last or (len(out) >= limit and out[-1].queue_position_key[0]
+                                > out[limit - 1].queue_position_key[0]):
                     break
                 kwargs["ExclusiveStartKey"] = last
-        out.sort(key=lambda c: (c.created_at, c.conversation_id))
+        out.sort(key=lambda c: c.queue_position_key)
         return out[:limit]
 
-    def assign_conversation(self, conversation_id: str, agent_id: str, now: str) -> bool:
-        # One transaction, so an assignment is all or nothing:
-        #   - two dispatchers racing for one conversation: the status
-        #     condition lets exactly one move it waiting -> active;
-        #   - an agent going offline between online_agents() and here: the
-        #     presence condition cancels the whole assignment, so no
-        #     conversation is left active with an absent agent and no
-        #     activeCount grows for nothing.
-        # The participant write is an Update that only fills absent fields
-        # (if_not_exists): a Put with attribute_not_exists would cancel the
-        # whole transaction when the agent already is a participant.
-        codes = self._transact(
-            [
-                {
-                    "Update": {
-                        "TableName": self._config.conversations_table,
-                        "Key": {"conversationId": _s(conversation_id)},
-                        "UpdateExpression": "SET #status = :active, #agentId = :agent, #updatedAt = :now",
-                        "ConditionExpression": "#status = :waiting",
-                        "ExpressionAttributeNames": {
-                            "#status": "status",
-                            "#agentId": "agentId",
-                            "#updatedAt": "updatedAt",
-                        },
-                        "ExpressionAttributeValues": {
-                            ":active": _s("active"),
-                            ":waiting": _s("waiting"),
-                            ":agent": _s(agent_id),
-                            ":now": _s(now),
-                        },
-                    }
-                },
-                {
-                    "Update": {
-                        "TableName": self._config.agents_table,
-                        "Key": {"agentId": _s(agent_id)},
-                        "UpdateExpression": "SET #updatedAt = :now ADD #activeCount :one",
-                        "ConditionExpression": "#presence = :online",
-                        "ExpressionAttributeNames": {
-                            "#updatedAt": "updatedAt",
-                            "#activeCount": "activeCount",
-                            "#presence": "presence",
-                        },
-                        "ExpressionAttributeValues": {
-                            ":now": _s(now),
-                            ":one": _n(1),
-                            ":online": _s("online"),
-                        },
-                    }
-                },
-                self._participant_upsert(agent_id, conversation_id, "agent", now),
-            ],
-            "assign_conversation",
-        )
+    def conversations_of(
+        self, user_id: str, role: str, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Conversation], str | None]:
+        index, key = ("byCustomer", "customerId") if role == "customer" else ("byAgent", "agentId")
+        kwargs: dict[str, Any] = {
+            "TableName": self._config.conversations_table,
+            "IndexName": index,  # (customerId | agentId, createdAt)
+            "KeyConditionExpression": "#k = :u",
+            "ExpressionAttributeNames": {"#k": key},
+            "ExpressionAttributeValues": {":u": _s(user_id)},
+            "ScanIndexForward": False,
+        }
+        if status is not None:
+            # A filter is applied after Limit, so pages may come back short:
+            # keep reading until `limit` match or the index ends.
+            kwargs["FilterExpression"] = "#status = :status"
+            kwargs["ExpressionAttributeNames"]["#status"] = "status"
+            kwargs["ExpressionAttributeValues"][":status"] = _s(status)
+        if cursor is not None:
+            kwargs["ExclusiveStartKey"] = _decode_cursor(cursor, {key, "conversationId", "createdAt"})
+        out: list[Conversation] = []
+        with _backend("conversations_of"):
+            while len(out) <= limit:
+                page = self._db.query(**kwargs, Limit=limit + 1 - len(out))
+                out.extend(_from_item(Conversation, i) for i in page.get("Items", []))
+                last = page.get("LastEvaluatedKey")
+                if not last:
+                    break
+                kwargs["ExclusiveStartKey"] = last
+        page_items, more = out[:limit], len(out) > limit
+        if not more or not page_items:
+            return page_items, None
+        tail = page_items[-1]
+        return page_items, _encode_cursor({
+            key: _s(user_id), "conversationId": _s(tail.conversation_id),
+            "createdAt": _s(tail.created_at)})
+
+    def apply_transition(self, transition: Transition, now_epoch: int) -> None:
+        # One transaction, so a lifecycle step is all or nothing:
+        #   [0] the conversation: condition status, agentId and lastSeq as
+        #       read. Two racing transitions (two closes, a close and a
+        #       transfer, two dispatchers assigning one conversation): the
+        #       first moves lastSeq, the second fails here and re-reads. A
+        #       retried transition finds the state moved and is refused.
+        #   [1] the system message at lastSeq + 1 (absent), pending like any
+        #       message so the sweeper enqueues it if we die before enqueuing.
+        #   [2..] each agent's activeCount: +1 only while the agent is online
+        #       and activeCount < capacity, so racing assignments never take
+        #       an agent over capacity; -1 frees a place.
+        #   [last] the joining agent's membership (kept if it exists).
+        before, after, message = transition.before, transition.after, transition.message
+        names = {"#status": "status", "#lastSeq": "lastSeq", "#agentId": "agentId",
+                 "#updatedAt": "updatedAt", "#closedAt": "closedAt", "#queuedAt": "queuedAt"}
+        values: Item = {":bstatus": _s(before.status), ":blast": _n(before.last_seq),
+                        ":status": _s(after.status), ":last": _n(after.last_seq),
+                        ":now": _s(after.updated_at)}
+        sets = ["#status = :status", "#lastSeq = :last", "#updatedAt = :now"]
+        removes = []
+        condition = "#status = :bstatus AND #lastSeq = :blast"
+        if before.agent_id is None:
+            condition += " AND attribute_not_exists(#agentId)"
+        else:
+            condition += " AND #agentId = :bagent"
+            values[":bagent"] = _s(before.agent_id)
+        for attr, value in (("#agentId", after.agent_id), ("#closedAt", after.closed_at),
+                            ("#queuedAt", after.queued_at)):
+            if value is None:
+                removes.append(attr)
+            else:
+                placeholder = ":" + attr[1:]
+                sets.append(f"{attr} = {placeholder}")
+                values[placeholder] = _s(value)
+        if after.queued_at is None:  # the queue key is kept for the byStatus index
+            removes.remove("#queuedAt")
+        update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        items: list[Item] = [
+            {
+                "Update": {
+                    "TableName": self._config.conversations_table,
+                    "Key": {"conversationId": _s(before.conversation_id)},
+                    "UpdateExpression": update,
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                }
+            },
+            {
+                "Put": {
+                    "TableName": self._config.messages_table,
+                    "Item": _to_item(message, pendingShard=_pending_shard(message.conversation_id),
+                                     pendingSince=now_epoch),
+                    "ConditionExpression": "attribute_not_exists(seq)",
+                }
+            },
+        ]
+        for change in transition.agents:
+            agent_update: Item = {
+                "TableName": self._config.agents_table,
+                "Key": {"agentId": _s(change.agent_id)},
+                "UpdateExpression": "SET #updatedAt = :now ADD #activeCount :delta",
+                "ExpressionAttributeNames": {"#updatedAt": "updatedAt", "#activeCount": "activeCount"},
+                "ExpressionAttributeValues": {":now": _s(after.updated_at), ":delta": _n(change.delta)},
+                "ConditionExpression": "attribute_exists(agentId)",
+            }
+            if change.delta > 0:
+                agent_update["ConditionExpression"] = (
+                    "#presence = :online AND #activeCount < #capacity")
+                agent_update["ExpressionAttributeNames"] |= {"#presence": "presence",
+                                                             "#capacity": "capacity"}
+                agent_update["ExpressionAttributeValues"][":online"] = _s("online")
+            items.append({"Update": agent_update})
+        if transition.join is not None:
+            items.append(self._participant_upsert(transition.join, after.conversation_id, "agent",
+                                                  after.updated_at))
+        codes = self._transact(items, "apply_transition")
         if codes is None:
-            return True
-        if not codes or "ConditionalCheckFailed" in codes or set(codes) & _RETRYABLE_REASONS:
-            return False  # cancelled: nothing was written
-        raise OnceChatError(f"assign_conversation cancelled: {codes}")
+            return
+        if not codes:
+            raise OnceChatError("apply_transition cancelled without CancellationReasons")
+        failed = [code == "ConditionalCheckFailed" for code in codes]
+        if failed[0]:
+            if self.get_conversation(before.conversation_id) is None:
+                raise NotFound(f"conversation {before.conversation_id} not found")
+            raise StaleConversation(before.conversation_id)
+        if failed[1]:
+            raise SequenceConflict(before.conversation_id)
+        for change, agent_failed in zip(transition.agents, failed[2:]):
+            if agent_failed:
+                raise AgentUnavailable(change.agent_id)
+        if set(codes) & _RETRYABLE_REASONS:
+            raise StaleConversation(before.conversation_id)  # still racing: re-read and retry
+        raise OnceChatError(f"apply_transition cancelled: {codes}")
 
     # ------------------------------------------------------------- messages
     def append_message(
@@ -648,6 +804,25 @@ class DynamoStorage:
                 kwargs["ExclusiveStartKey"] = last
         return out[:limit] if limit > 0 else []
 
+    def messages_before(self, conversation_id: str, before: int, limit: int) -> list[MessageRecord]:
+        out: list[MessageRecord] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._config.messages_table,
+            "KeyConditionExpression": "conversationId = :c AND seq < :before",
+            "ExpressionAttributeValues": {":c": _s(conversation_id), ":before": _n(before)},
+            "ConsistentRead": True,
+            "ScanIndexForward": False,
+        }
+        with _backend("messages_before"):
+            while len(out) < limit:
+                page = self._db.query(**kwargs, Limit=limit - len(out))
+                out.extend(_from_item(MessageRecord, item) for item in page.get("Items", []))
+                last = page.get("LastEvaluatedKey")
+                if not last:
+                    break
+                kwargs["ExclusiveStartKey"] = last
+        return out[:limit][::-1] if limit > 0 else []
+
     # ------------------------------------------------ participants & cursors
     def _participant_upsert(self, user_id: str, conversation_id: str, role: str, joined_at: str) -> Item:
         """A transaction item that creates a membership (ack 0) or keeps an existing one as is."""
@@ -705,17 +880,38 @@ class DynamoStorage:
             )
         return [_from_item(Participant, item) for item in items]
 
+    def participants_of_conversation(self, conversation_id: str) -> list[Participant]:
+        with _backend("participants_of_conversation"):
+            items = list(
+                self._query_all(
+                    TableName=self._config.participants_table,
+                    IndexName="byConversation",
+                    KeyConditionExpression="conversationId = :c",
+                    ExpressionAttributeValues={":c": _s(conversation_id)},
+                )
+            )
+        return sorted((_from_item(Participant, i) for i in items), key=lambda p: p.user_id)
+
     def advance_ack(self, user_id: str, conversation_id: str, seq: int) -> bool:
-        # Acks arrive out of order (two connections, a retried frame): the
-        # condition ackSeq < :seq makes the cursor move forward only, and
-        # attribute_exists keeps an ack from creating a membership.
-        with _backend("advance_ack"):
+        return self._advance(user_id, conversation_id, "ackSeq", seq, "advance_ack")
+
+    def advance_read(self, user_id: str, conversation_id: str, seq: int) -> bool:
+        return self._advance(user_id, conversation_id, "readSeq", seq, "advance_read")
+
+    def _advance(self, user_id: str, conversation_id: str, attr: str, seq: int, op: str) -> bool:
+        # Cursors arrive out of order (two connections, a retried frame): the
+        # condition (absent or below :seq) makes a cursor move forward only,
+        # and attribute_exists keeps it from creating a membership.
+        with _backend(op):
             try:
                 self._db.update_item(
                     TableName=self._config.participants_table,
                     Key={"userId": _s(user_id), "conversationId": _s(conversation_id)},
-                    UpdateExpression="SET ackSeq = :seq",
-                    ConditionExpression="attribute_exists(userId) AND ackSeq < :seq",
+                    UpdateExpression="SET #cursor = :seq",
+                    ConditionExpression=(
+                        "attribute_exists(userId) AND"
+                        " (attribute_not_exists(#cursor) OR #cursor < :seq)"),
+                    ExpressionAttributeNames={"#cursor": attr},
                     ExpressionAttributeValues={":seq": _n(seq)},
                 )
             except ClientError as exc:
@@ -723,3 +919,55 @@ class DynamoStorage:
                     return False
                 raise
         return True
+
+    # ---------------------------------------------------------- rate limits
+    def take_tokens(self, buckets: Sequence[tuple[str, int]], expires_at: int) -> bool:
+        # One transaction of counters: every bucket counts the hit, or, when
+        # one is full, none does (a refused request costs no budget). Each
+        # counter expires through the table's TTL on expiresAt; its key names
+        # its window, so an expired one that TTL has not removed yet is never
+        # read again.
+        codes = self._transact(
+            [
+                {
+                    "Update": {
+                        "TableName": self._config.limits_table,
+                        "Key": {"limitKey": _s(key)},
+                        "UpdateExpression": "SET expiresAt = :exp ADD hits :one",
+                        "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
+                        "ExpressionAttributeValues": {
+                            ":exp": _n(expires_at), ":one": _n(1), ":limit": _n(limit)},
+                    }
+                }
+                for key, limit in buckets
+            ],
+            "take_tokens",
+        )
+        if codes is None:
+            return True
+        if "ConditionalCheckFailed" in codes:
+            return False
+        raise OnceChatError(f"rate limit check failed: {codes}")
+
+
+def _request_key(customer_id: str, key: str) -> str:
+    """The idempotency-table key of a customer's POST /conversations Idempotency-Key."""
+    return f"create#{customer_id}#{key}"
+
+
+def _encode_cursor(key: Item) -> str:
+    """An opaque page cursor: the index position of the page's last item."""
+    raw = json.dumps({k: v["S"] for k, v in key.items()}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, names: set[str]) -> Item:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+    except ValueError:
+        raise BadRequest("cursor is not one this API returned") from None
+    if not isinstance(data, dict) or set(data) != names or not all(
+            isinstance(v, str) for v in data.values()):
+        raise BadRequest("cursor is not one this API returned")
+    return {k: _s(v) for k, v in data.items()}

@@ -7,15 +7,22 @@ DynamoDB transactions give.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
+from chalicelib.core import Transition
 from chalicelib.errors import (
+    AgentUnavailable,
+    BadRequest,
     Conflict,
     ConversationClosed,
     DuplicateMessage,
+    DuplicateRequest,
     NotFound,
     SequenceConflict,
+    StaleConversation,
 )
 from chalicelib.models import (
+    DEFAULT_CAPACITY,
     AgentRecord,
     ConnectionRecord,
     Conversation,
@@ -38,6 +45,8 @@ class MemoryStorage:
         self._idempotency: dict[str, IdempotencyRecord] = {}
         self._participants: dict[tuple[str, str], Participant] = {}
         self._pending: dict[tuple[str, int], int] = {}
+        self._requests: dict[str, tuple[str, int]] = {}
+        self._buckets: dict[str, tuple[int, int]] = {}
 
     # ---------------------------------------------------------- connections
     def put_connection(self, conn: ConnectionRecord) -> None:
@@ -60,8 +69,9 @@ class MemoryStorage:
     def agent_connected(self, agent_id: str, now: str) -> AgentRecord:
         with self._lock:
             old = self._agents.get(agent_id) or AgentRecord(agent_id=agent_id, updated_at=now)
+            presence = "away" if old.presence == "away" else "online"
             new = old.model_copy(
-                update={"connections": old.connections + 1, "presence": "online", "updated_at": now}
+                update={"connections": old.connections + 1, "presence": presence, "updated_at": now}
             )
             self._agents[agent_id] = new
             return new
@@ -91,11 +101,39 @@ class MemoryStorage:
             online = [a for a in self._agents.values() if a.presence == "online"]
         return sorted(online, key=lambda a: (a.active_count, a.agent_id))
 
-    # -------------------------------------------------------- conversations
-    def create_conversation(self, conv: Conversation) -> None:
+    def list_agents(self) -> list[AgentRecord]:
         with self._lock:
+            return sorted(self._agents.values(), key=lambda a: a.agent_id)
+
+    def set_agent_status(
+        self, agent_id: str, presence: str | None, capacity: int | None, now: str
+    ) -> AgentRecord:
+        with self._lock:
+            old = self._agents.get(agent_id) or AgentRecord(
+                agent_id=agent_id, capacity=DEFAULT_CAPACITY, updated_at=now)
+            update: dict[str, object] = {"updated_at": now}
+            if presence is not None:
+                update["presence"] = presence
+            if capacity is not None:
+                update["capacity"] = capacity
+            new = old.model_copy(update=update)
+            self._agents[agent_id] = new
+            return new
+
+    # -------------------------------------------------------- conversations
+    def create_conversation(
+        self, conv: Conversation, request_key: str | None = None, expires_at: int = 0,
+        now_epoch: int = 0,
+    ) -> None:
+        with self._lock:
+            if request_key is not None:
+                request = self._requests.get(f"{conv.customer_id}#{request_key}")
+                if request is not None and request[1] >= now_epoch:
+                    raise DuplicateRequest(request[0])
             if conv.conversation_id in self._conversations:
                 raise Conflict(f"conversation {conv.conversation_id} exists")
+            if request_key is not None:
+                self._requests[f"{conv.customer_id}#{request_key}"] = (conv.conversation_id, expires_at)
             self._conversations[conv.conversation_id] = conv
             key = (conv.customer_id, conv.conversation_id)
             self._participants.setdefault(
@@ -115,27 +153,54 @@ class MemoryStorage:
     def waiting_conversations(self, limit: int) -> list[Conversation]:
         with self._lock:
             waiting = [c for c in self._conversations.values() if c.status == "waiting"]
-        return sorted(waiting, key=lambda c: (c.created_at, c.conversation_id))[:limit]
+        return sorted(waiting, key=lambda c: c.queue_position_key)[:max(limit, 0)]
 
-    def assign_conversation(self, conversation_id: str, agent_id: str, now: str) -> bool:
+    def conversations_of(
+        self, user_id: str, role: str, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Conversation], str | None]:
         with self._lock:
-            conv = self._conversations.get(conversation_id)
-            agent = self._agents.get(agent_id)
-            if conv is None or conv.status != "waiting" or agent is None or agent.presence != "online":
-                return False
-            self._conversations[conversation_id] = conv.model_copy(
-                update={"status": "active", "agent_id": agent_id, "updated_at": now}
-            )
-            self._agents[agent_id] = agent.model_copy(
-                update={"active_count": agent.active_count + 1, "updated_at": now}
-            )
-            self._participants.setdefault(
-                (agent_id, conversation_id),
-                Participant(
-                    user_id=agent_id, conversation_id=conversation_id, role="agent", joined_at=now
-                ),
-            )
-            return True
+            mine = [c for c in self._conversations.values()
+                    if (c.customer_id if role == "customer" else c.agent_id) == user_id]
+        mine.sort(key=lambda c: (c.created_at, c.conversation_id), reverse=True)
+        if cursor is not None:
+            created, _, cid = cursor.partition("|")
+            if not cid:
+                raise BadRequest("cursor is not one this API returned")
+            mine = [c for c in mine if (c.created_at, c.conversation_id) < (created, cid)]
+        matching = [c for c in mine if status is None or c.status == status]
+        page = matching[:limit]
+        more = len(matching) > limit
+        return page, (f"{page[-1].created_at}|{page[-1].conversation_id}" if more and page else None)
+
+    def apply_transition(self, transition: Transition, now_epoch: int) -> None:
+        before, after, message = transition.before, transition.after, transition.message
+        with self._lock:
+            conv = self._conversations.get(before.conversation_id)
+            if conv is None:
+                raise NotFound(f"conversation {before.conversation_id} not found")
+            if (conv.status, conv.agent_id, conv.last_seq) != (
+                    before.status, before.agent_id, before.last_seq):
+                raise StaleConversation(before.conversation_id)
+            if (message.conversation_id, message.seq) in self._messages:
+                raise SequenceConflict(message.conversation_id)
+            for change in transition.agents:
+                agent = self._agents.get(change.agent_id)
+                if change.delta > 0 and (agent is None or not agent.has_room):
+                    raise AgentUnavailable(change.agent_id)
+            for change in transition.agents:
+                agent = self._agents.get(change.agent_id)
+                if agent is not None:
+                    self._agents[change.agent_id] = agent.model_copy(update={
+                        "active_count": agent.active_count + change.delta,
+                        "updated_at": after.updated_at})
+            if transition.join is not None:
+                self._participants.setdefault(
+                    (transition.join, after.conversation_id),
+                    Participant(user_id=transition.join, conversation_id=after.conversation_id,
+                                role="agent", joined_at=after.updated_at))
+            self._conversations[after.conversation_id] = after
+            self._messages[(message.conversation_id, message.seq)] = message
+            self._pending[(message.conversation_id, message.seq)] = now_epoch
 
     # ------------------------------------------------------------- messages
     def append_message(
@@ -198,6 +263,17 @@ class MemoryStorage:
                 seq += 1
             return out
 
+    def messages_before(self, conversation_id: str, before: int, limit: int) -> list[MessageRecord]:
+        with self._lock:
+            out: list[MessageRecord] = []
+            seq = before - 1
+            while seq >= 1 and len(out) < limit:
+                msg = self._messages.get((conversation_id, seq))
+                if msg is not None:
+                    out.append(msg)
+                seq -= 1
+            return out[::-1]
+
     # ------------------------------------------------ participants & cursors
     def add_participant(self, participant: Participant) -> None:
         with self._lock:
@@ -213,10 +289,31 @@ class MemoryStorage:
         with self._lock:
             return [p for (u, _), p in self._participants.items() if u == user_id]
 
+    def participants_of_conversation(self, conversation_id: str) -> list[Participant]:
+        with self._lock:
+            return sorted((p for (_, c), p in self._participants.items() if c == conversation_id),
+                          key=lambda p: p.user_id)
+
     def advance_ack(self, user_id: str, conversation_id: str, seq: int) -> bool:
+        return self._advance(user_id, conversation_id, "ack_seq", seq)
+
+    def advance_read(self, user_id: str, conversation_id: str, seq: int) -> bool:
+        return self._advance(user_id, conversation_id, "read_seq", seq)
+
+    def _advance(self, user_id: str, conversation_id: str, field: str, seq: int) -> bool:
         with self._lock:
             p = self._participants.get((user_id, conversation_id))
-            if p is None or p.ack_seq >= seq:
+            if p is None or getattr(p, field) >= seq:
                 return False
-            self._participants[(user_id, conversation_id)] = p.model_copy(update={"ack_seq": seq})
+            self._participants[(user_id, conversation_id)] = p.model_copy(update={field: seq})
+            return True
+
+    # ---------------------------------------------------------- rate limits
+    def take_tokens(self, buckets: Sequence[tuple[str, int]], expires_at: int) -> bool:
+        with self._lock:
+            counts = [self._buckets.get(key, (0, 0))[0] for key, _ in buckets]
+            if any(count >= limit for count, (_, limit) in zip(counts, buckets)):
+                return False
+            for count, (key, _) in zip(counts, buckets):
+                self._buckets[key] = (count + 1, expires_at)
             return True

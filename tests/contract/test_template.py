@@ -73,7 +73,7 @@ EXPECTED_TABLES = {
     "conversations_table": (
         ("conversationId",),
         {
-            "byStatus": ("status", "createdAt"),
+            "byStatus": ("status", "queuedAt"),
             "byCustomer": ("customerId", "createdAt"),
             "byAgent": ("agentId", "createdAt"),
         },
@@ -83,6 +83,7 @@ EXPECTED_TABLES = {
     "connections_table": (("connectionId",), {"byUser": ("userId", "connectionId")}),
     "participants_table": (("userId", "conversationId"), {"byConversation": ("conversationId", "userId")}),
     "agents_table": (("agentId",), {"byPresence": ("presence", "activeCount")}),
+    "limits_table": (("limitKey",), {}),
 }
 
 
@@ -117,6 +118,7 @@ def test_outputs_name_every_table_and_queue_with_arns_and_urls(stack: dict[str, 
         ("connections_table", "Connections"),
         ("participants_table", "Participants"),
         ("agents_table", "Agents"),
+        ("limits_table", "Limits"),
     ):
         name = getattr(config, field)
         assert stack[f"{prefix}TableName"] == name
@@ -164,7 +166,7 @@ def test_redrive_moves_a_message_to_the_dlq_after_five_receives(
     assert [m["Body"] for m in dead] == ["m"]
 
 
-def test_template_enables_ttl_on_expires_at_for_idempotency_and_connections(
+def test_template_enables_ttl_on_expires_at_for_expiring_records(
     template: dict[str, Any],
 ) -> None:
     resources = template["Resources"]
@@ -176,6 +178,8 @@ def test_template_enables_ttl_on_expires_at_for_idempotency_and_connections(
     assert with_ttl == {
         "IdempotencyTable": {"AttributeName": "expiresAt", "Enabled": True},
         "ConnectionsTable": {"AttributeName": "expiresAt", "Enabled": True},
+        "LimitsTable": {"AttributeName": "expiresAt", "Enabled": True},
+        "MessagesTable": {"AttributeName": "expiresAt", "Enabled": True},
     }
 
 
@@ -193,7 +197,7 @@ def test_moto_cloudformation_ignores_ttl_specification(
 
 def test_every_table_is_pay_per_request_and_named_after_the_stage(template: dict[str, Any]) -> None:
     tables = {n: r for n, r in template["Resources"].items() if r["Type"] == "AWS::DynamoDB::Table"}
-    assert len(tables) == 6
+    assert len(tables) == 7
     for resource in tables.values():
         assert resource["Properties"]["BillingMode"] == "PAY_PER_REQUEST"
         assert resource["Properties"]["TableName"]["Sub"].startswith("oncechat-${Stage}-")
