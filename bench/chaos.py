@@ -109,7 +109,8 @@ class Run:
 
     async def consume(self, party: Party) -> None:
         async for m in party.sdk.messages():
-            party.processed.append(Processed(m.conversation_id, m.seq, m.message_id, m.body))
+            party.processed.append(Processed(m.conversation_id, m.seq, m.message_id, m.body,
+                                             m.sender_role == "system"))
 
     async def setup(self) -> list[tuple[str, Party, Party]]:
         agents = [self.party(f"agent-{i:03d}", "agent") for i in range(max(1, self.args.clients // 2))]
@@ -119,6 +120,10 @@ class Run:
             await p.sdk.connect()
             p.task = asyncio.create_task(self.consume(p))
         await asyncio.sleep(0.5)  # agents' $connect recorded: they are online
+        # Room for every conversation: agents take 5 at a time unless told otherwise.
+        capacity = -(-self.args.conversations // len(agents)) + 1
+        for agent in agents:
+            self.set_capacity(agent.name, capacity)
         conversations = []
         for i in range(self.args.conversations):
             customer = customers[i % len(customers)]
@@ -129,6 +134,16 @@ class Run:
             self.participants[conv.conversation_id] = [customer.name, agent.name]
             conversations.append((conv.conversation_id, customer, agent))
         return conversations
+
+    def set_capacity(self, agent: str, capacity: int) -> None:
+        token = mint_token(LOCAL_JWT_SECRET, agent, "agent", ttl_seconds=600)
+        req = urllib.request.Request(
+            f"{self.cloud.rest_url}/agents/me/status", method="PUT",
+            data=json.dumps({"capacity": min(capacity, 100)}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            if resp.status != 200:
+                raise SystemExit(f"could not set the capacity of {agent}: {resp.status}")
 
     async def talk(self, cid: str, sender: Party, count: int, tag: str) -> None:
         window = asyncio.Semaphore(self.args.window)
@@ -223,7 +238,7 @@ def table(result: dict[str, Any]) -> str:
             ("delivered", f"{r['delivered']} / {r['expected_deliveries']}"), ("lost", r["lost"]),
             ("duplicated", r["duplicated"]), ("out of order", r["out_of_order"]),
             ("mismatched", r["mismatched"]), ("unaccepted", r["unaccepted"]),
-            ("seq errors", r["seq_errors"])]
+            ("seq errors", r["seq_errors"]), ("system messages", r["system_messages"])]
     rows += [(f"fault {k}", v) for k, v in result["faults_injected"].items()]
     rows += [("DLQ redriven", result["dlq_redriven"]), ("wall time", f"{result['wall_seconds']} s"),
              ("accepted msgs/s", result["throughput_msgs_per_s"]),

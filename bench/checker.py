@@ -12,6 +12,12 @@ Per conversation, with N the number of distinct accepted messages:
   counts each processing that is not the previous seq + 1), with the
   content the sender sent (else ``mismatched``);
 - every send was accepted (else ``unaccepted``).
+
+The server's own system messages (lifecycle events such as "assigned")
+take seqs of the same sequence. The checker learns them from what the
+recipients processed (``Processed.system``): every participant must
+process each of them exactly once too, the same one at the same seq, and
+together with the accepted seqs they must make 1..N.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class Processed:
     seq: int
     message_id: str
     body: str
+    system: bool = False
 
 
 @dataclass
@@ -66,6 +73,7 @@ class Report:
     mismatched: int = 0
     unaccepted: int = 0
     seq_errors: int = 0
+    system_messages: int = 0
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -113,10 +121,28 @@ def check(
             report.seq_errors += 1
             report.note(f"{cid} seq {seq} given to {by_conv[cid][seq]} and {mid}")
         by_conv[cid][seq] = mid
+    system: dict[str, dict[int, tuple[str, str]]] = defaultdict(dict)
+    for client_processed in processed.values():
+        for p in client_processed:
+            if not p.system:
+                continue
+            known = system[p.conversation_id].setdefault(p.seq, (p.message_id, p.body))
+            if known != (p.message_id, p.body):
+                report.mismatched += 1
+                report.note(f"{p.conversation_id}#{p.seq} is two different system messages")
+    for cid, events in system.items():
+        for seq, (mid, body) in events.items():
+            if seq in by_conv[cid]:
+                report.seq_errors += 1
+                report.note(f"{cid} seq {seq} is both {by_conv[cid][seq]} and system {mid}")
+                continue
+            by_conv[cid][seq] = mid
+            bodies[(cid, mid)] = body
+            report.system_messages += 1
     for cid, seqs in by_conv.items():
         if sorted(seqs) != list(range(1, len(seqs) + 1)):
             report.seq_errors += 1
-            report.note(f"{cid} accepted seqs are not 1..{len(seqs)}")
+            report.note(f"{cid} seqs are not 1..{len(seqs)}")
 
     for cid, clients in participants.items():
         expected = by_conv.get(cid, {})

@@ -60,3 +60,41 @@ def test_a_gap_in_accepted_seqs_is_a_seq_error():
     sent, accepted, processed = run()
     accepted[2] = Accepted("alice", "c1", "m3", 4)
     assert check(sent, accepted, processed, PARTICIPANTS).seq_errors >= 1
+
+
+def with_system_message():
+    """seq 1 is the server's "assigned" event, the three sends are seqs 2..4."""
+    sent = [Sent("alice", "c1", f"m{i}", f"body {i}") for i in range(2, 5)]
+    accepted = [Accepted("alice", "c1", f"m{i}", i) for i in range(2, 5)]
+    processed = {who: [Processed("c1", 1, "system-1", "bob joined", True)]
+                 + [Processed("c1", i, f"m{i}", f"body {i}") for i in range(2, 5)]
+                 for who in ("alice", "bob")}
+    return sent, accepted, processed
+
+
+def test_system_messages_take_their_seqs_and_must_reach_everyone():
+    report = check(*with_system_message(), PARTICIPANTS)
+    assert report.ok and report.system_messages == 1
+    assert report.delivered == report.expected_deliveries == 8
+
+
+def test_a_system_message_one_participant_missed_is_a_loss():
+    sent, accepted, processed = with_system_message()
+    processed["bob"].pop(0)
+    report = check(sent, accepted, processed, PARTICIPANTS)
+    assert not report.ok and report.lost == 1
+
+
+def test_a_system_message_nobody_processed_leaves_a_seq_hole():
+    sent, accepted, processed = with_system_message()
+    for who in processed:
+        processed[who].pop(0)
+    report = check(sent, accepted, processed, PARTICIPANTS)
+    assert not report.ok and report.seq_errors == 1
+
+
+def test_a_system_message_at_an_accepted_seq_is_a_seq_error():
+    sent, accepted, processed = run()
+    processed["bob"].insert(0, Processed("c1", 1, "system-1", "bob joined", True))
+    report = check(sent, accepted, processed, PARTICIPANTS)
+    assert not report.ok and report.seq_errors >= 1
