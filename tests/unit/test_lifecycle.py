@@ -1,0 +1,493 @@
+"""The customer-service domain in the services, on the in-memory adapters.
+
+Lifecycle (assign, transfer, close, reopen) with system messages and
+``conversation`` frames, presence and capacity with fair assignment, typing
+and read receipts, multi-device, the authorization matrix, rate limits and
+keyed conversation creation; races with real threads.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from chalicelib.auth import mint_token
+from chalicelib.config import Config
+from chalicelib.errors import BadRequest, Conflict, ConversationClosed, Forbidden, NotFound
+from chalicelib.ports import MemoryPusher, MemoryQueue
+from chalicelib.service import ChatService, DeliveryService, Origin
+from chalicelib.storage.memory import MemoryStorage
+
+SECRET = "test-secret-that-is-at-least-32-bytes-long"
+
+
+class Clock:
+    """Milliseconds that advance 1 ms per read, or by ``advance``."""
+
+    def __init__(self) -> None:
+        self.t = 1_800_000_000_000
+        self.lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self.lock:
+            self.t += 1
+            return self.t
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.t += int(seconds * 1000)
+
+
+def make_chat(**env: str) -> ChatService:
+    config = Config.from_env({"STAGE": "test", "JWT_SECRET": SECRET, **env})
+    ids = iter(f"conv{i}" for i in range(10_000))
+    return ChatService(config, MemoryStorage(), MemoryQueue(), MemoryPusher(), clock=Clock(),
+                       new_id=lambda: next(ids))
+
+
+@pytest.fixture
+def chat() -> ChatService:
+    return make_chat(REOPEN_WINDOW_SECONDS="600")
+
+
+def connect(chat: ChatService, user: str, role: str, conn: str | None = None) -> Origin:
+    origin = Origin(conn or f"{user}-conn", "gw.example", "api")
+    chat.connect(mint_token(SECRET, user, role), origin)
+    return origin
+
+
+def who(chat: ChatService, origin: Origin):  # noqa: ANN201
+    return chat.principal_of(origin.connection_id)
+
+
+def frames(chat: ChatService, origin: Origin, type_: str | None = None) -> list[dict]:
+    got = [json.loads(f) if isinstance(f, str) else f for f in chat.pusher.frames(origin.connection_id)]
+    return [f for f in got if type_ is None or f.get("type") == type_]
+
+
+def send(chat: ChatService, origin: Origin, cid: str, mid: str, body: str = "hi") -> dict:
+    chat.on_frame(origin, json.dumps({"action": "send", "conversationId": cid, "messageId": mid,
+                                      "body": body}))
+    return frames(chat, origin)[-1]
+
+
+def pump(chat: ChatService) -> int:
+    return DeliveryService(chat).deliver(d.to_json() for d in chat.queue.drain())
+
+
+def stored(chat: ChatService, cid: str) -> list:
+    return chat.storage.messages_after(cid, 0, 1000)
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def test_assignment_appends_an_assigned_system_message_delivered_and_announced(chat):
+    bob = connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    conv = chat.create_conversation(who(chat, alice))
+    assert (conv.status, conv.agent_id, conv.last_seq) == ("active", "bob", 1)
+    pump(chat)
+    for origin in (alice, bob):
+        [msg] = frames(chat, origin, "message")
+        assert (msg["seq"], msg["senderRole"], msg["event"], msg["agentId"], msg["status"]) == (
+            1, "system", "assigned", "bob", "active")
+        [event] = frames(chat, origin, "conversation")
+        assert (event["event"], event["seq"], event["agentId"], event["customerId"]) == (
+            "assigned", 1, "bob", "alice")
+    assert send(chat, alice, conv.conversation_id, "m1")["seq"] == 2
+
+
+def test_waiting_conversations_go_oldest_first_to_the_least_loaded_agent_within_capacity(chat):
+    from chalicelib.models import Principal
+    alice = connect(chat, "alice", "customer")
+    convs = [chat.create_conversation(who(chat, alice)).conversation_id for _ in range(5)]
+    assert [chat.storage.get_conversation(c).status for c in convs] == ["waiting"] * 5
+    # Capacities set before the agents come online (the record starts offline).
+    chat.set_agent_status(Principal(user_id="bob", role="agent"), None, 2)
+    chat.set_agent_status(Principal(user_id="carol", role="agent"), None, 1)
+    assert chat.storage.get_agent("bob").presence == "offline"
+    connect(chat, "bob", "agent")
+    assert [chat.storage.get_conversation(c).agent_id for c in convs] == ["bob", "bob", None, None, None]
+    connect(chat, "carol", "agent")
+    assert [chat.storage.get_conversation(c).agent_id for c in convs] == [
+        "bob", "bob", "carol", None, None]
+    assert [c.conversation_id for c in chat.storage.waiting_conversations(10)] == convs[3:]
+    assert (chat.storage.get_agent("bob").active_count,
+            chat.storage.get_agent("carol").active_count) == (2, 1)
+
+
+def test_capacity_is_never_exceeded_and_a_freed_place_takes_the_next_waiting(chat):
+    bob = connect(chat, "bob", "agent")
+    chat.set_agent_status(who(chat, bob), None, 2)
+    alice = connect(chat, "alice", "customer")
+    convs = [chat.create_conversation(who(chat, alice)) for _ in range(3)]
+    assert [c.status for c in convs] == ["active", "active", "waiting"]
+    assert chat.storage.get_agent("bob").active_count == 2
+    chat.close(who(chat, bob), convs[0].conversation_id)
+    third = chat.storage.get_conversation(convs[2].conversation_id)
+    assert (third.status, third.agent_id) == ("active", "bob")
+    assert chat.storage.get_agent("bob").active_count == 2
+
+
+def test_fewest_active_wins_ties_by_id(chat):
+    for agent in ("bob", "amy"):
+        connect(chat, agent, "agent")
+    alice = connect(chat, "alice", "customer")
+    got = [chat.create_conversation(who(chat, alice)).agent_id for _ in range(4)]
+    assert got == ["amy", "bob", "amy", "bob"]
+
+
+def test_away_and_offline_agents_get_nothing_and_coming_online_takes_work(chat):
+    bob = connect(chat, "bob", "agent")
+    chat.set_agent_status(who(chat, bob), "away", None)
+    alice = connect(chat, "alice", "customer")
+    conv = chat.create_conversation(who(chat, alice))
+    assert conv.status == "waiting"
+    # A second device of an away agent keeps him away.
+    connect(chat, "bob", "agent", "bob-phone")
+    assert chat.storage.get_agent("bob").presence == "away"
+    agent = chat.set_agent_status(who(chat, bob), "online", None)
+    assert (agent.presence, agent.active_count) == ("online", 1)
+    assert chat.storage.get_conversation(conv.conversation_id).agent_id == "bob"
+
+
+def test_the_last_connection_going_takes_the_agent_offline(chat):
+    connect(chat, "bob", "agent", "b1")
+    connect(chat, "bob", "agent", "b2")
+    chat.disconnect("b1")
+    assert chat.storage.get_agent("bob").presence == "online"
+    chat.disconnect("b2")
+    assert chat.storage.get_agent("bob").presence == "offline"
+
+
+def test_transfer_moves_the_conversation_and_both_agents_screens_follow(chat):
+    bob = connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    carol = connect(chat, "carol", "agent")
+    send(chat, alice, cid, "m1")
+    conv = chat.transfer(who(chat, bob), cid, "carol")
+    assert (conv.agent_id, conv.status, conv.last_seq) == ("carol", "active", 3)
+    assert (chat.storage.get_agent("bob").active_count,
+            chat.storage.get_agent("carol").active_count) == (0, 1)
+    pump(chat)
+    for origin in (alice, bob, carol):
+        events = [f["event"] for f in frames(chat, origin, "conversation")]
+        assert events[-1] == "transferred", origin
+    [moved] = [f for f in frames(chat, carol, "message") if f.get("event") == "transferred"]
+    assert (moved["previousAgentId"], moved["agentId"]) == ("bob", "carol")
+    # bob is no longer a participant: he cannot write, read or transfer again.
+    assert send(chat, bob, cid, "b1")["code"] == "forbidden"
+    with pytest.raises(Forbidden):
+        chat.list_messages(who(chat, bob), cid)
+    with pytest.raises(Forbidden):
+        chat.transfer(who(chat, bob), cid, "bob")
+    # carol sees the whole history, from seq 1.
+    page = chat.list_messages(who(chat, carol), cid)
+    assert [m["seq"] for m in page["messages"]] == [1, 2, 3]
+
+
+def test_transfer_rules(chat):
+    bob = connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    with pytest.raises(Forbidden):
+        chat.transfer(who(chat, alice), cid, "bob")  # customers do not transfer
+    with pytest.raises(NotFound):
+        chat.transfer(who(chat, bob), cid, "nobody")
+    with pytest.raises(Conflict):
+        chat.transfer(who(chat, bob), cid, "bob")  # to oneself
+    carol = connect(chat, "carol", "agent")
+    chat.set_agent_status(who(chat, carol), "away", None)
+    with pytest.raises(Conflict):
+        chat.transfer(who(chat, bob), cid, "carol")  # away: no room
+    chat.set_agent_status(who(chat, carol), "online", 0)
+    with pytest.raises(Conflict):
+        chat.transfer(who(chat, bob), cid, "carol")  # capacity 0
+    assert chat.storage.get_conversation(cid).agent_id == "bob"
+    assert chat.storage.get_conversation(cid).last_seq == 1  # nothing was appended
+
+
+def test_close_is_once_then_conflict_and_read_only_for_the_agent(chat):
+    bob = connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    closed = chat.close(who(chat, bob), cid)
+    assert (closed.status, closed.last_seq, closed.agent_id) == ("closed", 2, "bob")
+    with pytest.raises(Conflict):
+        chat.close(who(chat, alice), cid)
+    assert chat.storage.get_conversation(cid).last_seq == 2
+    reply = send(chat, bob, cid, "late")
+    assert reply["code"] == "conversation_closed" and reply["messageId"] == "late"
+    # Still readable by both.
+    assert [m["event"] for m in chat.list_messages(who(chat, bob), cid)["messages"]] == [
+        "assigned", "closed"]
+    outsider = connect(chat, "eve", "customer")
+    with pytest.raises(Forbidden):
+        chat.close(who(chat, outsider), cid)
+
+
+def test_the_customer_reopens_within_the_window_and_the_message_follows_the_event(chat):
+    bob = connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    chat.close(who(chat, alice), cid)
+    acc = send(chat, alice, cid, "again", "one more thing")
+    assert acc["type"] == "accepted" and acc["seq"] == 4
+    events = [(m.seq, m.event) for m in stored(chat, cid)]
+    assert events == [(1, "assigned"), (2, "closed"), (3, "reopened"), (4, None), (5, "assigned")]
+    conv = chat.storage.get_conversation(cid)
+    assert (conv.status, conv.agent_id) == ("active", "bob")
+    # A retry of the reopening message is a duplicate, not a second reopening.
+    again = send(chat, alice, cid, "again", "one more thing")
+    assert (again["seq"], again["duplicate"]) == (4, True)
+    assert chat.storage.get_conversation(cid).last_seq == 5
+
+
+def test_after_the_window_the_customer_must_open_a_new_conversation(chat):
+    connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    chat.close(who(chat, alice), cid)
+    chat.clock.advance(601)
+    reply = send(chat, alice, cid, "too-late")
+    assert reply["code"] == "conversation_closed"
+    assert chat.storage.get_conversation(cid).status == "closed"
+    fresh = chat.create_conversation(who(chat, alice))
+    assert fresh.conversation_id != cid and fresh.status == "active"
+
+
+def test_racing_closes_and_transfers_apply_exactly_once(chat):
+    connect(chat, "bob", "agent")
+    connect(chat, "carol", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    agent = chat.storage.get_conversation(cid).agent_id
+    other = "carol" if agent == "bob" else "bob"
+    from chalicelib.models import Principal
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def act(i: int) -> None:
+        barrier.wait()
+        try:
+            if i % 2:
+                chat.close(Principal(user_id="alice", role="customer"), cid)
+                results.append("closed")
+            else:
+                chat.transfer(Principal(user_id=agent, role="agent"), cid, other)
+                results.append("transferred")
+        except (Conflict, Forbidden):
+            pass
+
+    threads = [threading.Thread(target=act, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seqs = [m.seq for m in stored(chat, cid)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    events = [m.event for m in stored(chat, cid)]
+    assert events.count("closed") <= 1 and events.count("transferred") <= 1
+    assert sorted(results) == sorted(e for e in events if e in ("closed", "transferred"))
+    loads = chat.storage.get_agent("bob").active_count + chat.storage.get_agent("carol").active_count
+    assert loads == (0 if "closed" in events else 1)
+
+
+def test_racing_assignments_from_many_creates_never_exceed_capacity(chat):
+    for agent in ("bob", "carol"):
+        connect(chat, agent, "agent")
+        chat.set_agent_status(chat.principal_of(f"{agent}-conn"), None, 3)
+    customers = [connect(chat, f"cust{i}", "customer") for i in range(10)]
+    barrier = threading.Barrier(10)
+
+    def create(i: int) -> None:
+        barrier.wait()
+        chat.create_conversation(who(chat, customers[i]))
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    convs = [chat.storage.get_conversation(f"conv{i}") for i in range(10)]
+    active = [c for c in convs if c.status == "active"]
+    assert len(active) == 6
+    for agent in ("bob", "carol"):
+        mine = [c for c in active if c.agent_id == agent]
+        assert len(mine) == chat.storage.get_agent(agent).active_count == 3
+    for c in active:
+        assert [m.event for m in stored(chat, c.conversation_id)] == ["assigned"]
+    assert len(chat.storage.waiting_conversations(100)) == 4
+
+
+# ------------------------------------------------------- typing & read
+
+
+def test_typing_is_relayed_to_the_others_only_and_never_stored(chat):
+    bob = connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    alice_phone = connect(chat, "alice", "customer", "alice-phone")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    chat.on_frame(alice, json.dumps({"action": "typing", "conversationId": cid}))
+    assert frames(chat, bob, "typing") == [
+        {"type": "typing", "conversationId": cid, "userId": "alice", "role": "customer"}]
+    assert frames(chat, alice_phone, "typing") == [] and frames(chat, alice, "typing") == []
+    assert chat.storage.get_conversation(cid).last_seq == 1
+    outsider = connect(chat, "eve", "customer")
+    chat.on_frame(outsider, json.dumps({"action": "typing", "conversationId": cid}))
+    assert frames(chat, outsider, "error")[-1]["code"] == "forbidden"
+
+
+def test_typing_is_rate_limited_per_connection():
+    chat = make_chat(RATE_CONNECTION_TYPING="3")
+    bob = connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    for _ in range(5):
+        chat.on_frame(alice, json.dumps({"action": "typing", "conversationId": cid}))
+    assert len(frames(chat, bob, "typing")) == 3
+    assert [f["code"] for f in frames(chat, alice, "error")] == ["rate_limited"] * 2
+    chat.clock.advance(10)
+    chat.on_frame(alice, json.dumps({"action": "typing", "conversationId": cid}))
+    assert len(frames(chat, bob, "typing")) == 4
+
+
+def test_read_moves_forward_only_and_is_forwarded(chat):
+    bob = connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    alice_phone = connect(chat, "alice", "customer", "alice-phone")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    send(chat, bob, cid, "b1")
+    chat.on_frame(alice, json.dumps({"action": "read", "conversationId": cid, "seq": 2}))
+    chat.on_frame(alice, json.dumps({"action": "read", "conversationId": cid, "seq": 1}))
+    expected = {"type": "read", "conversationId": cid, "userId": "alice", "role": "customer", "seq": 2}
+    assert frames(chat, bob, "read") == [expected]
+    assert frames(chat, alice_phone, "read") == [expected]  # the reader's other device
+    assert frames(chat, alice, "read") == []
+    view = chat.get_conversation(who(chat, bob), cid)
+    assert {p["userId"]: p["readSeq"] for p in view["participants"]} == {"alice": 2, "bob": 0}
+    chat.on_frame(alice, json.dumps({"action": "read", "conversationId": cid, "seq": 9}))
+    assert frames(chat, alice, "error")[-1]["code"] == "bad_request"
+
+
+# ------------------------------------------------------------ multi-device
+
+
+def test_every_device_gets_every_message_and_a_fresh_device_resumes_from_the_server_cursor(chat):
+    connect(chat, "bob", "agent")
+    laptop = connect(chat, "alice", "customer", "laptop")
+    phone = connect(chat, "alice", "customer", "phone")
+    bob = Origin("bob-conn", "gw.example", "api")
+    cid = chat.create_conversation(who(chat, laptop)).conversation_id
+    send(chat, laptop, cid, "m1")
+    send(chat, bob, cid, "b1")
+    pump(chat)
+    assert [f["seq"] for f in frames(chat, phone, "message")] == [1, 2, 3]
+    assert [f["seq"] for f in frames(chat, laptop, "message")] == [1, 3]  # its own one is "accepted"
+    chat.on_frame(phone, json.dumps({"action": "ack", "conversationId": cid, "seq": 2}))
+    tablet = connect(chat, "alice", "customer", "tablet")
+    chat.on_frame(tablet, json.dumps({"action": "resume"}))
+    assert [f["seq"] for f in frames(chat, tablet, "message")] == [3]
+    assert frames(chat, tablet, "resumed")[-1]["conversations"] == {cid: 3}
+
+
+# --------------------------------------------------- authorization & REST
+
+
+def test_authorization_matrix(chat):
+    bob = connect(chat, "bob", "agent")
+    carol = connect(chat, "carol", "agent")
+    chat.set_agent_status(who(chat, carol), "away", None)
+    alice = connect(chat, "alice", "customer")
+    eve = connect(chat, "eve", "customer")
+    mine = chat.create_conversation(who(chat, alice)).conversation_id  # bob's
+    chat.set_agent_status(who(chat, bob), "away", None)
+    waiting = chat.create_conversation(who(chat, eve)).conversation_id
+    A, B, C, E = (who(chat, o) for o in (alice, bob, carol, eve))
+
+    # Opening is for customers; agent-only routes are for agents.
+    with pytest.raises(Forbidden):
+        chat.open_conversation(B)
+    for call in (lambda p: chat.list_agents(p), lambda p: chat.waiting_queue(p, 10),
+                 lambda p: chat.set_agent_status(p, "online", None)):
+        with pytest.raises(Forbidden):
+            call(A)
+    # Viewing: customers their own; agents their assigned ones and the waiting queue.
+    assert chat.get_conversation(A, mine)["conversationId"] == mine
+    assert chat.get_conversation(B, mine)["agentId"] == "bob"
+    assert chat.get_conversation(C, waiting)["status"] == "waiting"
+    for principal, cid in ((E, mine), (C, mine), (A, waiting)):
+        with pytest.raises(Forbidden):
+            chat.get_conversation(principal, cid)
+        with pytest.raises(Forbidden):
+            chat.list_messages(principal, cid)
+        with pytest.raises(Forbidden):
+            chat.close(principal, cid)
+    with pytest.raises(Forbidden):
+        chat.list_messages(C, waiting)  # the queue shows summaries, not messages
+    assert [c["conversationId"] for c in chat.list_conversations(A, None, 10, None)["conversations"]] == [mine]
+    assert [c["conversationId"] for c in chat.list_conversations(B, None, 10, None)["conversations"]] == [mine]
+    assert chat.list_conversations(C, None, 10, None)["conversations"] == []
+    queue = chat.waiting_queue(C, 10)["conversations"]
+    assert [(c["conversationId"], c["position"]) for c in queue] == [(waiting, 1)]
+    with pytest.raises(NotFound):
+        chat.get_conversation(A, "nope")
+
+
+def test_history_pages_both_ways(chat):
+    bob = connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    for i in range(9):
+        send(chat, alice if i % 2 else bob, cid, f"m{i}")
+    A = who(chat, alice)
+    first = chat.list_messages(A, cid, after=0, limit=4)
+    assert [m["seq"] for m in first["messages"]] == [1, 2, 3, 4]
+    assert (first["next"], first["prev"]) == (4, None)
+    latest = chat.list_messages(A, cid, before=11, limit=4)
+    assert [m["seq"] for m in latest["messages"]] == [7, 8, 9, 10]
+    assert (latest["next"], latest["prev"]) == (None, 7)
+    older = chat.list_messages(A, cid, before=latest["prev"], limit=4)
+    assert [m["seq"] for m in older["messages"]] == [3, 4, 5, 6]
+    with pytest.raises(BadRequest):
+        chat.list_messages(A, cid, after=1, before=5)
+
+
+def test_open_conversation_with_an_idempotency_key_returns_the_same_conversation(chat):
+    alice = connect(chat, "alice", "customer")
+    eve = connect(chat, "eve", "customer")
+    first, created = chat.open_conversation(who(chat, alice), "order-17")
+    again, created_again = chat.open_conversation(who(chat, alice), "order-17")
+    assert created and not created_again and again.conversation_id == first.conversation_id
+    other, _ = chat.open_conversation(who(chat, eve), "order-17")
+    assert other.conversation_id != first.conversation_id
+    with pytest.raises(BadRequest):
+        chat.open_conversation(who(chat, alice), "bad key with spaces")
+    # After the retention window the key opens a new conversation.
+    chat.clock.advance(chat.config.idempotency_ttl_seconds + 1)
+    later, created_later = chat.open_conversation(who(chat, alice), "order-17")
+    assert created_later and later.conversation_id != first.conversation_id
+
+
+# ------------------------------------------------------------- rate limits
+
+
+def test_sends_over_the_limit_are_refused_and_nothing_is_stored():
+    chat = make_chat(RATE_CONNECTION_SENDS="3", RATE_USER_SENDS="4")
+    connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    phone = connect(chat, "alice", "customer", "alice-phone")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    replies = [send(chat, alice, cid, f"m{i}") for i in range(4)]
+    assert [r["type"] for r in replies] == ["accepted"] * 3 + ["error"]
+    assert (replies[3]["code"], replies[3]["messageId"]) == ("rate_limited", "m3")
+    assert send(chat, phone, cid, "p0")["type"] == "accepted"  # the user's 4th
+    assert send(chat, phone, cid, "p1")["code"] == "rate_limited"  # the user's limit
+    assert chat.storage.get_conversation(cid).last_seq == 5
+    assert chat.storage.get_idempotency("alice", cid, "m3", 0) is None
+    chat.clock.advance(10)
+    assert send(chat, alice, cid, "m3")["seq"] == 6  # the connection stays usable
