@@ -667,16 +667,17 @@ class DeliveryService:
         return pushed
 
     def _announce(self, message: MessageRecord, audience: _Audience) -> None:
-        """A lifecycle event's ``conversation`` frame, to every connection that follows it.
+        """A lifecycle event's ``conversation`` frame, to every connection the event concerns.
 
-        The participants and, for a transfer or a reopening, the agent it
-        left. Best effort, like typing: the system message itself is the
-        durable, exactly-once record of the event; a repeated delivery
-        repeats the frame, which carries the event's seq to tell.
+        The customer, the agent the event leaves the conversation with and
+        the agent it took it from (transfer, reopening): decided by the
+        event, not by whoever holds the conversation when the consumer runs.
+        Best effort, like typing: the system message itself is the durable,
+        exactly-once record of the event; a repeated delivery repeats the
+        frame, which carries the event's seq to tell.
         """
-        users = list(audience.conv.participant_ids())
-        if message.previous_agent_id and message.previous_agent_id not in users:
-            users.append(message.previous_agent_id)
+        users = dict.fromkeys(u for u in (audience.conv.customer_id, message.agent_id,
+                                          message.previous_agent_id) if u)
         self.chat.push_to_users(users, core.conversation_frame(message, audience.conv))
 
     def _audience(self, conversation_id: str) -> _Audience | None:

@@ -126,7 +126,7 @@ class Cloud:
         return batches
 
     def rest(self, method: str, path: str, user: str | None, role: str = "customer",
-             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+             headers: dict[str, str] | None = None, body: Any = None) -> tuple[int, Any]:
         from chalice.test import Client
 
         hdrs = dict(headers or {})
@@ -134,7 +134,11 @@ class Cloud:
             hdrs["Authorization"] = f"Bearer {mint_token(SECRET, user, role)}"
         # project_dir without .chalice/: the client must not overlay a stage's environment
         with Client(self.mod.app, stage_name=STAGE, project_dir=str(Path(__file__).parent)) as client:
-            resp = getattr(client.http, method.lower())(path, headers=hdrs)
+            kwargs: dict[str, Any] = {"headers": hdrs}
+            if body is not None:
+                kwargs["body"] = body if isinstance(body, str) else json.dumps(body)
+                hdrs.setdefault("Content-Type", "application/json")
+            resp = getattr(client.http, method.lower())(path, **kwargs)
         return resp.status_code, json.loads(resp.body) if resp.body else None
 
 
