@@ -19,23 +19,49 @@ attributes, which ``SendMessage`` does three times; a backlog makes every
 send slower. ``cache_approximate_counts`` keeps each count for up to
 ``COUNT_TTL_S``: AWS documents these counts as approximate and eventually
 consistent, so a reader cannot tell the difference.
+
+moto answers every ``Query`` by walking (and sorting) every item of the
+table: a query on the table's own key keeps the items of the one partition,
+a query on an index keeps the items whose index hash key matches. The app
+queries tables and GSIs on its hot paths, so each request cost time
+proportional to the table. ``index_queries`` hands moto's ``Table.query``
+only the candidates it would have kept -- the partition's items, or the
+items an index hash key value maps to -- in the order ``all_items`` would
+have listed them; moto's own code then filters, sorts, paginates and
+projects them as before, so the answers are the same. The map from index
+hash key value to item keys is built on a table's first query of that
+index and kept up to date by every path that writes items (``Table.put_item``
+and ``delete_item``, which batch writes, transactions and PartiQL go
+through, and ``DynamoDBBackend.update_item``, which changes items in place).
+moto does not expire items by TTL, so no other path removes one.
+
+moto's server routes every request by listing its own package directory
+(``list_of_moto_modules``); ``cache_module_list`` lists it once.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import json
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+from moto import backends as moto_backends
 from moto.dynamodb.comparisons import get_filter_expression
 from moto.dynamodb.exceptions import (
     MultipleTransactionsException,
+    ResourceNotFoundException,
     TooManyTransactionsException,
     TransactionCanceledException,
     TransactWriteSingleOpException,
 )
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType, Item
+from moto.dynamodb.models.table import Table
 from moto.sqs.models import Queue
 
 _OPS = ("ConditionCheck", "Put", "Delete", "Update")
@@ -133,7 +159,247 @@ def cache_approximate_counts() -> None:
             setattr(Queue, name, _cached_count(name, original))
 
 
+_PATCHED = "_local_cloud_patched"
+ItemKey = tuple[Any, Any]  # (hash DynamoType, range DynamoType or None)
+_INDEXES = "_local_cloud_indexes"  # Table.__dict__ entry: {index name: HashIndex}
+_UNHASHABLE = object()
+
+
+def _bucket_of(value: DynamoType) -> Any:
+    """What DynamoType equality compares (type and cast value), or _UNHASHABLE."""
+    try:
+        bucket = (value.type, value.cast_value)
+        hash(bucket)
+        return bucket
+    except TypeError:
+        return _UNHASHABLE
+
+
+def _item_at(table: Table, key: ItemKey) -> Item | None:
+    """The item stored under ``key``, without touching moto's defaultdict."""
+    entry = table.items.get(key[0])
+    if table.range_key_attr is not None:
+        entry = entry.get(key[1]) if isinstance(entry, dict) else None
+    return entry if isinstance(entry, Item) else None
+
+
+def _all_items_order(item: Item) -> Any:
+    """The sort key of moto's ``Table.all_items``."""
+    return (item.hash_key, item.range_key) if item.range_key else item.hash_key
+
+
+class HashIndex:
+    """Item keys by the value of an index's (first) hash key attribute."""
+
+    def __init__(self, table: Table, attr: str) -> None:
+        self.attr = attr
+        self.buckets: dict[Any, dict[ItemKey, None]] = {}  # dicts: insertion-ordered sets
+        self.where: dict[ItemKey, Any] = {}
+        for entry in list(table.items.values()):
+            for item in (entry.values() if isinstance(entry, dict) else [entry]):
+                if isinstance(item, Item):
+                    self.add((item.hash_key, item.range_key), item)
+
+    def add(self, key: ItemKey, item: Item | None) -> None:
+        value = item.attrs.get(self.attr) if item is not None else None
+        if value is None:
+            return
+        bucket = _bucket_of(value)
+        self.buckets.setdefault(bucket, {})[key] = None
+        self.where[key] = bucket
+
+    def remove(self, key: ItemKey) -> None:
+        bucket = self.where.pop(key, None)
+        if bucket is None:
+            return
+        keys = self.buckets[bucket]
+        del keys[key]
+        if not keys:
+            del self.buckets[bucket]
+
+    def keys_for(self, value: DynamoType) -> list[ItemKey]:
+        """Every item key whose attribute may equal ``value`` (unhashable values included)."""
+        found = list(self.buckets.get(_bucket_of(value), ()))
+        if _UNHASHABLE in self.buckets:
+            found += self.buckets[_UNHASHABLE]
+        return found
+
+
+def _reindex(table: Table, key: ItemKey) -> None:
+    """Bring every built index of ``table`` up to date with the item at ``key``."""
+    indexes: dict[str, HashIndex] | None = table.__dict__.get(_INDEXES)
+    if not indexes:
+        return
+    item = _item_at(table, key)
+    for index in indexes.values():
+        index.remove(key)
+        index.add(key, item)
+
+
+def _key_from(table: Table, attrs: dict[str, Any]) -> ItemKey | None:
+    """The item key of a request's key or item attributes (DynamoDB JSON), if it has one."""
+    try:
+        hash_value = DynamoType(attrs[table.hash_key_attr])
+        range_value = None
+        if table.range_key_attr is not None:
+            range_value = DynamoType(attrs[table.range_key_attr])
+        hash((hash_value, range_value))
+        return hash_value, range_value
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _hash_index(table: Table, index_name: str) -> HashIndex | None:
+    """The (lazily built) map of ``index_name``, or None when moto must answer unaided."""
+    index = next((i for i in table.all_indexes() if i.name == index_name), None)
+    if index is None:
+        return None
+    hash_attrs = [k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH"]
+    if not hash_attrs:
+        return None
+    indexes: dict[str, HashIndex] = table.__dict__.setdefault(_INDEXES, {})
+    built = indexes.get(index_name)
+    if built is None or built.attr != hash_attrs[0]:  # new, or the index was redefined
+        built = indexes[index_name] = HashIndex(table, hash_attrs[0])
+    return built
+
+
+def _query_candidates(table: Table, bound: inspect.BoundArguments) -> list[Item] | None:
+    """A superset of the items moto's query keeps, in ``all_items`` order; None: let moto scan."""
+    args = bound.arguments
+    index_name = args.get("index_name")
+    if index_name:
+        index = _hash_index(table, index_name)
+        if index is None:
+            return None
+        conditions = dict(args.get("hash_key_conditions") or [])
+        if index.attr not in conditions:
+            return None
+        items = (_item_at(table, key) for key in index.keys_for(conditions[index.attr]))
+        candidates = [item for item in items if item is not None]
+    else:
+        hash_key = args.get("hash_key")
+        if hash_key is None:
+            return None
+        try:
+            entry = table.items.get(hash_key)
+        except TypeError:
+            return None
+        found = entry.values() if isinstance(entry, dict) else [entry]
+        candidates = [item for item in found if isinstance(item, Item)]
+    candidates.sort(key=_all_items_order)
+    return candidates
+
+
+_override = threading.local()  # (table, candidates) for the query running on this thread
+
+
+def _all_items(original: Callable[[Table], list[Item]]) -> Callable[[Table], list[Item]]:
+    @functools.wraps(original)
+    def all_items(self: Table) -> list[Item]:
+        pending = getattr(_override, "value", None)
+        if pending is not None and pending[0] is self:
+            _override.value = None
+            return pending[1]
+        return original(self)
+    return all_items
+
+
+def _query(original: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def query(self: Table, *args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:
+            return original(self, *args, **kwargs)
+        candidates = _query_candidates(self, bound)
+        if candidates is None:
+            return original(self, *args, **kwargs)
+        _override.value = (self, candidates)  # moto's query calls all_items() exactly once
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _override.value = None
+    return query
+
+
+def _table_put_item(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def put_item(self: Table, item_attrs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, item_attrs, *args, **kwargs)
+        finally:
+            if self.__dict__.get(_INDEXES):
+                key = _key_from(self, item_attrs)
+                if key is not None:
+                    _reindex(self, key)
+    return put_item
+
+
+def _table_delete_item(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def delete_item(self: Table, hash_key: Any, range_key: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, hash_key, range_key, *args, **kwargs)
+        finally:
+            if self.__dict__.get(_INDEXES):
+                _reindex(self, (hash_key, range_key if self.range_key_attr is not None else None))
+    return delete_item
+
+
+def _backend_update_item(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def update_item(self: DynamoDBBackend, table_name: str, key: dict[str, Any],
+                    *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, table_name, key, *args, **kwargs)
+        finally:  # the item may have changed in place, even when a later step failed
+            try:
+                table = self.get_table(table_name)
+            except ResourceNotFoundException:  # moto has already answered this request's error
+                table = None
+            if table is not None and table.__dict__.get(_INDEXES):
+                item_key = _key_from(table, key)
+                if item_key is not None:
+                    _reindex(table, item_key)
+    return update_item
+
+
+
+def cache_module_list() -> None:
+    """List moto's service modules once, not on every request.
+
+    The server's dispatcher asks ``list_of_moto_modules`` (a directory
+    listing and an ``isdir`` per entry) to route each request; the
+    installed package does not change while the server runs.
+    """
+    if not getattr(moto_backends.list_of_moto_modules, _PATCHED, False):
+        modules = tuple(moto_backends.list_of_moto_modules())
+
+        def list_of_moto_modules() -> tuple[str, ...]:
+            return modules
+        setattr(list_of_moto_modules, _PATCHED, True)
+        moto_backends.list_of_moto_modules = list_of_moto_modules  # type: ignore[assignment]
+
+
+def index_queries() -> None:
+    """Answer moto's queries from the partition or the index hash key (idempotent)."""
+    for owner, name, wrap in ((Table, "query", _query), (Table, "all_items", _all_items),
+                              (Table, "put_item", _table_put_item),
+                              (Table, "delete_item", _table_delete_item),
+                              (DynamoDBBackend, "update_item", _backend_update_item)):
+        current = getattr(owner, name)
+        if not getattr(current, _PATCHED, False):
+            patched = wrap(current)
+            setattr(patched, _PATCHED, True)
+            setattr(owner, name, patched)
+
+
 def apply() -> None:
     """Install the patches in this process (the moto server's)."""
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     cache_approximate_counts()
+    index_queries()
+    cache_module_list()

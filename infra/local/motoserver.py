@@ -10,7 +10,8 @@ This launcher keeps moto's threaded server (an SQS long poll must not block
 everybody else) but runs every request except ``ReceiveMessage`` under one
 lock, which gives each request the atomicity AWS gives it. For parity the
 long poll runs unlocked, as SQS serves it concurrently. It also applies
-``moto_patches`` (transactions that do not copy whole tables).
+``moto_patches`` (transactions that do not copy whole tables, queries
+that read one partition or one index hash key instead of the whole table).
 """
 
 from __future__ import annotations
