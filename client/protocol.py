@@ -46,6 +46,7 @@ class Client:
         self._own: dict[str, set[int]] = {}  # seqs of this connection's accepted sends, not yet passed
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._errors: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # typing, read, conversation
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._resumes: list[asyncio.Future[dict[str, Any]]] = []
         self._reader = asyncio.create_task(self._read())
@@ -83,6 +84,14 @@ class Client:
         await self.send_raw({"action": "resume", "cursors": dict(cursors or {})})
         return await asyncio.wait_for(fut, timeout)
 
+    async def typing(self, conversation_id: str) -> None:
+        """Tell the other participants this user is typing (ephemeral)."""
+        await self.send_raw({"action": "typing", "conversationId": conversation_id})
+
+    async def read(self, conversation_id: str, seq: int) -> None:
+        """Move this user's read cursor of the conversation to ``seq``."""
+        await self.send_raw({"action": "read", "conversationId": conversation_id, "seq": seq})
+
     async def send_raw(self, frame: dict[str, Any] | str) -> None:
         """Send a frame as is (a dict is JSON-encoded)."""
         await self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
@@ -96,6 +105,16 @@ class Client:
     async def next_error(self, timeout: float = 10.0) -> dict[str, Any]:
         """The next ``error`` frame that no pending send was waiting for."""
         return await asyncio.wait_for(self._errors.get(), timeout)
+
+    async def next_event(self, type_: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """The next ``typing``, ``read`` or ``conversation`` frame (of ``type_`` if given)."""
+        async def wanted() -> dict[str, Any]:
+            while True:
+                frame = await self._events.get()
+                if type_ is None or frame.get("type") == type_:
+                    return frame
+
+        return await asyncio.wait_for(wanted(), timeout)
 
     async def messages(self, idle_timeout: float = 10.0) -> AsyncIterator[dict[str, Any]]:
         """Messages under the client rule: each seq exactly once, in order.
@@ -179,6 +198,8 @@ class Client:
                     fut.set_result(frame)
                 else:
                     fut.set_exception(ErrorFrame(frame))
+        elif kind in ("typing", "read", "conversation"):
+            self._events.put_nowait(frame)
         elif kind == "resumed":
             while self._resumes:
                 fut = self._resumes.pop(0)

@@ -1,0 +1,213 @@
+"""The customer-service domain end to end: real sockets, the local cloud, moto server over HTTP.
+
+Lifecycle with system messages and ``conversation`` frames, capacity and
+racing assignments, racing transitions, typing and read receipts,
+multi-device and rate limiting, through the same path a deployed client uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from chalicelib.auth import mint_token
+from chalicelib.config import LOCAL_JWT_SECRET
+from client import connect
+from tests.local_cloud import REPO_ROOT, LocalCloud
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    with LocalCloud(REPO_ROOT, "--sqs-retry-delay", "1") as running:
+        yield running
+
+
+def token(user: str, role: str = "customer") -> str:
+    return mint_token(LOCAL_JWT_SECRET, user, role)
+
+
+def rest(cloud: Any, method: str, path: str, user: str, role: str = "customer",
+         body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    hdrs = {"Content-Type": "application/json", "Authorization": f"Bearer {token(user, role)}",
+            **(headers or {})}
+    data = json.dumps(body).encode() if body is not None else (b"{}" if method != "GET" else None)
+    req = urllib.request.Request(cloud.rest_url + path, method=method, headers=hdrs, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+async def online_agent(cloud: Any, capacity: int | None = None) -> tuple[Any, str]:
+    agent_id = uid("agent")
+    if capacity is not None:  # set before connecting: no conversation lands before it holds
+        assert rest(cloud, "PUT", "/agents/me/status", agent_id, "agent",
+                    {"status": "online", "capacity": capacity})[0] == 200
+    ws = await connect(cloud.websocket_url, token(agent_id, "agent"))
+    await ws.resume()  # the connect is recorded once the handshake is done
+    return ws, agent_id
+
+
+async def events_until(ws: Any, event: str, cid: str, timeout: float = 20.0) -> list[str]:
+    """The ``conversation`` events of ``cid`` received until ``event``."""
+    seen: list[str] = []
+    while event not in seen:
+        frame = await ws.next_event("conversation", timeout)
+        if frame["conversationId"] == cid:
+            seen.append(frame["event"])
+    return seen
+
+
+def test_lifecycle_transfer_close_and_reopen_over_the_real_path(cloud):
+    async def scenario():
+        amy, amy_id = await online_agent(cloud, capacity=3)
+        customer_id = uid("cust")
+        key = {"Idempotency-Key": uid("key")}
+        status, conv = rest(cloud, "POST", "/conversations", customer_id, headers=key)
+        assert status == 201 and conv["agentId"] == amy_id and conv["lastSeq"] == 1
+        assert rest(cloud, "POST", "/conversations", customer_id, headers=key) == (200, conv)
+        cid = conv["conversationId"]
+        cara = await connect(cloud.websocket_url, token(customer_id))
+        await cara.resume()
+        assigned = await cara.collect(cid, 1)
+        assert [(m["event"], m["agentId"], m["senderRole"]) for m in assigned] == [
+            ("assigned", amy_id, "system")]
+        assert "assigned" in await events_until(amy, "assigned", cid)
+
+        await cara.send(cid, "my parcel is late")
+        bob, bob_id = await online_agent(cloud)
+        status, moved = rest(cloud, "POST", f"/conversations/{cid}/transfer", amy_id, "agent",
+                             {"agentId": bob_id})
+        assert status == 200 and (moved["agentId"], moved["lastSeq"]) == (bob_id, 3)
+        assert "transferred" in await events_until(bob, "transferred", cid)
+        assert "transferred" in await events_until(amy, "transferred", cid)
+        history = await bob.collect(cid, 3)  # a gap from 0: the client rule resumes from seq 1
+        assert [m["seq"] for m in history] == [1, 2, 3]
+        assert history[1]["body"] == "my parcel is late"
+        assert history[2]["previousAgentId"] == amy_id
+
+        status, closed = rest(cloud, "POST", f"/conversations/{cid}/close", bob_id, "agent")
+        assert status == 200 and closed["status"] == "closed"
+        assert rest(cloud, "POST", f"/conversations/{cid}/close", customer_id)[0] == 409
+        with pytest.raises(Exception) as refused:
+            await bob.send(cid, "anything else?")
+        assert getattr(refused.value, "code", None) == "conversation_closed"
+
+        # Within the window the customer's message reopens it and it is assigned again.
+        acc = await cara.send(cid, "actually, one more thing")
+        assert acc["seq"] == 6
+        got = await cara.collect(cid, 7)  # its own messages (2, 6) are not pushed back to it
+        assert [(m["seq"], m.get("event")) for m in got] == [
+            (3, "transferred"), (4, "closed"), (5, "reopened"), (7, "assigned")]
+        status, view = rest(cloud, "GET", f"/conversations/{cid}", customer_id)
+        assert view["status"] == "active" and view["agentId"] in (amy_id, bob_id)
+        for ws in (amy, bob, cara):
+            await ws.close()
+
+    run(scenario())
+
+
+def test_racing_assignments_and_transitions_on_the_real_path(cloud):
+    async def scenario():
+        agents = [await online_agent(cloud, capacity=2) for _ in range(2)]
+        customers = [uid("cust") for _ in range(8)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            made = list(pool.map(lambda c: rest(cloud, "POST", "/conversations", c), customers))
+        assert all(status == 201 for status, _ in made)
+        status, listed = rest(cloud, "GET", "/agents", agents[0][1], "agent")
+        loads = {a["agentId"]: (a["activeCount"], a["capacity"]) for a in listed["agents"]}
+        for _, agent_id in agents:
+            assert loads[agent_id] == (2, 2)  # full, and never over
+        for a in listed["agents"]:
+            assert a["activeCount"] <= a["capacity"]
+        mine = {agent_id: rest(cloud, "GET", "/conversations?status=active", agent_id, "agent")[1]
+                for _, agent_id in agents}
+        assert all(len(page["conversations"]) == 2 for page in mine.values())
+
+        # Two closes of one conversation at once: one applies, the other is a conflict.
+        agent_id = agents[0][1]
+        cid = mine[agent_id]["conversations"][0]["conversationId"]
+        customer = next(c["customerId"] for _, c in made if c["conversationId"] == cid)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(lambda who: rest(cloud, "POST", f"/conversations/{cid}/close", *who),
+                                    [(customer, "customer"), (agent_id, "agent")]))
+        assert sorted(status for status, _ in results) == [200, 409]
+        status, page = rest(cloud, "GET", f"/conversations/{cid}/messages", customer)
+        assert [m.get("event") for m in page["messages"]] == ["assigned", "closed"]
+        # The queue's leftovers are closed by their customers, leaving nothing for other tests.
+        for _, c in made:
+            if rest(cloud, "GET", f"/conversations/{c['conversationId']}", c["customerId"])[1][
+                    "status"] == "waiting":
+                assert rest(cloud, "POST", f"/conversations/{c['conversationId']}/close",
+                            c["customerId"])[0] == 200
+        for ws, _ in agents:
+            await ws.close()
+
+    run(scenario())
+
+
+def test_typing_read_and_multi_device_over_real_sockets(cloud):
+    async def scenario():
+        agent, agent_id = await online_agent(cloud)
+        customer_id = uid("cust")
+        status, conv = rest(cloud, "POST", "/conversations", customer_id)
+        cid = conv["conversationId"]
+        laptop = await connect(cloud.websocket_url, token(customer_id))
+        phone = await connect(cloud.websocket_url, token(customer_id))
+        for ws in (laptop, phone):
+            await ws.resume()
+
+        await laptop.typing(cid)
+        typing = await agent.next_event("typing")
+        assert (typing["conversationId"], typing["userId"], typing["role"]) == (cid, customer_id, "customer")
+
+        acc = await laptop.send(cid, "from the laptop")
+        await agent.send(cid, "hello there")
+        on_phone = await phone.collect(cid, acc["seq"] + 1)
+        assert [m["body"] for m in on_phone if m["senderRole"] != "system"] == [
+            "from the laptop", "hello there"]
+        await laptop.collect(cid, acc["seq"] + 1)
+
+        await agent.read(cid, acc["seq"])
+        for ws in (laptop, phone):
+            read = await ws.next_event("read")
+            assert (read["userId"], read["seq"]) == (agent_id, acc["seq"])
+        status, view = rest(cloud, "GET", f"/conversations/{cid}", customer_id)
+        assert {p["userId"]: p["readSeq"] for p in view["participants"]}[agent_id] == acc["seq"]
+
+        # A fresh device resumes from the server's ack cursor.
+        await phone.ack(cid, acc["seq"])
+        await asyncio.sleep(0.5)
+        tablet = await connect(cloud.websocket_url, token(customer_id))
+        resumed = await tablet.resume()
+        assert resumed["conversations"][cid] == acc["seq"] + 1
+        replayed = [f for f in tablet.frames if f.get("type") == "message"]
+        assert [(m["seq"], m["body"]) for m in replayed] == [(acc["seq"] + 1, "hello there")]
+
+        # Typing is rate-limited per connection: over the limit, rate_limited, and the
+        # connection stays usable.
+        for _ in range(45):
+            await laptop.typing(cid)
+        err = await laptop.next_error(20)
+        assert err["code"] == "rate_limited"
+        assert (await laptop.send(cid, "still here"))["seq"] == acc["seq"] + 2
+        for ws in (agent, laptop, phone, tablet):
+            await ws.close()
+
+    run(scenario())
