@@ -10,12 +10,12 @@ from client.core import Accepted, Backoff, Inbox, Message, Outbox
 from client.errors import (AuthError, Closed, ConnectionLost, OnceChatClientError, ProtocolError, Rejected,
                            SendRejected, StoreError)
 from client.protocol import Client, ErrorFrame, connect
-from client.sdk import ConnectionState, Conversation, OnceChatClient
+from client.sdk import ConnectionState, Conversation, Event, OnceChatClient
 from client.store import MemoryStore, SqliteStore, Store
 
 __all__ = [
     "Accepted", "AuthError", "Backoff", "Client", "Closed", "ConnectionLost", "ConnectionState",
-    "Conversation", "ErrorFrame", "Inbox", "Message", "MemoryStore", "OnceChatClient",
+    "Conversation", "ErrorFrame", "Event", "Inbox", "Message", "MemoryStore", "OnceChatClient",
     "OnceChatClientError", "Outbox", "ProtocolError", "Rejected", "SendRejected", "SqliteStore",
     "Store", "StoreError", "connect",
 ]

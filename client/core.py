@@ -36,6 +36,18 @@ class Message:
     sender_role: str
     body: str
     sent_at: str  # ISO 8601 UTC with milliseconds, assigned by the server
+    #: System messages (sender_role "system") only: the lifecycle event
+    #: (assigned, transferred, closed, reopened), the status and agent after
+    #: it, and the agent it left (transferred, reopened).
+    event: str | None = None
+    status: str | None = None
+    agent_id: str | None = None
+    previous_agent_id: str | None = None
+
+    @property
+    def is_system(self) -> bool:
+        """A lifecycle event of the conversation rather than a user's message."""
+        return self.sender_role == "system"
 
     @classmethod
     def from_frame(cls, frame: Mapping[str, Any]) -> Message:
@@ -49,6 +61,10 @@ class Message:
                 sender_role=frame["senderRole"],
                 body=frame["body"],
                 sent_at=frame["sentAt"],
+                event=frame.get("event"),
+                status=frame.get("status"),
+                agent_id=frame.get("agentId"),
+                previous_agent_id=frame.get("previousAgentId"),
             )
         except KeyError as exc:
             raise ProtocolError(f"message frame without {exc}") from exc

@@ -62,7 +62,7 @@ class ConnectionState(enum.Enum):
 
 @dataclass(frozen=True)
 class Conversation:
-    """A conversation as ``POST /conversations`` returns it."""
+    """A conversation as the REST API returns it."""
 
     conversation_id: str
     customer_id: str
@@ -70,6 +70,40 @@ class Conversation:
     status: str
     created_at: str
     last_seq: int
+    closed_at: str | None = None
+
+    @classmethod
+    def from_rest(cls, body: dict[str, Any]) -> Conversation:
+        """Build from a REST conversation; ProtocolError if a field is missing."""
+        try:
+            return cls(body["conversationId"], body["customerId"], body.get("agentId"),
+                       body["status"], body["createdAt"], int(body.get("lastSeq", 0)),
+                       body.get("closedAt"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad conversation: {body!r}") from exc
+
+
+@dataclass(frozen=True)
+class Event:
+    """An ephemeral frame: ``conversation`` (a lifecycle event), ``typing`` or ``read``.
+
+    Events are notifications for screens, not part of exactly-once: one
+    may be missed with a connection or repeated. The durable record of a
+    lifecycle event is its system message in ``messages()``.
+    """
+
+    type: str
+    conversation_id: str
+    frame: dict[str, Any]
+
+    @property
+    def user_id(self) -> str | None:
+        """Who is typing or reading (``typing``, ``read``)."""
+        return self.frame.get("userId")
+
+
+#: Events kept for an app that reads ``events()`` late; older ones are dropped.
+EVENTS_KEPT = 1000
 
 
 _END = object()  # put on the message queue when the client ends
@@ -148,6 +182,8 @@ class OnceChatClient:
         self._committed: dict[str, int] = {}  # cursor of what the app has processed
         self._handed: dict[str, int] = {}  # highest seq handed to the app
         self._queue: asyncio.Queue[Message | object] = asyncio.Queue()
+        self._events: asyncio.Queue[Event | object] = asyncio.Queue()
+        self._reads: dict[str, int] = {}  # read cursors to send
         self._state = ConnectionState.CLOSED
         self._loaded = False
         self._bound = False
@@ -262,24 +298,85 @@ class OnceChatClient:
         if futs:
             await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), timeout)
 
-    async def open_conversation(self) -> Conversation:
-        """``POST /conversations`` (customers): open a conversation and follow it."""
-        if not self.rest_url:
-            raise OnceChatClientError("open_conversation needs rest_url")
-        token = await self._token()
-        status, body = await asyncio.to_thread(_post_json, f"{self.rest_url}/conversations", token)
-        if status == 401:
-            raise AuthError(body.get("message", "unauthorized"))
-        if status >= 400:
-            raise Rejected(str(body.get("code", "internal")), str(body.get("message", "")), status)
-        try:
-            conv = Conversation(body["conversationId"], body["customerId"], body.get("agentId"),
-                                body["status"], body["createdAt"], int(body.get("lastSeq", 0)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"bad conversation: {body!r}") from exc
+    async def open_conversation(self, idempotency_key: str | None = None) -> Conversation:
+        """``POST /conversations`` (customers): open a conversation and follow it.
+
+        With ``idempotency_key``, retrying after a lost answer returns the
+        conversation the first request opened instead of opening another.
+        """
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        conv = Conversation.from_rest(await self._rest("POST", "/conversations", headers=headers))
         self._load()
         self._inbox.track(conv.conversation_id)
         return conv
+
+    async def close_conversation(self, conversation_id: str) -> Conversation:
+        """``POST /conversations/{id}/close`` (its customer or agent)."""
+        return Conversation.from_rest(await self._rest("POST", f"/conversations/{conversation_id}/close"))
+
+    async def transfer(self, conversation_id: str, agent_id: str) -> Conversation:
+        """``POST /conversations/{id}/transfer`` (its agent): hand it to ``agent_id``."""
+        return Conversation.from_rest(await self._rest(
+            "POST", f"/conversations/{conversation_id}/transfer", {"agentId": agent_id}))
+
+    async def set_status(self, status: str | None = None, capacity: int | None = None) -> dict[str, Any]:
+        """``PUT /agents/me/status`` (agents): presence and/or capacity; returns the agent."""
+        body = {k: v for k, v in (("status", status), ("capacity", capacity)) if v is not None}
+        return await self._rest("PUT", "/agents/me/status", body)
+
+    async def conversations(self, status: str | None = None) -> list[Conversation]:
+        """``GET /conversations``, every page: the user's own (customers) or assigned (agents)."""
+        out: list[Conversation] = []
+        cursor: str | None = None
+        while True:
+            query = {k: v for k, v in (("status", status), ("cursor", cursor), ("limit", "100")) if v}
+            page = await self._rest("GET", f"/conversations?{urlencode(query)}")
+            out += [Conversation.from_rest(c) for c in page.get("conversations", [])]
+            cursor = page.get("next")
+            if not cursor:
+                return out
+
+    async def _rest(self, method: str, path: str, body: dict[str, Any] | None = None,
+                    headers: dict[str, str] | None = None) -> dict[str, Any]:
+        if not self.rest_url:
+            raise OnceChatClientError("REST calls need rest_url")
+        token = await self._token()
+        status, answer = await asyncio.to_thread(
+            _request_json, method, f"{self.rest_url}{path}", token, body, headers or {})
+        if status == 401:
+            raise AuthError(answer.get("message", "unauthorized"))
+        if status >= 400:
+            raise Rejected(str(answer.get("code", "internal")), str(answer.get("message", "")), status)
+        return answer
+
+    # --------------------------------------------------------- typing & read
+
+    def typing(self, conversation_id: str) -> bool:
+        """Tell the other participants the user is typing; False when not connected (dropped)."""
+        self._check_open()
+        ws = self._ws
+        if ws is None:
+            return False
+        frame = json.dumps({"action": "typing", "conversationId": conversation_id})
+        asyncio.get_running_loop().create_task(_send_quietly(ws, frame))
+        return True
+
+    def mark_read(self, conversation_id: str, seq: int) -> None:
+        """Move the user's read cursor to ``seq`` (sent now, or after the next reconnect)."""
+        self._check_open()
+        if seq > self._reads.get(conversation_id, 0):
+            self._reads[conversation_id] = seq
+            self._wake.set()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """``conversation``, ``typing`` and ``read`` frames as they come (ends after ``close()``)."""
+        while True:
+            item = await self._events.get()
+            if item is _END:
+                self._events.put_nowait(_END)
+                return
+            assert isinstance(item, Event)
+            yield item
 
     # -------------------------------------------------------------- receiving
 
@@ -404,6 +501,7 @@ class OnceChatClient:
             self._ready.set_exception(self._fatal)
             self._ready.exception()  # retrieved: connect() re-raises it from the shield
         self._queue.put_nowait(_END)
+        self._events.put_nowait(_END)
         self._set_state(ConnectionState.CLOSED)
 
     # ------------------------------------------------------- connection loop
@@ -491,6 +589,9 @@ class OnceChatClient:
                 due_acks = self._acks.due(now)
                 if due_acks:
                     await self._send_acks(ws, due_acks)
+                while self._reads:
+                    cid, seq = self._reads.popitem()
+                    await ws.send(json.dumps({"action": "read", "conversationId": cid, "seq": seq}))
                 deadlines = [d for d in (self._outbox.next_deadline(), self._acks.next_deadline(),
                                          self._resume_answer_by,
                                          self._resume_wanted_at if self._resume_answer_by is None else None)
@@ -538,6 +639,8 @@ class OnceChatClient:
                 self._on_accepted(Accepted.from_frame(frame))
             elif kind == "resumed":
                 self._on_resumed(frame.get("conversations") or {})
+            elif kind in ("conversation", "typing", "read"):
+                self._on_event(kind, frame)
             elif kind == "error":
                 self._on_error(frame, ws)
             elif kind is None and "message" in frame:
@@ -547,6 +650,16 @@ class OnceChatClient:
         except ProtocolError as exc:
             log.warning("dropping a frame: %s", exc)
         self._wake.set()
+
+    def _on_event(self, kind: str, frame: dict[str, Any]) -> None:
+        cid = frame.get("conversationId")
+        if not isinstance(cid, str):
+            raise ProtocolError(f"{kind} frame without conversationId")
+        if kind == "conversation" and frame.get("agentId") == self.user_id:
+            self._inbox.track(cid)  # assigned to this agent: follow it from now on
+        if self._events.qsize() >= EVENTS_KEPT:
+            self._events.get_nowait()  # the app is not reading events: keep the newest
+        self._events.put_nowait(Event(kind, cid, frame))
 
     def _release(self, released: list[Message]) -> None:
         for msg in released:
@@ -656,10 +769,12 @@ class OnceChatClient:
             self._resume_answer_by = min(self._resume_answer_by, now + self.error_resend_timeout)
 
 
-def _post_json(url: str, token: str) -> tuple[int, dict[str, Any]]:
-    """POST ``{}`` with a Bearer token; the status and the JSON body (errors included)."""
-    req = urllib.request.Request(url, method="POST", data=b"{}", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+def _request_json(method: str, url: str, token: str, body: dict[str, Any] | None,
+                  headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """One REST call with a Bearer token; the status and the JSON body (errors included)."""
+    data = json.dumps(body).encode() if body is not None else (b"{}" if method != "GET" else None)
+    req = urllib.request.Request(url, method=method, data=data, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json", **headers})
     try:
         with urllib.request.urlopen(req, timeout=15) as resp:
             return resp.status, _json_object(resp.read())
@@ -667,6 +782,11 @@ def _post_json(url: str, token: str) -> tuple[int, dict[str, Any]]:
         return err.code, _json_object(err.read())
     except (urllib.error.URLError, OSError) as exc:
         raise ConnectionLost(f"REST request failed: {exc}") from exc
+
+
+async def _send_quietly(ws: ClientConnection, frame: str) -> None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        await ws.send(frame)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
