@@ -357,3 +357,11 @@ def test_racing_close_and_transfer_apply_exactly_one(concurrent_storage: Storage
         assert (conv.status, load(storage, "bob"), load(storage, "carol")) == ("closed", 0, 0)
     else:
         assert (conv.agent_id, load(storage, "bob"), load(storage, "carol")) == ("carol", 0, 1)
+
+
+def test_a_message_with_a_retention_round_trips_its_expiry(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    m = message(1).model_copy(update={"expires_at": NOW_EPOCH + 86400})
+    storage.append_message(m, idem_for(m), 0, NOW_EPOCH)
+    assert storage.get_message("c1", 1) == m
+    assert storage.messages_after("c1", 0, 10)[0].expires_at == NOW_EPOCH + 86400

@@ -166,3 +166,62 @@ def test_typing_and_read_frames(desk):
     assert err["type"] == "error" and err["code"] == "forbidden"
     err = cloud.frame(conns["cara"], {"action": "read", "conversationId": cid})
     assert err["code"] == "bad_request"
+
+
+# Every route and action, for each kind of caller, on an active conversation.
+# owner: its customer; other: another customer; agent: the assigned agent;
+# stranger: another agent. The value is the HTTP status, or for WebSocket
+# actions the frame type or error code that comes back (None: no reply).
+MATRIX = {
+    ("GET", "/conversations/{cid}"): {"owner": 200, "other": 403, "agent": 200, "stranger": 403},
+    ("GET", "/conversations/{cid}/messages"): {"owner": 200, "other": 403, "agent": 200, "stranger": 403},
+    ("POST", "/conversations/{cid}/transfer"): {"owner": 403, "other": 403, "agent": 409, "stranger": 403},
+    ("PUT", "/agents/me/status"): {"owner": 403, "other": 403, "agent": 200, "stranger": 200},
+    ("GET", "/agents"): {"owner": 403, "other": 403, "agent": 200, "stranger": 200},
+    ("GET", "/queue"): {"owner": 403, "other": 403, "agent": 200, "stranger": 200},
+    ("POST", "/conversations"): {"owner": 201, "other": 201, "agent": 403, "stranger": 403},
+    ("WS", "send"): {"owner": "accepted", "other": "forbidden", "agent": "accepted", "stranger": "forbidden"},
+    ("WS", "ack"): {"owner": None, "other": "forbidden", "agent": None, "stranger": "forbidden"},
+    ("WS", "read"): {"owner": None, "other": "forbidden", "agent": None, "stranger": "forbidden"},
+    ("WS", "typing"): {"owner": None, "other": "forbidden", "agent": None, "stranger": "forbidden"},
+    ("WS", "resume"): {"owner": "resumed", "other": "forbidden", "agent": "resumed", "stranger": "forbidden"},
+    # Last: closing makes the conversation read-only.
+    ("POST", "/conversations/{cid}/close"): {"owner": 200, "other": 403, "agent": 409, "stranger": 403},
+}
+
+
+def test_authorization_matrix_on_every_route_and_action(cloud):
+    users = {"owner": ("cara", "customer"), "other": ("dave", "customer"),
+             "agent": ("amy", "agent"), "stranger": ("stan", "agent")}
+    conns = {name: cloud.connect(user, role)[0] for name, (user, role) in users.items()}
+    cloud.rest("PUT", "/agents/me/status", "stan", "agent", body={"status": "away"})
+    status, conv = cloud.rest("POST", "/conversations", "cara")
+    assert status == 201 and conv["agentId"] == "amy"
+    cid = conv["conversationId"]
+    bodies = {"/conversations/{cid}/transfer": {"agentId": "amy"}, "/agents/me/status": {"capacity": 5}}
+    frames = {
+        "send": lambda who: {"action": "send", "conversationId": cid, "messageId": f"m-{who}", "body": "x"},
+        "ack": lambda who: {"action": "ack", "conversationId": cid, "seq": 1},
+        "read": lambda who: {"action": "read", "conversationId": cid, "seq": 1},
+        "typing": lambda who: {"action": "typing", "conversationId": cid},
+        "resume": lambda who: {"action": "resume", "cursors": {cid: 0}},
+    }
+    for (method, path), expected in MATRIX.items():
+        for who, want in expected.items():
+            user, role = users[who]
+            if method == "WS":
+                reply = cloud.frame(conns[who], frames[path](who))
+                got = None if reply is None else (
+                    reply["code"] if reply["type"] == "error" else reply["type"])
+                if path == "resume" and got == "message":
+                    got = cloud.pushes.of(conns[who])[-1]["type"]
+            else:
+                got = cloud.rest(method, path.format(cid=cid), user, role,
+                                 body=bodies.get(path) if method != "GET" else None)[0]
+            assert got == want, (method, path, who)
+    # Closed: read-only for the agent; the customer may still read it.
+    reply = cloud.frame(conns["agent"], frames["send"]("agent-again"))
+    assert reply["code"] == "conversation_closed"
+    assert cloud.frame(conns["agent"], frames["typing"]("agent"))["code"] == "conversation_closed"
+    assert cloud.rest("GET", f"/conversations/{cid}/messages", "cara")[0] == 200
+    assert cloud.rest("GET", f"/conversations/{cid}/messages", "amy", "agent")[0] == 200

@@ -491,3 +491,23 @@ def test_sends_over_the_limit_are_refused_and_nothing_is_stored():
     assert chat.storage.get_idempotency("alice", cid, "m3", 0) is None
     chat.clock.advance(10)
     assert send(chat, alice, cid, "m3")["seq"] == 6  # the connection stays usable
+
+
+# --------------------------------------------------------------- retention
+
+
+def test_messages_are_kept_unless_a_retention_is_configured():
+    kept = make_chat()
+    connect(kept, "bob", "agent")
+    alice = connect(kept, "alice", "customer")
+    cid = kept.create_conversation(who(kept, alice)).conversation_id
+    send(kept, alice, cid, "m1")
+    assert kept.storage.get_message(cid, 2).expires_at is None
+
+    expiring = make_chat(MESSAGE_RETENTION_DAYS="30")
+    connect(expiring, "bob", "agent")
+    alice = connect(expiring, "alice", "customer")
+    cid = expiring.create_conversation(who(expiring, alice)).conversation_id
+    acc = send(expiring, alice, cid, "m1")
+    from chalicelib.core import epoch_ms
+    assert expiring.storage.get_message(cid, 2).expires_at == epoch_ms(acc["sentAt"]) // 1000 + 30 * 86400
