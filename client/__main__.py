@@ -5,7 +5,14 @@
 
 Lines typed are sent to the current conversation (the one given, the new
 one, or the one the last message came from). Incoming messages print as
-``[conversation#seq] sender: body``.
+``[conversation#seq] sender: body``; lifecycle events, typing and read
+receipts print as ``* ...`` lines. Commands:
+
+    /close                      close the current conversation
+    /transfer AGENT             hand it to another agent (agents)
+    /status online|away|offline [CAPACITY]   presence and capacity (agents)
+    /queue                      the waiting queue (agents)
+    /typing                     tell the others you are typing
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import argparse
 import asyncio
 import json
 import sys
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -35,13 +43,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def open_conversation(rest: str, token: str) -> dict[str, Any]:
-    """``POST /conversations``."""
-    req = urllib.request.Request(f"{rest}/conversations", method="POST", data=b"{}",
+def call(rest: str, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One REST call; the status and the JSON answer (errors included)."""
+    data = json.dumps(body if body is not None else {}).encode() if method != "GET" else None
+    req = urllib.request.Request(f"{rest}{path}", method=method, data=data,
                                  headers={"Authorization": f"Bearer {token}",
                                           "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def open_conversation(rest: str, token: str) -> dict[str, Any]:
+    """``POST /conversations``."""
+    status, body = call(rest, token, "POST", "/conversations")
+    if status >= 400:
+        raise SystemExit(f"cannot open a conversation: {body.get('code')}: {body.get('message')}")
+    return body
+
+
+def command(args: argparse.Namespace, token: str, current: str | None, line: str) -> str:
+    """Run a ``/command``; the line to print."""
+    name, *rest = line[1:].split()
+    if name == "status" and rest:
+        body: dict[str, Any] = {"status": rest[0]}
+        if len(rest) > 1:
+            body["capacity"] = int(rest[1]) if rest[1].isdigit() else rest[1]
+        status, answer = call(args.rest, token, "PUT", "/agents/me/status", body)
+    elif name == "queue":
+        status, answer = call(args.rest, token, "GET", "/queue")
+        if status == 200:
+            return "* queue: " + (", ".join(
+                f"{c['position']}. {c['conversationId'][:8]} ({c['customerId']})"
+                for c in answer["conversations"]) or "empty")
+    elif name in ("close", "transfer") and current is None:
+        return "* no current conversation"
+    elif name == "close":
+        status, answer = call(args.rest, token, "POST", f"/conversations/{current}/close")
+    elif name == "transfer" and rest:
+        status, answer = call(args.rest, token, "POST", f"/conversations/{current}/transfer",
+                              {"agentId": rest[0]})
+    else:
+        return f"* unknown command {line!r}"
+    if status >= 400:
+        return f"* error {answer.get('code')}: {answer.get('message')}"
+    return f"* ok: {json.dumps(answer, separators=(',', ':'))}"
+
+
+def describe(event: dict[str, Any]) -> str:
+    """A ``typing``, ``read`` or ``conversation`` frame as a line."""
+    cid = event["conversationId"][:8]
+    if event["type"] == "typing":
+        return f"* [{cid}] {event['userId']} is typing"
+    if event["type"] == "read":
+        return f"* [{cid}] {event['userId']} read up to #{event['seq']}"
+    return f"* [{cid}] {event['event']}: now {event['status']}, agent {event['agentId']}"
 
 
 async def chat(args: argparse.Namespace) -> None:
@@ -61,10 +119,19 @@ async def chat(args: argparse.Namespace) -> None:
             current = current or m["conversationId"]
             if args.role == "agent":
                 current = m["conversationId"]
-            print(f"[{m['conversationId'][:8]}#{m['seq']}] {m['senderId']}: {m['body']}", flush=True)
+            if m["senderRole"] == "system":
+                print(f"[{m['conversationId'][:8]}#{m['seq']}] * {m['body']}", flush=True)
+            else:
+                print(f"[{m['conversationId'][:8]}#{m['seq']}] {m['senderId']}: {m['body']}", flush=True)
             await client.ack(m["conversationId"], m["seq"])
+            await client.read(m["conversationId"], m["seq"])
+
+    async def events() -> None:
+        while True:
+            print(describe(await client.next_event(timeout=10**9)), flush=True)
 
     shower = asyncio.create_task(show())
+    watcher = asyncio.create_task(events())
     loop = asyncio.get_running_loop()
     try:
         while True:
@@ -73,6 +140,13 @@ async def chat(args: argparse.Namespace) -> None:
                 break
             line = line.rstrip("\n")
             if not line:
+                continue
+            if line.startswith("/"):
+                if line.strip() == "/typing" and current:
+                    await client.typing(current)
+                    continue
+                text = await loop.run_in_executor(None, command, args, token, current, line)
+                print(text, flush=True)
                 continue
             if current is None:
                 print("* no conversation yet: wait for a message or pass --conversation", flush=True)
@@ -84,6 +158,7 @@ async def chat(args: argparse.Namespace) -> None:
                 print(f"* error {err.code}: {err.frame.get('message')}", flush=True)
     finally:
         shower.cancel()
+        watcher.cancel()
         await client.close()
 
 

@@ -211,3 +211,52 @@ def test_typing_read_and_multi_device_over_real_sockets(cloud):
             await ws.close()
 
     run(scenario())
+
+
+def test_terminal_chat_follows_events_and_runs_commands(cloud):
+    import sys
+
+    async def scenario():
+        agent_id, customer_id = uid("agent"), uid("cust")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "client", "--user", agent_id, "--role", "agent",
+            "--ws", cloud.websocket_url, "--rest", cloud.rest_url, cwd=str(REPO_ROOT),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+
+        async def line_with(text: str) -> str:
+            while True:
+                raw = await asyncio.wait_for(proc.stdout.readline(), 30)
+                assert raw, f"the terminal chat ended before printing {text!r}"
+                if text in raw.decode():
+                    return raw.decode()
+
+        async def type_line(text: str) -> None:
+            proc.stdin.write(text.encode() + b"\n")
+            await proc.stdin.drain()
+
+        try:
+            await line_with("* connected")
+            await asyncio.sleep(0.3)
+            status, conv = rest(cloud, "POST", "/conversations", customer_id)
+            cid = conv["conversationId"]
+            assert conv["agentId"] == agent_id
+            assert "assigned" in await line_with(f"* [{cid[:8]}] assigned")
+            customer = await connect(cloud.websocket_url, token(customer_id))
+            await customer.resume()
+            await customer.send(cid, "hello from the customer")
+            await line_with("hello from the customer")
+            await type_line("hi, how can I help?")
+            got = await customer.collect(cid, 3)
+            assert got[-1]["body"] == "hi, how can I help?" and got[-1]["senderId"] == agent_id
+            read = await customer.next_event("read")
+            assert read["userId"] == agent_id
+            await type_line("/queue")
+            assert "* queue:" in await line_with("* queue:")
+            await type_line("/close")
+            assert '"status":"closed"' in await line_with("* ok:")
+            await customer.close()
+        finally:
+            proc.stdin.close()
+            await asyncio.wait_for(proc.wait(), 15)
+
+    run(scenario())
