@@ -246,7 +246,7 @@ class ChatService:
                 continue  # closed since we read it: re-read (reopen, or refuse)
             self._enqueue(Delivery(decision.message, origin_id))
             if reopened:
-                self.assign_waiting()
+                self.assign_new_waiting(frame.conversation_id)
             m = decision.message
             return core.accepted_frame(m.conversation_id, m.message_id, m.seq, m.sent_at, False)
         raise OnceChatError("conversation too busy, retry the send", message_id=frame.message_id)
@@ -380,7 +380,7 @@ class ChatService:
             if existing.customer_id != principal.user_id:  # cannot happen: keys are per customer
                 raise Conflict("Idempotency-Key belongs to another request") from None
             return existing, False
-        self.assign_waiting()
+        self.assign_new_waiting(conv.conversation_id)
         return self._conversation(conv.conversation_id), True
 
     def get_conversation(self, principal: Principal, conversation_id: str) -> dict[str, Any]:
@@ -497,6 +497,19 @@ class ChatService:
 
     # ------------------------------------------------------------- assignment
 
+    def assign_new_waiting(self, conversation_id: str) -> None:
+        """A conversation just started waiting: run the queue, then make sure it was seen.
+
+        The waiting queue is read from a GSI, which on AWS may not show a
+        conversation written a moment ago; if it is still waiting after the
+        queue ran and an agent still has room, it gets that agent directly
+        (every older waiting conversation the queue showed was served first).
+        """
+        self.assign_waiting()
+        conv = self.storage.get_conversation(conversation_id)
+        if conv is not None and conv.status == "waiting":
+            self._assign_one(conv)
+
     def assign_waiting(self, limit: int = 25) -> int:
         """Assign waiting conversations, oldest first, each to the online agent with the fewest.
 
@@ -592,6 +605,12 @@ class ChatService:
             log.warning("sweeper enqueues %s#%d", message.conversation_id, message.seq)
             self.queue.enqueue(Delivery(message, None))
             self._mark_enqueued(message)
+        # The queue runs on every trigger (a conversation waits, an agent comes
+        # online or frees a place); a trigger lost with a crashed handler is
+        # made up for here, within one schedule period.
+        assigned = self.assign_waiting()
+        if assigned:
+            log.warning("sweeper assigned %d waiting conversation(s)", assigned)
         return len(due)
 
     def _conversation(self, conversation_id: str) -> Conversation:

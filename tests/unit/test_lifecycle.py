@@ -511,3 +511,28 @@ def test_messages_are_kept_unless_a_retention_is_configured():
     acc = send(expiring, alice, cid, "m1")
     from chalicelib.core import epoch_ms
     assert expiring.storage.get_message(cid, 2).expires_at == epoch_ms(acc["sentAt"]) // 1000 + 30 * 86400
+
+
+def test_a_new_conversation_the_lagging_queue_index_misses_is_still_assigned(chat):
+    class LaggingIndex(MemoryStorage):
+        """waiting_conversations as an eventually consistent GSI: the newest is not there yet."""
+
+        def waiting_conversations(self, limit):
+            return super().waiting_conversations(limit)[:-1]
+
+    lagging = ChatService(chat.config, LaggingIndex(), MemoryQueue(), MemoryPusher(),
+                          clock=Clock(), new_id=iter(f"c{i}" for i in range(10)).__next__)
+    connect(lagging, "bob", "agent")
+    alice = connect(lagging, "alice", "customer")
+    conv = lagging.create_conversation(who(lagging, alice))
+    assert (conv.status, conv.agent_id) == ("active", "bob")
+
+
+def test_the_sweep_assigns_what_a_lost_trigger_left_waiting(chat):
+    alice = connect(chat, "alice", "customer")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    # An agent came online but the handler died before it ran the queue.
+    chat.storage.agent_connected("bob", "2026-01-01T00:00:00.000Z")
+    assert chat.storage.get_conversation(cid).status == "waiting"
+    chat.sweep()
+    assert chat.storage.get_conversation(cid).agent_id == "bob"
