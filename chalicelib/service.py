@@ -519,12 +519,20 @@ class ChatService:
         agent still online and below capacity.
         """
         assigned = 0
-        for conv in self.storage.waiting_conversations(limit):
-            outcome = self._assign_one(conv)
-            if outcome is None:
-                break  # nobody has room: the rest waits too
-            assigned += outcome
-        return assigned
+        while True:
+            batch = self.storage.waiting_conversations(limit)
+            progress = 0
+            for conv in batch:
+                outcome = self._assign_one(conv)
+                if outcome is None:
+                    return assigned  # nobody has room: the rest waits too
+                progress += outcome
+            assigned += progress
+            # A full page all assigned: read the next one. A page that made
+            # no progress (all taken by racing callers, or an index lagging
+            # behind) ends the round; the next trigger or sweep goes on.
+            if len(batch) < limit or not progress:
+                return assigned
 
     def _assign_one(self, conv: Conversation) -> int | None:
         """1 when assigned here, 0 when it no longer waits, None when no agent has room."""
