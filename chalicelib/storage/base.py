@@ -108,9 +108,9 @@ class Storage(Protocol):
         agent's ``active_count`` moves by its delta, a +1 on condition that
         the agent is online and below capacity; ``join`` becomes a
         participant (ack 0, kept if already one). On any failed condition
-        nothing is written: StaleConversation (the conversation changed),
-        AgentUnavailable (an agent has no room), SequenceConflict (the
-        message slot is taken).
+        nothing is written: NotFound (no such conversation),
+        StaleConversation (the conversation changed), AgentUnavailable (an
+        agent has no room), SequenceConflict (the message slot is taken).
         """
 
     # ------------------------------------------------------------- messages

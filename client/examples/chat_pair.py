@@ -60,7 +60,8 @@ async def main(ws_url: str, rest_url: str, store_dir: Path) -> list[str]:
             print(f"customer's {question!r} stored as seq {accepted.seq}")
         async for m in customer.messages():
             out.append(line("customer", m))
-            if m.seq == 2 * len(QUESTIONS):
+            # after the system messages already there (the assignment), the questions and answers
+            if m.seq == conv.last_seq + 2 * len(QUESTIONS):
                 break
         await answering
     return out

@@ -11,7 +11,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib.errors import OnceChatError, SequenceConflict
+from chalicelib import core
+from chalicelib.errors import OnceChatError, SequenceConflict, StaleConversation
 from chalicelib.storage.dynamodb import DynamoStorage
 
 from .cloud import config_for
@@ -157,4 +158,14 @@ def test_a_lasting_transaction_conflict_is_reported_as_sequence_conflict(ddb: An
     with pytest.raises(SequenceConflict):
         conflicted.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
     assert store.get_message("c1", 1) is None
-    assert conflicted.assign_conversation("c1", "ag1", T0) is False
+    # a lifecycle step that keeps conflicting is a signal to re-read, and writes nothing
+    store.agent_connected("ag1", T0)
+    waiting = store.get_conversation("c1")
+    assert waiting is not None
+    with pytest.raises(StaleConversation):
+        conflicted.apply_transition(core.plan_assign(waiting, "ag1", core.epoch_ms(T0)), NOW_EPOCH)
+    assert store.get_conversation("c1") == waiting
+    assert store.get_message("c1", 1) is None
+    agent = store.get_agent("ag1")
+    assert agent is not None and agent.active_count == 0
+    assert store.get_participant("ag1", "c1") is None

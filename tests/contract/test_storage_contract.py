@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import pytest
 
+from chalicelib import core
 from chalicelib.errors import (
+    AgentUnavailable,
     Conflict,
     ConversationClosed,
     DuplicateMessage,
     NotFound,
     SequenceConflict,
+    StaleConversation,
 )
+from chalicelib.models import Conversation
 from chalicelib.storage.base import Storage
 
 from .records import (
@@ -38,6 +42,15 @@ def append(storage: Storage, seq: int, conversation_id: str = "c1", **kwargs: ob
 
 def online_agent(storage: Storage, agent_id: str) -> None:
     storage.agent_connected(agent_id, T0)
+
+
+def assign(storage: Storage, conv: Conversation | str, agent_id: str, minute: int) -> None:
+    """Assign a conversation (as read, or read now by id) at ``at(minute)``: apply_transition(plan_assign)."""
+    if isinstance(conv, str):
+        read = storage.get_conversation(conv)
+        assert read is not None
+        conv = read
+    storage.apply_transition(core.plan_assign(conv, agent_id, core.epoch_ms(at(minute))), NOW_EPOCH)
 
 
 # ---------------------------------------------------------------- connections
@@ -145,7 +158,7 @@ def test_online_agents_lists_fewest_active_first_then_by_id(storage: Storage) ->
     storage.agent_disconnected("ag-off", T0)
     for n, agent_id in enumerate(["ag-a", "ag-a", "ag-c"]):
         storage.create_conversation(conversation(f"c{n}", created_at=at(n)))
-        assert storage.assign_conversation(f"c{n}", agent_id, at(10))
+        assign(storage, f"c{n}", agent_id, 10)
     # loads: ag-b 0, ag-c 1, ag-a 2; ag-off is offline
     assert [(a.agent_id, a.active_count) for a in storage.online_agents()] == [
         ("ag-b", 0),
@@ -209,67 +222,108 @@ def test_waiting_conversations_leave_out_active_and_closed_ones(storage: Storage
     storage.create_conversation(conversation("c-wait", created_at=at(3)))
     storage.create_conversation(conversation("c-active", created_at=at(1)))
     storage.create_conversation(conversation("c-closed", status="closed", created_at=at(2)))
-    assert storage.assign_conversation("c-active", "ag1", at(4))
+    assign(storage, "c-active", "ag1", 4)
     assert [c.conversation_id for c in storage.waiting_conversations(10)] == ["c-wait"]
 
 
 def test_assign_activates_the_conversation_counts_load_and_adds_the_agent(storage: Storage) -> None:
     online_agent(storage, "ag1")
     storage.create_conversation(conversation("c1"))
-    assert storage.assign_conversation("c1", "ag1", at(5)) is True
+    assign(storage, "c1", "ag1", 5)
     conv = storage.get_conversation("c1")
     assert conv is not None
-    assert (conv.status, conv.agent_id, conv.updated_at, conv.last_seq) == ("active", "ag1", at(5), 0)
+    assert (conv.status, conv.agent_id, conv.updated_at, conv.last_seq) == ("active", "ag1", at(5), 1)
     agent = storage.get_agent("ag1")
     assert agent is not None and agent.active_count == 1 and agent.presence == "online"
     member = storage.get_participant("ag1", "c1")
     assert member is not None and (member.role, member.ack_seq) == ("agent", 0)
+    # the step is recorded as the "assigned" system message at seq 1, pending like any message
+    system = storage.get_message("c1", 1)
+    assert system is not None
+    assert (system.sender_id, system.sender_role, system.message_id) == ("system", "system", "system-1")
+    assert (system.event, system.status, system.agent_id, system.sent_at) == ("assigned", "active", "ag1", at(5))
+    assert [(m.conversation_id, m.seq) for m in storage.pending_messages(NOW_EPOCH + 1, 10)] == [("c1", 1)]
 
 
 def test_assign_twice_fails_the_second_and_counts_the_load_once(storage: Storage) -> None:
     online_agent(storage, "ag1")
     online_agent(storage, "ag2")
     storage.create_conversation(conversation("c1"))
-    assert storage.assign_conversation("c1", "ag1", at(1)) is True
-    assert storage.assign_conversation("c1", "ag2", at(2)) is False
-    assert storage.assign_conversation("c1", "ag1", at(3)) is False
+    waiting = storage.get_conversation("c1")
+    assert waiting is not None
+    assign(storage, waiting, "ag1", 1)
+    # a second assignment planned from the same (now stale) read is refused
+    for agent_id, minute in (("ag2", 2), ("ag1", 3)):
+        with pytest.raises(StaleConversation):
+            assign(storage, waiting, agent_id, minute)
+    # planned from a fresh read, it is refused before any write
+    with pytest.raises(Conflict):
+        assign(storage, "c1", "ag2", 4)
     conv = storage.get_conversation("c1")
-    assert conv is not None and conv.agent_id == "ag1" and conv.updated_at == at(1)
+    assert conv is not None and conv.agent_id == "ag1" and conv.updated_at == at(1) and conv.last_seq == 1
     assert [(a.agent_id, a.active_count) for a in storage.online_agents()] == [("ag2", 0), ("ag1", 1)]
     assert storage.get_participant("ag2", "c1") is None
+    assert [m.seq for m in storage.messages_after("c1", 0, 10)] == [1]
 
 
 def test_assign_to_an_offline_agent_fails_and_writes_nothing(storage: Storage) -> None:
     storage.agent_connected("ag1", T0)
     before = storage.agent_disconnected("ag1", T0)
     storage.create_conversation(conversation("c1"))
-    assert storage.assign_conversation("c1", "ag1", at(1)) is False
+    with pytest.raises(AgentUnavailable) as raised:
+        assign(storage, "c1", "ag1", 1)
+    assert raised.value.agent_id == "ag1"
     assert storage.get_conversation("c1") == conversation("c1")
     assert storage.get_agent("ag1") == before
     assert storage.get_participant("ag1", "c1") is None
+    assert storage.get_message("c1", 1) is None
+    assert storage.pending_messages(NOW_EPOCH + 1, 10) == []
 
 
 def test_assign_to_an_unknown_agent_fails_and_writes_nothing(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
-    assert storage.assign_conversation("c1", "ghost", at(1)) is False
+    with pytest.raises(AgentUnavailable) as raised:
+        assign(storage, "c1", "ghost", 1)
+    assert raised.value.agent_id == "ghost"
     assert storage.get_conversation("c1") == conversation("c1")
     assert storage.get_agent("ghost") is None
     assert storage.get_participant("ghost", "c1") is None
+    assert storage.get_message("c1", 1) is None
+    assert storage.pending_messages(NOW_EPOCH + 1, 10) == []
+
+
+def test_assign_to_an_agent_at_capacity_fails_and_writes_nothing(storage: Storage) -> None:
+    online_agent(storage, "ag1")
+    full = storage.set_agent_status("ag1", None, 1, T0)
+    assert full.capacity == 1
+    storage.create_conversation(conversation("c1", created_at=at(0)))
+    storage.create_conversation(conversation("c2", created_at=at(1)))
+    assign(storage, "c1", "ag1", 2)
+    loaded = storage.get_agent("ag1")
+    assert loaded is not None and loaded.active_count == 1
+    with pytest.raises(AgentUnavailable):
+        assign(storage, "c2", "ag1", 3)
+    assert storage.get_conversation("c2") == conversation("c2", created_at=at(1))
+    assert storage.get_agent("ag1") == loaded
+    assert storage.get_message("c2", 1) is None
 
 
 def test_assign_unknown_conversation_fails_and_writes_nothing(storage: Storage) -> None:
     agent = storage.agent_connected("ag1", T0)
-    assert storage.assign_conversation("nope", "ag1", at(1)) is False
+    with pytest.raises(NotFound):
+        assign(storage, conversation("nope"), "ag1", 1)
     assert storage.get_conversation("nope") is None
     assert storage.get_agent("ag1") == agent
     assert storage.get_participant("ag1", "nope") is None
+    assert storage.get_message("nope", 1) is None
+    assert storage.pending_messages(NOW_EPOCH + 1, 10) == []
 
 
 def test_assign_keeps_the_cursor_of_an_agent_already_participating(storage: Storage) -> None:
     online_agent(storage, "ag1")
     storage.create_conversation(conversation("c1"))
     storage.add_participant(participant("ag1", "c1", role="agent", ack_seq=3))
-    assert storage.assign_conversation("c1", "ag1", at(1)) is True
+    assign(storage, "c1", "ag1", 1)
     member = storage.get_participant("ag1", "c1")
     assert member is not None and (member.ack_seq, member.joined_at) == (3, T0)
 
@@ -394,10 +448,11 @@ def test_append_to_a_closed_conversation_raises_closed_and_writes_nothing(storag
 def test_append_to_an_active_conversation_is_allowed(storage: Storage) -> None:
     online_agent(storage, "ag1")
     storage.create_conversation(conversation("c1"))
-    storage.assign_conversation("c1", "ag1", at(1))
-    append(storage, 1, sender_id="ag1")
+    assign(storage, "c1", "ag1", 1)  # the "assigned" system message is seq 1
+    append(storage, 2, sender_id="ag1")
     conv = storage.get_conversation("c1")
-    assert conv is not None and (conv.status, conv.last_seq) == ("active", 1)
+    assert conv is not None and (conv.status, conv.last_seq) == ("active", 2)
+    assert [m.sender_role for m in storage.messages_after("c1", 0, 10)] == ["system", "customer"]
 
 
 def test_append_to_an_unknown_conversation_raises_not_found_and_writes_nothing(storage: Storage) -> None:

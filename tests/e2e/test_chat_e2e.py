@@ -56,13 +56,26 @@ def uid(prefix):
 
 
 async def pair(cloud):
-    """A fresh agent (online first) and customer, connected, in one active conversation."""
+    """A fresh agent (online first) and customer, connected, in one active conversation.
+
+    The assignment is the conversation's seq 1, an "assigned" system message
+    (``conv["lastSeq"]`` after it); both clients have processed it on return.
+    """
     agent_id, customer_id = uid("agent"), uid("cust")
     agent = await connect(cloud.websocket_url, token(agent_id, "agent"))
     await agent.resume()  # the connect is recorded once the handshake is done
     status, conv = rest(cloud, "POST", "/conversations", customer_id)
     assert status == 201, conv
+    assert conv["lastSeq"] == 1
     customer = await connect(cloud.websocket_url, token(customer_id))
+    cid = conv["conversationId"]
+    for client in (agent, customer):
+        await client.resume({cid: 0})  # the customer connected after it: a replay (live copies are dropped)
+        [system] = await client.collect(cid, conv["lastSeq"])
+        assert system == {"type": "message", "conversationId": cid, "seq": 1, "messageId": "system-1",
+                          "senderId": "system", "senderRole": "system", "body": system["body"],
+                          "sentAt": system["sentAt"], "event": "assigned", "status": "active",
+                          "agentId": agent_id}
     return agent, agent_id, customer, customer_id, conv
 
 
@@ -73,19 +86,20 @@ def run(coro):
 def test_customer_and_agent_chat_both_ways(cloud):
     async def scenario():
         agent, agent_id, customer, customer_id, conv = await pair(cloud)
-        cid = conv["conversationId"]
+        cid, s = conv["conversationId"], conv["lastSeq"]
         assert conv["status"] == "active" and conv["agentId"] == agent_id
         acc = await customer.send(cid, "my parcel is late")
-        assert acc["seq"] == 1 and acc["duplicate"] is False
-        got = await agent.collect(cid, 1)
-        assert [(m["seq"], m["body"], m["senderId"]) for m in got] == [(1, "my parcel is late", customer_id)]
-        await agent.ack(cid, 1)
+        assert acc["seq"] == s + 1 and acc["duplicate"] is False
+        got = await agent.collect(cid, s + 1)
+        assert [(m["seq"], m["body"], m["senderId"]) for m in got] == [(s + 1, "my parcel is late", customer_id)]
+        await agent.ack(cid, s + 1)
         acc = await agent.send(cid, "let me check")
-        assert acc["seq"] == 2
-        got = await customer.collect(cid, 2)
-        assert [(m["seq"], m["senderRole"]) for m in got] == [(2, "agent")]
+        assert acc["seq"] == s + 2
+        got = await customer.collect(cid, s + 2)
+        assert [(m["seq"], m["senderRole"]) for m in got] == [(s + 2, "agent")]
         status, page = rest(cloud, "GET", f"/conversations/{cid}/messages", customer_id)
-        assert status == 200 and [m["body"] for m in page["messages"]] == ["my parcel is late", "let me check"]
+        assert status == 200 and [m["senderRole"] for m in page["messages"][:s]] == ["system"] * s
+        assert [m["body"] for m in page["messages"][s:]] == ["my parcel is late", "let me check"]
         await agent.close()
         await customer.close()
 
@@ -95,17 +109,17 @@ def test_customer_and_agent_chat_both_ways(cloud):
 def test_duplicate_send_gives_one_delivery_and_same_seq(cloud):
     async def scenario():
         agent, agent_id, customer, customer_id, conv = await pair(cloud)
-        cid = conv["conversationId"]
+        cid, s = conv["conversationId"], conv["lastSeq"]
         first = await customer.send(cid, "once", message_id="dup-1")
         again = await customer.send(cid, "once", message_id="dup-1")
-        assert again["seq"] == first["seq"] == 1 and again["duplicate"] is True
+        assert again["seq"] == first["seq"] == s + 1 and again["duplicate"] is True
         with pytest.raises(ErrorFrame) as info:
             await customer.send(cid, "twice?", message_id="dup-1")
         assert info.value.code == "conflict"
         nxt = await customer.send(cid, "next")
-        assert nxt["seq"] == 2
-        got = await agent_collect_all(agent, cid, 2)
-        assert [m["seq"] for m in got] == [1, 2]
+        assert nxt["seq"] == s + 2
+        got = await agent_collect_all(agent, cid, s + 2)
+        assert [m["seq"] for m in got] == [s + 1, s + 2]
         await agent.close()
         await customer.close()
 
@@ -124,10 +138,10 @@ async def agent_collect_all(client, cid, upto):
 def test_vanished_recipient_gets_message_on_resume(cloud):
     async def scenario():
         agent, agent_id, customer, customer_id, conv = await pair(cloud)
-        cid = conv["conversationId"]
+        cid, s = conv["conversationId"], conv["lastSeq"]
         await customer.send(cid, "first")
-        assert [m["seq"] for m in await agent.collect(cid, 1)] == [1]
-        await agent.ack(cid, 1)
+        assert [m["seq"] for m in await agent.collect(cid, s + 1)] == [s + 1]
+        await agent.ack(cid, s + 1)
         # the customer's network dies: no close frame
         customer.ws.transport.abort()
         await asyncio.sleep(0.3)
@@ -135,10 +149,11 @@ def test_vanished_recipient_gets_message_on_resume(cloud):
         await agent.send(cid, "hello?")
         back = await connect(cloud.websocket_url, token(customer_id))
         resumed = await back.resume({cid: 0})
-        assert resumed["conversations"][cid] == 3
+        assert resumed["conversations"][cid] == s + 3
         replay = processed(back.frames, cid)  # live copies may race the replay: the rule drops them
-        assert [m["seq"] for m in replay] == [1, 2, 3]
-        assert [m["body"] for m in replay[1:]] == ["are you there?", "hello?"]
+        assert [m["seq"] for m in replay] == list(range(1, s + 4))
+        assert [m["senderRole"] for m in replay[:s]] == ["system"] * s
+        assert [m["body"] for m in replay[s:]] == ["first", "are you there?", "hello?"]
         await agent.close()
         await back.close()
 
@@ -148,19 +163,19 @@ def test_vanished_recipient_gets_message_on_resume(cloud):
 def test_message_sent_while_agent_offline_arrives_on_resume(cloud):
     async def scenario():
         agent, agent_id, customer, customer_id, conv = await pair(cloud)
-        cid = conv["conversationId"]
+        cid, s = conv["conversationId"], conv["lastSeq"]
         await customer.send(cid, "before")
-        await agent.collect(cid, 1)
-        await agent.ack(cid, 1)
-        await wait_ack(cloud, agent_id, cid, 1)  # acks have no reply; one racing a close may be lost
+        await agent.collect(cid, s + 1)
+        await agent.ack(cid, s + 1)
+        await wait_ack(cloud, agent_id, cid, s + 1)  # acks have no reply; one racing a close may be lost
         await agent.close()
         await asyncio.sleep(0.2)
         await customer.send(cid, "while you were away")
         agent2 = await connect(cloud.websocket_url, token(agent_id, "agent"))
         resumed = await agent2.resume()  # no cursors: from the stored ack cursor
-        assert resumed["conversations"][cid] == 2
+        assert resumed["conversations"][cid] == s + 2
         replay = [f for f in agent2.frames if f.get("type") == "message"]
-        assert {(m["seq"], m["body"]) for m in replay} == {(2, "while you were away")}
+        assert {(m["seq"], m["body"]) for m in replay} == {(s + 2, "while you were away")}
         await agent2.close()
         await customer.close()
 
@@ -198,7 +213,7 @@ def test_malformed_frame_gets_error_and_connection_keeps_working(cloud):
                 err = await customer.next_error()
             assert err["type"] == "error" and err["code"] == code
         acc = await customer.send(cid, "still here")
-        assert acc["seq"] == 1
+        assert acc["seq"] == conv["lastSeq"] + 1
         await agent.close()
         await customer.close()
 
@@ -238,8 +253,9 @@ def test_stale_connection_record_is_pruned_on_410(cloud):
             "connectedAt": {"S": "2026-01-01T00:00:00.000Z"},
             "domainName": {"S": f"127.0.0.1:{cloud.ws_port}"}, "stage": {"S": "api"},
             "expiresAt": {"N": str(int(time.time()) + 3600)}})
+        s = conv["lastSeq"]
         await customer.send(cid, "ping")
-        assert [m["seq"] for m in await agent.collect(cid, 1)] == [1]
+        assert [m["seq"] for m in await agent.collect(cid, s + 1)] == [s + 1]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             item = ddb.get_item(TableName="oncechat-local-connections",
@@ -266,7 +282,7 @@ def test_concurrent_senders_over_sockets_get_gapless_seqs(cloud):
     """Many clients racing in one conversation: distinct, gapless seqs, each message stored once."""
     async def scenario():
         agent, agent_id, customer, customer_id, conv = await pair(cloud)
-        cid = conv["conversationId"]
+        cid, s = conv["conversationId"], conv["lastSeq"]
         phones = [await connect(cloud.websocket_url, token(customer_id)) for _ in range(3)]
         senders = [customer, agent, *phones]
 
@@ -282,9 +298,10 @@ def test_concurrent_senders_over_sockets_get_gapless_seqs(cloud):
             by_id.setdefault(a["messageId"], set()).add(a["seq"])
         assert all(len(s) == 1 for s in by_id.values())  # a duplicate always gets the same seq
         seqs = sorted(next(iter(s)) for s in by_id.values())
-        assert seqs == list(range(1, 5 * 15 + 1))
+        assert seqs == list(range(s + 1, s + 5 * 15 + 1))
         status, page = rest(cloud, "GET", f"/conversations/{cid}/messages?limit=100", customer_id)
-        assert [m["seq"] for m in page["messages"]] == seqs
+        assert [m["seq"] for m in page["messages"][s:]] == seqs
+        assert [m["senderRole"] for m in page["messages"][:s]] == ["system"] * s
         for c in senders:
             await c.close()
 

@@ -21,23 +21,43 @@ def table_items(name):
 
 @pytest.fixture
 def chat(cloud):
-    """An agent and a customer, connected, in one active conversation."""
+    """An agent and a customer, connected, in one active conversation.
+
+    The assignment is the conversation's seq 1: an "assigned" system message,
+    delivered here like any message; the frames pushed so far are then
+    forgotten, so tests see only their own.
+    """
     agent, resp = cloud.connect("agent-1", "agent")
     assert resp["statusCode"] == 200
     customer, resp = cloud.connect("cust-1")
     assert resp["statusCode"] == 200
     status, conv = cloud.rest("POST", "/conversations", "cust-1")
     assert status == 201 and conv["status"] == "active" and conv["agentId"] == "agent-1"
-    return cloud, customer, agent, conv["conversationId"]
+    assert conv["lastSeq"] == 1
+    cid = conv["conversationId"]
+    cloud.consume()
+    for conn in (customer, agent):
+        [system] = cloud.pushes.of(conn, "message")
+        assert system == {"type": "message", "conversationId": cid, "seq": 1, "messageId": "system-1",
+                          "senderId": "system", "senderRole": "system", "body": system["body"],
+                          "sentAt": system["sentAt"], "event": "assigned", "status": "active",
+                          "agentId": "agent-1"}
+    cloud.pushes.frames.clear()
+    return cloud, customer, agent, cid
+
+
+def last_seq(cloud, cid):
+    """The conversation's counter (what the setup's system messages used)."""
+    return cloud.mod.handlers.chat.storage.get_conversation(cid).last_seq
 
 
 def send(cloud, conn, cid, mid, body="hello"):
     return cloud.frame(conn, {"action": "send", "conversationId": cid, "messageId": mid, "body": body})
 
 
-def processed(frames, cid):
-    """What a client following the protocol's rule processes, in order."""
-    last, out = 0, []
+def processed(frames, cid, last=0):
+    """What a client following the protocol's rule processes, in order, from its cursor ``last``."""
+    out = []
     for f in frames:
         if f["type"] == "message" and f["conversationId"] == cid and f["seq"] == last + 1:
             out.append(f["seq"])
@@ -102,30 +122,32 @@ def test_stage_without_secret_refuses_handlers(cloud, monkeypatch):
 
 def test_message_reaches_agent_and_senders_other_device(chat):
     cloud, customer, agent, cid = chat
+    s = last_seq(cloud, cid)
     phone, _ = cloud.connect("cust-1")
     acc = send(cloud, customer, cid, "m1", "where is my order?")
-    assert acc["type"] == "accepted" and acc["seq"] == 1 and acc["duplicate"] is False
+    assert acc["type"] == "accepted" and acc["seq"] == s + 1 and acc["duplicate"] is False
     cloud.consume()
     [msg] = cloud.pushes.of(agent, "message")
-    assert msg == {"type": "message", "conversationId": cid, "seq": 1, "messageId": "m1",
+    assert msg == {"type": "message", "conversationId": cid, "seq": s + 1, "messageId": "m1",
                    "senderId": "cust-1", "senderRole": "customer", "body": "where is my order?",
                    "sentAt": acc["sentAt"]}
-    assert [f["seq"] for f in cloud.pushes.of(phone, "message")] == [1]
+    assert [f["seq"] for f in cloud.pushes.of(phone, "message")] == [s + 1]
     assert cloud.pushes.of(customer, "message") == []
     reply = send(cloud, agent, cid, "r1", "on its way")
     cloud.consume()
-    assert reply["seq"] == 2 and cloud.pushes.of(customer, "message")[0]["body"] == "on its way"
+    assert reply["seq"] == s + 2 and cloud.pushes.of(customer, "message")[0]["body"] == "on its way"
 
 
 def test_duplicate_send_one_item_one_seq_one_processed_delivery(chat):
     cloud, customer, agent, cid = chat
+    s = last_seq(cloud, cid)  # the system messages before it have no idempotency record
     first = send(cloud, customer, cid, "m1")
     cloud.consume()
     again = send(cloud, customer, cid, "m1")
-    assert (again["seq"], again["duplicate"], again["sentAt"]) == (1, True, first["sentAt"])
+    assert (again["seq"], again["duplicate"], again["sentAt"]) == (s + 1, True, first["sentAt"])
     cloud.consume()
-    assert len(table_items("messages")) == 1 and len(table_items("idempotency")) == 1
-    assert processed(cloud.pushes.of(agent), cid) == [1]
+    assert len(table_items("messages")) == s + 1 and len(table_items("idempotency")) == 1
+    assert processed(cloud.pushes.of(agent), cid, last=s) == [s + 1]
 
 
 def test_conflicting_reuse_of_message_id(chat):
@@ -163,6 +185,7 @@ class _AtomicRequests:
 
 def test_concurrent_senders_gapless(chat, monkeypatch):
     cloud, customer, agent, cid = chat
+    s = last_seq(cloud, cid)
     storage = cloud.mod.handlers.chat.storage
     monkeypatch.setattr(storage, "_client", _AtomicRequests(storage._db))
     sent, lock = {customer: set(), agent: set()}, threading.Lock()
@@ -178,9 +201,9 @@ def test_concurrent_senders_gapless(chat, monkeypatch):
                ((customer, "c"), (agent, "a"), (customer, "c"), (agent, "a"))]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert sorted(sent[customer] | sent[agent]) == list(range(1, 25))
+    assert sorted(sent[customer] | sent[agent]) == list(range(s + 1, s + 25))
     assert len(sent[customer]) == len(sent[agent]) == 12
-    assert len(table_items("messages")) == 24
+    assert len(table_items("messages")) == s + 24
     cloud.consume()
     # each side received exactly the other side's messages, in FIFO order
     got = [f["seq"] for f in cloud.pushes.of(agent, "message")]
@@ -205,6 +228,7 @@ def test_stale_connection_is_pruned_on_410(chat, monkeypatch):
 
 def test_other_push_failure_leaves_batch_for_redelivery(chat):
     cloud, customer, agent, cid = chat
+    s = last_seq(cloud, cid)
     cloud.pushes.failing.add(agent)
     send(cloud, customer, cid, "m1")
     with pytest.raises(Exception, match="push"):
@@ -215,7 +239,7 @@ def test_other_push_failure_leaves_batch_for_redelivery(chat):
     cloud.pushes.failing.clear()
     _expire_in_flight(cloud)
     cloud.consume()
-    assert processed(cloud.pushes.of(agent), cid) == [1]
+    assert processed(cloud.pushes.of(agent), cid, last=s) == [s + 1]
 
 
 def _expire_in_flight(cloud):
@@ -229,50 +253,59 @@ def _expire_in_flight(cloud):
 
 def test_acked_recipient_is_skipped_on_redelivery(chat):
     cloud, customer, agent, cid = chat
-    send(cloud, customer, cid, "m1")
-    cloud.frame(agent, {"action": "ack", "conversationId": cid, "seq": 1})
+    acc = send(cloud, customer, cid, "m1")
+    cloud.frame(agent, {"action": "ack", "conversationId": cid, "seq": acc["seq"]})
     cloud.consume()
     assert cloud.pushes.of(agent, "message") == []
 
 
 def test_ack_cursor_never_moves_back(chat):
     cloud, customer, agent, cid = chat
+    s = last_seq(cloud, cid)
     for i in range(5):
         send(cloud, customer, cid, f"m{i}")
-    assert cloud.frame(agent, {"action": "ack", "conversationId": cid, "seq": 4}) is None
-    cloud.frame(agent, {"action": "ack", "conversationId": cid, "seq": 2})
+    assert cloud.frame(agent, {"action": "ack", "conversationId": cid, "seq": s + 4}) is None
+    cloud.frame(agent, {"action": "ack", "conversationId": cid, "seq": s + 2})
     [p] = [i for i in table_items("participants")
            if i["userId"]["S"] == "agent-1" and i["conversationId"]["S"] == cid]
-    assert int(p["ackSeq"]["N"]) == 4
+    assert int(p["ackSeq"]["N"]) == s + 4
 
 
 def test_resume_pages_through_long_backlog(chat):
     cloud, customer, agent, cid = chat
+    # rate limits are not under test here: let one customer send the whole backlog at once
+    object.__setattr__(cloud.mod.handlers.chat.config, "rate_user_sends", 1000)  # a frozen dataclass
+    object.__setattr__(cloud.mod.handlers.chat.config, "rate_connection_sends", 1000)
+    s = last_seq(cloud, cid)
     for i in range(250):
-        assert send(cloud, customer, cid, f"m{i}")["seq"] == i + 1
+        assert send(cloud, customer, cid, f"m{i}")["seq"] == s + i + 1
+    total = s + 250
     laptop, _ = cloud.connect("agent-1", "agent")
     last = 0
     for _ in range(5):
         cloud.frame(laptop, {"action": "resume", "cursors": {cid: last}})
         frames = cloud.pushes.of(laptop)
-        assert frames[-1]["type"] == "resumed" and frames[-1]["conversations"][cid] == 250
+        assert frames[-1]["type"] == "resumed" and frames[-1]["conversations"][cid] == total
         last = processed(frames, cid)[-1]
-        if last == 250:
+        if last == total:
             break
-    assert processed(cloud.pushes.of(laptop), cid) == list(range(1, 251))
-    # 250 messages, pages of 30, at most 100 per resume: three resumes
+    assert processed(cloud.pushes.of(laptop), cid) == list(range(1, total + 1))
+    first = cloud.pushes.of(laptop, "message")[0]
+    assert (first["seq"], first["senderRole"], first["event"]) == (1, "system", "assigned")
+    # 251 messages (the system message and 250), pages of 30, at most 100 per resume: three resumes
     assert len(cloud.pushes.of(laptop, "resumed")) == 3
 
 
 def test_resume_of_unlisted_conversation_uses_stored_cursor(chat):
     cloud, customer, agent, cid = chat
+    s = last_seq(cloud, cid)
     for i in range(4):
         send(cloud, customer, cid, f"m{i}")
-    cloud.frame(agent, {"action": "ack", "conversationId": cid, "seq": 3})
+    cloud.frame(agent, {"action": "ack", "conversationId": cid, "seq": s + 3})
     fresh, _ = cloud.connect("agent-1", "agent")
     cloud.frame(fresh, {"action": "resume", "cursors": {}})
-    assert [f["seq"] for f in cloud.pushes.of(fresh, "message")] == [4]
-    assert cloud.pushes.of(fresh)[-1] == {"type": "resumed", "conversations": {cid: 4}}
+    assert [f["seq"] for f in cloud.pushes.of(fresh, "message")] == [s + 4]
+    assert cloud.pushes.of(fresh)[-1] == {"type": "resumed", "conversations": {cid: s + 4}}
 
 
 # --------------------------------------------------------------- bad input
@@ -318,13 +351,20 @@ def test_disconnect_removes_record(chat):
 
 def test_rest_messages_pagination_and_errors(chat):
     cloud, customer, agent, cid = chat
+    s = last_seq(cloud, cid)
     for i in range(5):
         send(cloud, customer, cid, f"m{i}", f"body {i}")
-    status, page = cloud.rest("GET", f"/conversations/{cid}/messages?after=1&limit=2", "agent-1", "agent")
-    assert status == 200 and [m["seq"] for m in page["messages"]] == [2, 3] and page["next"] == 3
+    status, page = cloud.rest("GET", f"/conversations/{cid}/messages?after={s + 1}&limit=2",
+                              "agent-1", "agent")
+    assert status == 200 and [m["seq"] for m in page["messages"]] == [s + 2, s + 3]
+    assert page["next"] == s + 3
     assert page["messages"][0]["body"] == "body 1"
-    status, page = cloud.rest("GET", f"/conversations/{cid}/messages?after=3", "cust-1")
-    assert [m["seq"] for m in page["messages"]] == [4, 5] and page["next"] is None
+    status, page = cloud.rest("GET", f"/conversations/{cid}/messages?after={s + 3}", "cust-1")
+    assert [m["seq"] for m in page["messages"]] == [s + 4, s + 5] and page["next"] is None
+    status, page = cloud.rest("GET", f"/conversations/{cid}/messages?limit=1", "cust-1")
+    [first] = page["messages"]  # the history starts with the assignment
+    assert (first["seq"], first["senderRole"], first["event"]) == (1, "system", "assigned")
+    assert page["next"] == 1
     assert cloud.rest("GET", f"/conversations/{cid}/messages?limit=0", "cust-1")[0] == 400
     assert cloud.rest("GET", f"/conversations/{cid}/messages?after=x", "cust-1")[1]["code"] == "bad_request"
     assert cloud.rest("GET", "/conversations/missing/messages", "cust-1")[0] == 404
@@ -339,7 +379,12 @@ def test_waiting_conversation_assigned_when_agent_connects(cloud):
     assert conv["lastSeq"] == 0 and conv["createdAt"].endswith("Z")
     cloud.connect("agent-7", "agent")
     status, page = cloud.rest("GET", f"/conversations/{conv['conversationId']}/messages", "agent-7", "agent")
-    assert status == 200 and page == {"messages": [], "next": None}
+    assert status == 200 and page["next"] is None and page["prev"] is None
+    [system] = page["messages"]  # the assignment, recorded as the conversation's first message
+    assert system == {"type": "message", "conversationId": conv["conversationId"], "seq": 1,
+                      "messageId": "system-1", "senderId": "system", "senderRole": "system",
+                      "body": system["body"], "sentAt": system["sentAt"], "event": "assigned",
+                      "status": "active", "agentId": "agent-7"}
 
 
 def test_scheduled_sweeper_recovers_commit_without_enqueue(chat, monkeypatch):
@@ -377,7 +422,7 @@ def test_poison_delivery_lands_in_dlq_and_redrive_brings_it_back(chat):
 
     cloud, customer, agent, cid = chat
     cloud.pushes.failing.add(agent)  # the agent's endpoint keeps failing
-    send(cloud, customer, cid, "m1", "stuck")
+    stuck = send(cloud, customer, cid, "m1", "stuck")["seq"]
     for _ in range(5):  # maxReceiveCount = 5
         with pytest.raises(Exception):
             cloud.consume()
@@ -385,7 +430,7 @@ def test_poison_delivery_lands_in_dlq_and_redrive_brings_it_back(chat):
     assert cloud.consume() == 0  # the 6th receive moved it to the DLQ
     dlq_url = cloud.sqs.get_queue_url(QueueName=f"oncechat-{STAGE}-delivery-dlq.fifo")["QueueUrl"]
     listed = dlq.list_dlq(cloud.sqs, dlq_url, 10)
-    assert [(m["conversationId"], m["seq"], m["group"]) for m in listed] == [(cid, 1, cid)]
+    assert [(m["conversationId"], m["seq"], m["group"]) for m in listed] == [(cid, stuck, cid)]
     cloud.pushes.failing.clear()
     assert dlq.redrive(cloud.sqs, dlq_url, cloud.queue_url, 10) == 1
     assert dlq.list_dlq(cloud.sqs, dlq_url, 10) == []

@@ -23,7 +23,7 @@ def test_chalice_package_merges_app_and_data_stack(tmp_path):
     template = yaml.load((out / "sam.yaml").read_text(), Loader=_CfnLoader)
     resources = template["Resources"]
     types = [r["Type"] for r in resources.values()]
-    assert types.count("AWS::DynamoDB::Table") == 6
+    assert types.count("AWS::DynamoDB::Table") == 7
     assert types.count("AWS::SQS::Queue") == 2
     routes = {r["Properties"]["RouteKey"] for r in resources.values()
               if r["Type"] == "AWS::ApiGatewayV2::Route"}
@@ -33,6 +33,14 @@ def test_chalice_package_merges_app_and_data_stack(tmp_path):
     assert source["BatchSize"] == 10
     env_vars = resources["Deliver"]["Properties"]["Environment"]["Variables"]
     assert env_vars["STAGE"] == "prod" and env_vars["MESSAGES_TABLE"] == "oncechat-prod-messages"
+    assert env_vars["LIMITS_TABLE"] == "oncechat-prod-limits"
+    paths = resources["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
+    assert {(p, m) for p, ops in paths.items() for m in ops if m != "options"} >= {
+        ("/conversations", "post"), ("/conversations", "get"), ("/conversations/{conversation_id}", "get"),
+        ("/conversations/{conversation_id}/messages", "get"),
+        ("/conversations/{conversation_id}/close", "post"),
+        ("/conversations/{conversation_id}/transfer", "post"),
+        ("/agents/me/status", "put"), ("/agents", "get"), ("/queue", "get")}
 
 
 class _CfnLoader(yaml.SafeLoader):

@@ -113,6 +113,10 @@ class ExactlyOnce(RuleBasedStateMachine):
             self.connect(self.devices[name])
         conv = self.chat.create_conversation(self.chat.principal_of("cust-phone-1"))
         assert conv.agent_id == "agent"
+        # the assignment is seq 1, a system message every device must process like any other
+        system = self.chat.storage.get_message("conv1", 1)
+        assert conv.last_seq == 1 and system is not None
+        assert (system.sender_role, system.event, system.agent_id) == ("system", "assigned", "agent")
 
     @rule(device=st.sampled_from(DEVICES), n=st.integers(0, 5), body=st.sampled_from("abc"),
           enqueue_dies=st.booleans())

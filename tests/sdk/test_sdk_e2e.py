@@ -64,7 +64,16 @@ def history(cloud, cid: str, user: str) -> list[dict]:
     return out
 
 
+def assert_assigned(messages: list[Message], agent_id: str) -> None:
+    """The transcript starts with the "assigned" system message, seq 1, naming the agent."""
+    first = messages[0]
+    assert (first.seq, first.sender_id, first.sender_role, first.message_id) == (
+        1, "system", "system", "system-1")
+    assert agent_id in first.body
+
+
 async def pair(cloud, **customer_kwargs):
+    """An agent and a customer in one active conversation; also its last seq (the assignment)."""
     agent_id, customer_id = uid("agent"), uid("cust")
     agent = sdk(cloud, agent_id, "agent")
     await agent.connect()  # the agent is online once connect() returns
@@ -72,27 +81,31 @@ async def pair(cloud, **customer_kwargs):
     await customer.connect()
     conv = await customer.open_conversation()
     assert conv.status == "active" and conv.agent_id == agent_id
-    return agent, customer, conv.conversation_id
+    assert conv.last_seq == 1  # the "assigned" system message
+    return agent, customer, conv.conversation_id, conv.last_seq
 
 
 def test_customer_and_agent_see_one_complete_transcript(cloud):
     async def scenario():
         states: list[ConnectionState] = []
-        agent, customer, cid = await pair(cloud, on_state=states.append)
+        agent, customer, cid, s = await pair(cloud, on_state=states.append)
         first = await customer.send(cid, "my parcel is late")
-        assert (first.seq, first.duplicate) == (1, False)
-        seen_by_agent = await collect(agent, cid, 1)
-        assert [(m.seq, m.sender_id, m.body) for m in seen_by_agent] == [(1, customer.user_id, "my parcel is late")]
+        assert (first.seq, first.duplicate) == (s + 1, False)
+        seen_by_agent = await collect(agent, cid, s + 1)
+        assert_assigned(seen_by_agent, agent.user_id)
+        assert [(m.seq, m.sender_id, m.body) for m in seen_by_agent[s:]] == [
+            (s + 1, customer.user_id, "my parcel is late")]
         reply = await agent.send(cid, "let me check")
-        assert reply.seq == 2
-        both = await collect(customer, cid, 2)  # the own message is part of the customer's transcript
-        assert [(m.seq, m.sender_role, m.body) for m in both] == [
-            (1, "customer", "my parcel is late"), (2, "agent", "let me check")]
-        assert [m.seq for m in await collect(agent, cid, 2)] == [2]
+        assert reply.seq == s + 2
+        both = await collect(customer, cid, s + 2)  # the own message is part of the customer's transcript
+        assert_assigned(both, agent.user_id)
+        assert [(m.seq, m.sender_role, m.body) for m in both[s:]] == [
+            (s + 1, "customer", "my parcel is late"), (s + 2, "agent", "let me check")]
+        assert [m.seq for m in await collect(agent, cid, s + 2)] == [s + 2]
         with pytest.raises(SendRejected) as info:
             await customer.send(cid, "same id, other body", message_id=first.message_id)
         assert info.value.code == "conflict"
-        assert customer.cursors == {cid: 2}
+        assert customer.cursors == {cid: s + 2}
         await customer.close()
         await agent.close()
         assert states == [ConnectionState.CONNECTING, ConnectionState.CONNECTED, ConnectionState.CLOSED]
@@ -114,7 +127,7 @@ def delete_connection(mgmt, conn: str) -> None:
 
 def test_connections_killed_while_sending_lose_and_duplicate_nothing(cloud):
     async def scenario():
-        agent, customer, cid = await pair(cloud, send_timeout=2.0)
+        agent, customer, cid, s = await pair(cloud, send_timeout=2.0)
         mgmt = cloud.client("apigatewaymanagementapi")
         n_customer, n_agent = 40, 20
         futures = []
@@ -135,18 +148,20 @@ def test_connections_killed_while_sending_lose_and_duplicate_nothing(cloud):
                 await asyncio.sleep(0.02)
 
         total = n_customer + n_agent
-        customer_view = asyncio.create_task(collect(customer, cid, total))
-        agent_view = asyncio.create_task(collect(agent, cid, total))
+        customer_view = asyncio.create_task(collect(customer, cid, s + total))
+        agent_view = asyncio.create_task(collect(agent, cid, s + total))
         await asyncio.gather(customer_burst(), agent_burst())
         accepted = await asyncio.gather(*futures)
-        assert sorted(a.seq for a in accepted) == list(range(1, total + 1))  # unique and gapless
+        assert sorted(a.seq for a in accepted) == list(range(s + 1, s + total + 1))  # unique and gapless
         for view in await asyncio.gather(customer_view, agent_view):
-            assert [m.seq for m in view] == list(range(1, total + 1))  # each once, in order
-            assert sorted(m.body for m in view) == sorted([f"c{i}" for i in range(n_customer)] +
-                                                          [f"a{i}" for i in range(n_agent)])
+            assert [m.seq for m in view] == list(range(1, s + total + 1))  # each once, in order
+            assert_assigned(view, agent.user_id)
+            assert sorted(m.body for m in view[s:]) == sorted([f"c{i}" for i in range(n_customer)] +
+                                                              [f"a{i}" for i in range(n_agent)])
         stored = await asyncio.to_thread(history, cloud, cid, customer.user_id)
-        assert [m["seq"] for m in stored] == list(range(1, total + 1))
-        assert len({m["body"] for m in stored}) == total  # no message stored twice
+        assert [m["seq"] for m in stored] == list(range(1, s + total + 1))
+        assert [m["senderRole"] for m in stored[:s]] == ["system"] * s
+        assert len({m["body"] for m in stored[s:]}) == total  # no message stored twice
         await customer.close()
         await agent.close()
 
@@ -161,9 +176,13 @@ def test_restart_with_sqlite_resends_the_outbox_and_resumes_from_the_cursor(clou
         db = tmp_path / "customer.db"
         first = sdk(cloud, customer_id, store=SqliteStore(db))
         await first.connect()
-        cid = (await first.open_conversation()).conversation_id
-        await first.send(cid, "m0")
-        assert [m.seq for m in await collect(first, cid, 1)] == [1]  # processed: the cursor is 1
+        conv = await first.open_conversation()
+        cid, s = conv.conversation_id, conv.last_seq  # seq 1..s: the assignment
+        assert s == 1
+        assert (await first.send(cid, "m0")).seq == s + 1
+        seen = await collect(first, cid, s + 1)
+        assert_assigned(seen, agent_id)
+        assert [m.seq for m in seen] == list(range(1, s + 2))  # processed: the cursor is s + 1
         for i in range(1, 10):
             first.send(cid, f"m{i}")  # not awaited: the process "dies" right away
         first._ws.transport.abort()
@@ -175,13 +194,14 @@ def test_restart_with_sqlite_resends_the_outbox_and_resumes_from_the_cursor(clou
         await second.connect()
         await second.flush(timeout=20)
         assert all(f.done() and not f.exception() for f in pending.values())
-        seen = await collect(second, cid, 10)
-        assert [m.seq for m in seen] == list(range(2, 11))  # from the stored cursor, nothing twice
+        seen = await collect(second, cid, s + 10)
+        assert [m.seq for m in seen] == list(range(s + 2, s + 11))  # from the stored cursor, nothing twice
         stored = await asyncio.to_thread(history, cloud, cid, customer_id)
-        assert sorted(m["body"] for m in stored) == sorted(f"m{i}" for i in range(10))
-        assert [m["seq"] for m in stored] == list(range(1, 11))
-        got = await collect(agent, cid, 10)
-        assert [m.seq for m in got] == list(range(1, 11))
+        assert [m["senderRole"] for m in stored[:s]] == ["system"] * s
+        assert sorted(m["body"] for m in stored[s:]) == sorted(f"m{i}" for i in range(10))
+        assert [m["seq"] for m in stored] == list(range(1, s + 11))
+        got = await collect(agent, cid, s + 10)
+        assert [m.seq for m in got] == list(range(1, s + 11))
         await second.close()
         await agent.close()
 
@@ -197,16 +217,20 @@ def test_offline_agent_catches_up_from_its_cursor_exactly_once(cloud):
         await agent.connect()
         customer = sdk(cloud, customer_id)
         await customer.connect()
-        cid = (await customer.open_conversation()).conversation_id
+        conv = await customer.open_conversation()
+        cid, s = conv.conversation_id, conv.last_seq  # seq 1..s: the assignment
+        assert s == 1
         await customer.send(cid, "m1")
-        assert [m.seq for m in await collect(agent, cid, 1)] == [1]
+        seen = await collect(agent, cid, s + 1)
+        assert_assigned(seen, agent_id)
+        assert [m.seq for m in seen] == list(range(1, s + 2))
         await agent.close()
         for i in range(2, 8):
             await customer.send(cid, f"m{i}")
         again = sdk(cloud, agent_id, "agent", store=store)
         await again.connect()
-        seen = await asyncio.wait_for(collect(again, cid, 7), 15)
-        assert [(m.seq, m.body) for m in seen] == [(i, f"m{i}") for i in range(2, 8)]
+        seen = await asyncio.wait_for(collect(again, cid, s + 7), 15)
+        assert [(m.seq, m.body) for m in seen] == [(s + i, f"m{i}") for i in range(2, 8)]
         await again.close()
         await customer.close()
 
@@ -244,5 +268,10 @@ def test_documented_example_runs(cloud):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     for who in ("customer", "agent"):
-        assert [int(line.split("[")[1].split("]")[0]) for line in lines if line.startswith(f"{who} sees")] \
-            == [1, 2, 3, 4, 5, 6]
+        seen = [line for line in lines if line.startswith(f"{who} sees")]
+        # "<who> sees [seq] <role> <sender>: <body>": the assignment (seq 1, by the system),
+        # then three questions and three answers
+        parsed = [(int(line.split("[")[1].split("]")[0]), line.split("] ")[1].split(" ")[0]) for line in seen]
+        assert [seq for seq, _ in parsed] == [1, 2, 3, 4, 5, 6, 7]
+        assert parsed[0] == (1, "system")
+        assert sorted(role for _, role in parsed[1:]) == ["agent"] * 3 + ["customer"] * 3

@@ -28,8 +28,10 @@ class Clock:
 
 @pytest.fixture
 def env():
+    # Rate limits are not under test here (the message path is): high enough for the backlogs.
     config = Config.from_env({"STAGE": "test", "JWT_SECRET": SECRET, "RESUME_MAX_MESSAGES": "500",
-                              "PAGE_SIZE": "40"})
+                              "PAGE_SIZE": "40", "RATE_USER_SENDS": "100000",
+                              "RATE_CONNECTION_SENDS": "100000"})
     storage, queue, pusher = MemoryStorage(), MemoryQueue(), MemoryPusher()
     ids = iter(f"conv{i}" for i in range(1000))
     chat = ChatService(config, storage, queue, pusher, clock=Clock(), new_id=lambda: next(ids))
@@ -53,14 +55,33 @@ def pump(chat):
     return DeliveryService(chat).deliver(d.to_json() for d in chat.queue.drain())
 
 
+def last_seq(chat, cid):
+    return chat.storage.get_conversation(cid).last_seq
+
+
 @pytest.fixture
 def chatting(env):
-    """alice (customer) and bob (agent), connected, in one active conversation."""
+    """alice (customer) and bob (agent), connected, in one active conversation.
+
+    The assignment is the conversation's first message: the "assigned" system
+    message at seq 1, enqueued and delivered like any message. It is delivered
+    here, and the frames pushed so far forgotten, so tests see only their own.
+    """
     bob = connect(env, "bob", "agent")
     alice = connect(env, "alice", "customer")
     conv = env.create_conversation(env.principal_of(alice.connection_id))
-    assert conv.status == "active" and conv.agent_id == "bob"
-    return env, alice, bob, conv.conversation_id
+    cid = conv.conversation_id
+    assert conv.status == "active" and conv.agent_id == "bob" and conv.last_seq == 1
+    system = env.storage.get_message(cid, 1)
+    assert (system.sender_id, system.sender_role, system.message_id) == ("system", "system", "system-1")
+    assert (system.event, system.status, system.agent_id) == ("assigned", "active", "bob")
+    assert [d.message.seq for d in env.queue.items] == [1]
+    assert pump(env) == 2
+    for who in (alice, bob):
+        [msg] = env.pusher.frames(who.connection_id, "message")
+        assert (msg["seq"], msg["senderRole"], msg["event"], msg["agentId"]) == (1, "system", "assigned", "bob")
+    env.pusher.sent.clear()
+    return env, alice, bob, cid
 
 
 def test_bad_token_is_refused_and_nothing_recorded(env):
@@ -75,34 +96,37 @@ def test_bad_token_is_refused_and_nothing_recorded(env):
 
 def test_send_is_accepted_stored_and_enqueued_once(chatting):
     chat, alice, bob, cid = chatting
+    s = last_seq(chat, cid)  # the system message(s) before it
     acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hello")
-    assert acc["type"] == "accepted" and acc["seq"] == 1 and acc["duplicate"] is False
+    assert acc["type"] == "accepted" and acc["seq"] == s + 1 and acc["duplicate"] is False
     assert acc["sentAt"].endswith("Z")
-    assert [d.message.seq for d in chat.queue.items] == [1]
-    assert chat.storage.get_message(cid, 1).body == "hello"
+    assert [d.message.seq for d in chat.queue.items] == [s + 1]
+    assert chat.storage.get_message(cid, s + 1).body == "hello"
 
 
 def test_duplicate_send_same_seq_and_reenqueued(chatting):
     chat, alice, bob, cid = chatting
+    s = last_seq(chat, cid)
     first = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hello")
     again = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hello")
-    assert again["seq"] == first["seq"] and again["sentAt"] == first["sentAt"]
+    assert again["seq"] == first["seq"] == s + 1 and again["sentAt"] == first["sentAt"]
     assert again["duplicate"] is True
-    assert chat.storage.get_conversation(cid).last_seq == 1
+    assert chat.storage.get_conversation(cid).last_seq == s + 1
     # the duplicate re-enqueues the same message (it may never have been enqueued)
-    assert [d.message.seq for d in chat.queue.items] == [1, 1]
+    assert [d.message.seq for d in chat.queue.items] == [s + 1, s + 1]
 
 
 def test_commit_then_enqueue_failure_is_repaired_by_retry(chatting):
     chat, alice, bob, cid = chatting
+    s = last_seq(chat, cid)
     chat.queue.fail_next = 1
     err = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
     assert err["type"] == "error" and err["code"] == "internal" and err["messageId"] == "m1"
-    assert chat.queue.items == [] and chat.storage.get_conversation(cid).last_seq == 1
+    assert chat.queue.items == [] and chat.storage.get_conversation(cid).last_seq == s + 1
     acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
-    assert acc["seq"] == 1 and acc["duplicate"] is True
+    assert acc["seq"] == s + 1 and acc["duplicate"] is True
     pump(chat)
-    assert [f["seq"] for f in chat.pusher.frames(bob.connection_id, "message")] == [1]
+    assert [f["seq"] for f in chat.pusher.frames(bob.connection_id, "message")] == [s + 1]
 
 
 def test_same_message_id_other_body_conflicts(chatting):
@@ -114,13 +138,15 @@ def test_same_message_id_other_body_conflicts(chatting):
 
 def test_message_ids_are_per_sender(chatting):
     chat, alice, bob, cid = chatting
+    s = last_seq(chat, cid)
     a = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
     b = frame(chat, bob, action="send", conversationId=cid, messageId="m1", body="y")
-    assert (a["seq"], b["seq"]) == (1, 2) and b["duplicate"] is False
+    assert (a["seq"], b["seq"]) == (s + 1, s + 2) and b["duplicate"] is False
 
 
 def test_concurrent_senders_get_gapless_distinct_seqs(chatting):
     chat, alice, bob, cid = chatting
+    s = last_seq(chat, cid)
     results, lock = [], threading.Lock()
 
     def worker(who, n):
@@ -135,18 +161,19 @@ def test_concurrent_senders_get_gapless_distinct_seqs(chatting):
     # two threads per user reuse messageIds: racing duplicates must map to one seq
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert sorted(set(results)) == list(range(1, 61))
-    assert chat.storage.get_conversation(cid).last_seq == 60
+    assert sorted(set(results)) == list(range(s + 1, s + 61))
+    assert chat.storage.get_conversation(cid).last_seq == s + 60
     assert len(results) == 120  # every send was answered
 
 
 def test_delivery_reaches_everyone_but_origin(chatting):
     chat, alice, bob, cid = chatting
     alice2 = connect(chat, "alice", "customer", "alice-phone")
+    s = last_seq(chat, cid)
     frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
     assert pump(chat) == 2
     assert [f["body"] for f in chat.pusher.frames(bob.connection_id, "message")] == ["hi"]
-    assert [f["seq"] for f in chat.pusher.frames(alice2.connection_id, "message")] == [1]
+    assert [f["seq"] for f in chat.pusher.frames(alice2.connection_id, "message")] == [s + 1]
     assert chat.pusher.frames(alice.connection_id, "message") == []
     msg = chat.pusher.frames(bob.connection_id, "message")[0]
     assert set(msg) == {"type", "conversationId", "seq", "messageId", "senderId", "senderRole",
@@ -181,52 +208,55 @@ def test_other_push_failure_fails_batch_after_trying_all(chatting):
 
 def test_recipient_who_acked_is_skipped(chatting):
     chat, alice, bob, cid = chatting
-    frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
+    acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
     batch = [d.to_json() for d in chat.queue.drain()]
     DeliveryService(chat).deliver(batch)
-    frame(chat, bob, action="ack", conversationId=cid, seq=1)
+    frame(chat, bob, action="ack", conversationId=cid, seq=acc["seq"])
     DeliveryService(chat).deliver(batch)  # SQS redelivered it
     assert len(chat.pusher.frames(bob.connection_id, "message")) == 1
 
 
 def test_ack_only_moves_forward(chatting):
     chat, alice, bob, cid = chatting
+    s = last_seq(chat, cid)
     for i in range(5):
         frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body="x")
-    frame(chat, bob, action="ack", conversationId=cid, seq=4)
-    frame(chat, bob, action="ack", conversationId=cid, seq=2)
-    assert chat.storage.get_participant("bob", cid).ack_seq == 4
-    err = frame(chat, bob, action="ack", conversationId=cid, seq=9)
+    frame(chat, bob, action="ack", conversationId=cid, seq=s + 4)
+    frame(chat, bob, action="ack", conversationId=cid, seq=s + 2)
+    assert chat.storage.get_participant("bob", cid).ack_seq == s + 4
+    err = frame(chat, bob, action="ack", conversationId=cid, seq=s + 9)  # beyond the last
     assert err["code"] == "bad_request"
-    assert chat.storage.get_participant("bob", cid).ack_seq == 4
+    assert chat.storage.get_participant("bob", cid).ack_seq == s + 4
 
 
 def test_resume_replays_a_long_backlog_in_order(chatting):
     chat, alice, bob, cid = chatting
+    s = last_seq(chat, cid)
     for i in range(1200):
         acc = chat.send(chat.principal_of(alice.connection_id), alice,
                         SendFrame(action="send", conversation_id=cid, message_id=f"m{i}", body=str(i)))
-        assert acc["seq"] == i + 1
+        assert acc["seq"] == s + i + 1
     fresh = connect(chat, "bob", "agent", "bob-laptop")
-    frame(chat, fresh, action="resume", cursors={cid: 100})
+    frame(chat, fresh, action="resume", cursors={cid: s + 100})
     frames = chat.pusher.frames(fresh.connection_id)
     msgs = [f["seq"] for f in frames if f["type"] == "message"]
-    assert msgs == list(range(101, 601))  # capped at RESUME_MAX_MESSAGES=500
-    assert frames[-1] == {"type": "resumed", "conversations": {cid: 1200}}
-    frame(chat, fresh, action="resume", cursors={cid: 600})
-    frame(chat, fresh, action="resume", cursors={cid: 1100})
+    assert msgs == list(range(s + 101, s + 601))  # capped at RESUME_MAX_MESSAGES=500
+    assert frames[-1] == {"type": "resumed", "conversations": {cid: s + 1200}}
+    frame(chat, fresh, action="resume", cursors={cid: s + 600})
+    frame(chat, fresh, action="resume", cursors={cid: s + 1100})
     msgs = [f["seq"] for f in chat.pusher.frames(fresh.connection_id, "message")]
-    assert msgs == list(range(101, 1201))
+    assert msgs == list(range(s + 101, s + 1201))
 
 
 def test_resume_uses_stored_cursor_for_unlisted(chatting):
     chat, alice, bob, cid = chatting
+    s = last_seq(chat, cid)
     for i in range(6):
         frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body="x")
-    frame(chat, bob, action="ack", conversationId=cid, seq=4)
+    frame(chat, bob, action="ack", conversationId=cid, seq=s + 4)
     fresh = connect(chat, "bob", "agent", "bob-new")
     frame(chat, fresh, action="resume", cursors={})
-    assert [f["seq"] for f in chat.pusher.frames(fresh.connection_id, "message")] == [5, 6]
+    assert [f["seq"] for f in chat.pusher.frames(fresh.connection_id, "message")] == [s + 5, s + 6]
 
 
 def test_only_participants(chatting):
@@ -274,13 +304,19 @@ def test_agent_cannot_create_conversation(env):
 
 def test_list_messages_pages(chatting):
     chat, alice, bob, cid = chatting
+    s = last_seq(chat, cid)
     for i in range(7):
         frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body=str(i))
     who = chat.principal_of(bob.connection_id)
-    page = chat.list_messages(who, cid, 0, 3)
-    assert [m["seq"] for m in page["messages"]] == [1, 2, 3] and page["next"] == 3
-    page = chat.list_messages(who, cid, 6, 3)
-    assert [m["seq"] for m in page["messages"]] == [7] and page["next"] is None
+    page = chat.list_messages(who, cid, 0, 1)  # history starts with the assignment
+    [first] = page["messages"]
+    assert (first["seq"], first["senderRole"], first["event"]) == (1, "system", "assigned")
+    assert page["next"] == 1 and page["prev"] is None
+    page = chat.list_messages(who, cid, s, 3)
+    assert [m["seq"] for m in page["messages"]] == [s + 1, s + 2, s + 3] and page["next"] == s + 3
+    assert [m["body"] for m in page["messages"]] == ["0", "1", "2"]
+    page = chat.list_messages(who, cid, s + 6, 3)
+    assert [m["seq"] for m in page["messages"]] == [s + 7] and page["next"] is None
     with pytest.raises(NotFound):
         chat.list_messages(who, "missing", 0, 3)
 
@@ -296,8 +332,9 @@ def test_disconnect_forgets_connection_and_agent_presence(chatting):
 def test_reply_to_vanished_origin_is_not_an_error(chatting):
     chat, alice, bob, cid = chatting
     chat.pusher.gone.add(alice.connection_id)
+    s = last_seq(chat, cid)
     chat.on_frame(alice, '{"action":"send","conversationId":"%s","messageId":"m","body":"x"}' % cid)
-    assert chat.storage.get_conversation(cid).last_seq == 1
+    assert chat.storage.get_conversation(cid).last_seq == s + 1
 
 
 def test_resume_ack_frames_validate(chatting):
@@ -356,4 +393,5 @@ def test_a_410_during_connect_does_not_prune_the_new_connection(chatting):
     assert chat.storage.get_connection(laptop.connection_id) is not None
     chat.pusher.gone.discard(laptop.connection_id)
     assert frame(chat, laptop, action="resume", cursors={cid: 0})["type"] == "resumed"
-    assert [f["seq"] for f in chat.pusher.frames(laptop.connection_id, "message")] == [1]
+    replayed = chat.pusher.frames(laptop.connection_id, "message")
+    assert [(f["seq"], f["senderRole"]) for f in replayed] == [(1, "system"), (2, "customer")]
