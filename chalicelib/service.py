@@ -197,10 +197,17 @@ class ChatService:
         buckets = [(f"send#user#{principal.user_id}", self.config.rate_user_sends)]
         if origin_id:
             buckets.append((f"send#conn#{origin_id}", self.config.rate_connection_sends))
-        self._take_tokens(buckets, frame.message_id)
         # Optimistic: the first attempt does not read the idempotency record;
         # the transaction's condition on it tells a retry from a new message.
         existing: IdempotencyRecord | None = None
+        try:
+            self._take_tokens(buckets, frame.message_id)
+        except RateLimited:
+            # Over the limit: a retry of a stored message is still answered
+            # (it stores nothing); only a new message is refused.
+            existing = self._idempotency(principal, frame, self.clock())
+            if existing is None:
+                raise
         reopened = False
         for attempt in range(self.config.append_max_attempts):
             now = self.clock()

@@ -536,3 +536,15 @@ def test_the_sweep_assigns_what_a_lost_trigger_left_waiting(chat):
     assert chat.storage.get_conversation(cid).status == "waiting"
     chat.sweep()
     assert chat.storage.get_conversation(cid).agent_id == "bob"
+
+
+def test_over_the_limit_a_retry_of_a_stored_message_is_still_answered():
+    chat = make_chat(RATE_CONNECTION_SENDS="2")
+    connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    first = send(chat, alice, cid, "m0")
+    send(chat, alice, cid, "m1")
+    again = send(chat, alice, cid, "m0")
+    assert (again["type"], again["seq"], again["duplicate"]) == ("accepted", first["seq"], True)
+    assert send(chat, alice, cid, "m2")["code"] == "rate_limited"
