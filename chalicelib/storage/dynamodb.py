@@ -784,15 +784,26 @@ class DynamoStorage:
         return _from_item(MessageRecord, item) if item else None
 
     def messages_after(self, conversation_id: str, after: int, limit: int) -> list[MessageRecord]:
+        return self._message_range(conversation_id, ">", after, limit, "messages_after")
+
+    def messages_before(self, conversation_id: str, before: int, limit: int) -> list[MessageRecord]:
+        # Read newest first from `before` down, then hand them back in seq order.
+        return self._message_range(conversation_id, "<", before, limit, "messages_before")[::-1]
+
+    def _message_range(self, conversation_id: str, op: str, bound: int, limit: int,
+                       operation: str) -> list[MessageRecord]:
+        """Up to ``limit`` messages with ``seq op bound``, nearest to the bound first."""
+        if limit <= 0:
+            return []
         out: list[MessageRecord] = []
         kwargs: dict[str, Any] = {
             "TableName": self._config.messages_table,
-            "KeyConditionExpression": "conversationId = :c AND seq > :after",
-            "ExpressionAttributeValues": {":c": _s(conversation_id), ":after": _n(after)},
+            "KeyConditionExpression": f"conversationId = :c AND seq {op} :bound",
+            "ExpressionAttributeValues": {":c": _s(conversation_id), ":bound": _n(bound)},
             "ConsistentRead": True,
-            "ScanIndexForward": True,
+            "ScanIndexForward": op == ">",
         }
-        with _backend("messages_after"):
+        with _backend(operation):
             # A page stops at `Limit` items or 1 MB, whichever comes first:
             # keep reading until `limit` messages or the end.
             while len(out) < limit:
@@ -802,26 +813,7 @@ class DynamoStorage:
                 if not last:
                     break
                 kwargs["ExclusiveStartKey"] = last
-        return out[:limit] if limit > 0 else []
-
-    def messages_before(self, conversation_id: str, before: int, limit: int) -> list[MessageRecord]:
-        out: list[MessageRecord] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._config.messages_table,
-            "KeyConditionExpression": "conversationId = :c AND seq < :before",
-            "ExpressionAttributeValues": {":c": _s(conversation_id), ":before": _n(before)},
-            "ConsistentRead": True,
-            "ScanIndexForward": False,
-        }
-        with _backend("messages_before"):
-            while len(out) < limit:
-                page = self._db.query(**kwargs, Limit=limit - len(out))
-                out.extend(_from_item(MessageRecord, item) for item in page.get("Items", []))
-                last = page.get("LastEvaluatedKey")
-                if not last:
-                    break
-                kwargs["ExclusiveStartKey"] = last
-        return out[:limit][::-1] if limit > 0 else []
+        return out[:limit]
 
     # ------------------------------------------------ participants & cursors
     def _participant_upsert(self, user_id: str, conversation_id: str, role: str, joined_at: str) -> Item:
