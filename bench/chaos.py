@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="unaccepted sends in all (0: no cap, C x 2 x window); a cap keeps a large run's"
                         " answer times under the SDK's send timeout, so it is not resending"
                         " what the server is still working on")
+    p.add_argument("--max-backlog", type=int, default=0,
+                   help="hold new sends while the delivery queue holds more than this (0: never);"
+                        " a consumer far behind finds every message already fetched by the"
+                        " recipients' gap resumes, so its pushes (and consumer_crash) never happen")
     p.add_argument("--drain-timeout", type=float, default=120.0)
     p.add_argument("--json", default="chaos-report.json", help="where to write the report")
     p.add_argument("--workers", type=int, default=32, help="local cloud handler threads")
@@ -108,6 +112,10 @@ class Run:
         self.parties: dict[str, Party] = {}
         self.failures: list[str] = []
         self.inflight = asyncio.Semaphore(args.max_inflight) if args.max_inflight > 0 else None
+        self.open = asyncio.Event()  # cleared while the delivery queue is over --max-backlog
+        self.open.set()
+        self.backlog_peak = 0
+        self.backlog_now: int | None = None
 
     def party(self, name: str, role: str) -> Party:
         token = mint_token(LOCAL_JWT_SECRET, name, role, ttl_seconds=6 * 3600)
@@ -160,6 +168,7 @@ class Run:
 
         async def one(i: int) -> None:
             async with window, (self.inflight or contextlib.nullcontext()):
+                await self.open.wait()
                 mid = f"{tag}-{cid[:12]}-{i}"  # the SDK wants messageIds unique per client
                 body = f"{sender.name} {cid[:8]} #{i} {self.rng.random():.6f}"
                 self.sent.append(Sent(sender.name, cid, mid, body))
@@ -171,6 +180,26 @@ class Run:
                 self.accepted.append(Accepted(sender.name, cid, mid, acc.seq))
 
         await asyncio.gather(*(one(i) for i in range(count)))
+
+    def backlog(self) -> int:
+        """Messages in the delivery queue (SQS's approximate count: visible + in flight)."""
+        sqs = self.cloud.client("sqs")
+        url = sqs.get_queue_url(QueueName=dlq.queue_names(STAGE)[0])["QueueUrl"]
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+    async def gate(self) -> None:
+        """Hold new sends while the delivery queue is over ``--max-backlog``."""
+        while True:
+            depth = await asyncio.to_thread(self.backlog)
+            self.backlog_peak = max(self.backlog_peak, depth)
+            self.backlog_now = depth
+            if depth > self.args.max_backlog:
+                self.open.clear()
+            else:
+                self.open.set()
+            await asyncio.sleep(1.0)
 
     def redrive_dlq(self) -> int:
         """Move whatever the delivery DLQ holds back to the delivery queue; return how many."""
@@ -184,7 +213,8 @@ class Run:
         processed = sum(len(p.processed) for p in self.parties.values())
         expected = 2 * len(self.accepted)
         line = (f"[{time.monotonic() - started:6.1f}s] {phase:8} sent {len(self.sent)}"
-                f" accepted {len(self.accepted)} processed {processed}/{expected}")
+                f" accepted {len(self.accepted)} processed {processed}/{expected}"
+                + (f" queue {self.backlog_now}" if self.backlog_now is not None else ""))
         end = "\n" if final or not sys.stderr.isatty() else ""
         print(("\r" if sys.stderr.isatty() else "") + line, end=end, file=sys.stderr, flush=True)
 
@@ -211,11 +241,14 @@ class Run:
                 await asyncio.sleep(1 if sys.stderr.isatty() else 5)
 
         tick = asyncio.create_task(ticker("sending"))
+        gate = asyncio.create_task(self.gate()) if self.args.max_backlog > 0 else None
         await asyncio.gather(*(
             coro for cid, customer, agent in conversations
             for coro in (self.talk(cid, customer, self.args.messages - half, "c"),
                          self.talk(cid, agent, half, "a"))))
         tick.cancel()
+        if gate is not None:
+            gate.cancel()
         faults_call(self.cloud, {kind: 0.0 for kind in KINDS})
         # A batch that failed maxReceiveCount times sits in the DLQ (its
         # messages are in DynamoDB; recipients would get them on their next
@@ -237,7 +270,7 @@ class Run:
         report = check(self.sent, self.accepted,
                        {name: p.processed for name, p in self.parties.items()}, self.participants)
         return {"params": vars(self.args), "report": report.to_dict(), "faults_injected": faults,
-                "dlq_redriven": redriven,
+                "dlq_redriven": redriven, "delivery_backlog_peak": self.backlog_peak,
                 "wall_seconds": round(wall, 1), "send_failures": self.failures[:20],
                 "throughput_msgs_per_s": round(len(self.accepted) / wall, 1) if wall else 0.0}
 
