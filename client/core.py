@@ -163,10 +163,24 @@ class Inbox:
         self.last: dict[str, int] = dict(cursors or {})
         self.latest: dict[str, int] = {}  # highest seq known to exist (from frames and resumed)
         self._buffer: dict[str, dict[int, Message]] = {}
+        self._paused: set[str] = set()
 
     def track(self, conversation_id: str, cursor: int = 0) -> None:
         """Know a conversation (so resumes list it), starting after ``cursor`` if new."""
+        self._paused.discard(conversation_id)
         self.last.setdefault(conversation_id, cursor)
+
+    def pause(self, conversation_id: str) -> None:
+        """Stop listing a conversation the user no longer takes part in, keeping its cursor.
+
+        An agent loses a conversation to a transfer, and may get it back
+        later: its cursor stays, so what the app processed before is never
+        handed over again. A message of the conversation (or ``track``)
+        follows it again.
+        """
+        self._paused.add(conversation_id)
+        self.latest.pop(conversation_id, None)
+        self._buffer.pop(conversation_id, None)
 
     def forget(self, conversation_id: str) -> None:
         """Stop following a conversation (e.g. the user is no longer a participant)."""
@@ -177,6 +191,7 @@ class Inbox:
     def receive(self, msg: Message) -> list[Message]:
         """Apply the rule to one message; return what is released, in seq order."""
         cid = msg.conversation_id
+        self._paused.discard(cid)
         last = self.last.setdefault(cid, 0)
         self.latest[cid] = max(self.latest.get(cid, 0), msg.seq)
         if msg.seq <= last:
@@ -201,12 +216,12 @@ class Inbox:
 
     def behind(self) -> dict[str, int]:
         """Conversations with a known gap (buffered or known to exist): ``{cid: last}``."""
-        return {cid: last for cid, last in self.last.items()
-                if self.latest.get(cid, 0) > last or cid in self._buffer}
+        return {cid: last for cid, last in self.last.items() if cid not in self._paused
+                and (self.latest.get(cid, 0) > last or cid in self._buffer)}
 
     def cursors(self) -> dict[str, int]:
-        """``{cid: last}`` for every known conversation (what ``resume`` sends)."""
-        return dict(self.last)
+        """``{cid: last}`` for every followed conversation (what ``resume`` sends)."""
+        return {cid: last for cid, last in self.last.items() if cid not in self._paused}
 
     def buffered(self, conversation_id: str) -> list[int]:
         """The buffered (not yet released) seqs of a conversation, sorted."""

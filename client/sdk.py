@@ -657,6 +657,8 @@ class OnceChatClient:
             raise ProtocolError(f"{kind} frame without conversationId")
         if kind == "conversation" and frame.get("agentId") == self.user_id:
             self._inbox.track(cid)  # assigned to this agent: follow it from now on
+        elif kind == "conversation" and frame.get("previousAgentId") == self.user_id:
+            self._inbox.pause(cid)  # transferred away: stop resuming it, keep the cursor
         if self._events.qsize() >= EVENTS_KEPT:
             self._events.get_nowait()  # the app is not reading events: keep the newest
         self._events.put_nowait(Event(kind, cid, frame))
@@ -752,9 +754,10 @@ class OnceChatClient:
             if self._probes and sent is not None and list(sent) == self._probes[:1]:
                 gone = self._probes.pop(0)
                 log.warning("no longer following conversation %s (%s)", gone, code)
-                self._inbox.forget(gone)
-                self._committed.pop(gone, None)
-                self.store.delete_cursor(gone)
+                # Paused, not forgotten: the cursor stays, so if the
+                # conversation comes back (transferred back to this agent)
+                # nothing the app processed is handed over again.
+                self._inbox.pause(gone)
             elif sent:
                 self._probes = list(sent)
             self._resume_wanted_at = now

@@ -259,3 +259,20 @@ def test_unanswered_sends_back_off_instead_of_flooding_a_slow_server() -> None:
         now += 1.0
     gaps = [b - a for a, b in zip(resent_at, resent_at[1:])]
     assert gaps == [5.0, 10.0, 20.0, 40.0, 40.0]
+
+
+def test_a_paused_conversation_keeps_its_cursor_and_is_followed_again_by_a_message():
+    inbox = Inbox({"c": 0, "d": 0})
+    assert [m.seq for m in inbox.receive(msg(1)) + inbox.receive(msg(2))] == [1, 2]
+    inbox.receive(msg(4))  # buffered behind a gap
+    inbox.pause("c")  # transferred away
+    assert inbox.cursors() == {"d": 0} and "c" not in inbox.behind()
+    # Transferred back: the next message follows it again from its old cursor;
+    # seqs the app already has are never released twice.
+    assert inbox.receive(msg(2)) == []
+    assert inbox.cursors() == {"c": 2, "d": 0}
+    assert inbox.behind() == {}  # the old buffer went with the pause
+    assert [m.seq for m in inbox.receive(msg(3))] == [3]
+    inbox.pause("d")
+    inbox.track("d")
+    assert inbox.cursors() == {"c": 3, "d": 0}

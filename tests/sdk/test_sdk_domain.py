@@ -106,3 +106,54 @@ def test_lifecycle_typing_and_read_through_the_sdk(cloud):
             await client.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+def test_a_conversation_transferred_away_and_back_is_processed_exactly_once(cloud):
+    async def scenario():
+        amy_id, bob_id, cara_id = uid("amy"), uid("bob"), uid("cara")
+        amy, bob, cara = sdk(cloud, amy_id, "agent"), sdk(cloud, bob_id, "agent"), sdk(cloud, cara_id)
+        await bob.set_status("away")
+        for client in (amy, bob, cara):
+            await client.connect()
+        conv = await cara.open_conversation()
+        cid = conv.conversation_id
+        assert conv.agent_id == amy_id
+        await bob.set_status("online")
+        seen: dict[str, list[int]] = {amy_id: [], bob_id: []}
+
+        async def follow(client: OnceChatClient, name: str) -> None:
+            async for m in client.messages():
+                if m.conversation_id == cid:
+                    seen[name].append(m.seq)
+
+        tasks = [asyncio.create_task(follow(amy, amy_id)), asyncio.create_task(follow(bob, bob_id))]
+
+        async def until(name: str, seq: int) -> None:
+            while not seen[name] or seen[name][-1] < seq:
+                await asyncio.sleep(0.05)
+
+        await cara.send(cid, "one")
+        await asyncio.wait_for(until(amy_id, 2), 20)
+        await amy.transfer(cid, bob_id)
+        await cara.send(cid, "two")
+        await asyncio.wait_for(until(bob_id, 4), 20)
+        # amy's connection drops while the conversation is bob's: her SDK
+        # reconnects and resumes without it (the server would refuse it).
+        await amy._ws.close()  # noqa: SLF001
+        await asyncio.sleep(0.5)
+        await amy.connect()
+        await bob.transfer(cid, amy_id)
+        acc = await cara.send(cid, "three")
+        await asyncio.wait_for(until(amy_id, acc.seq), 30)
+        # amy processed every seq exactly once, in order; the ones from bob's
+        # time reached her when the conversation came back, never twice.
+        assert seen[amy_id] == list(range(1, acc.seq + 1))
+        # bob followed it from seq 1 up to the transfer to him (4); the transfer
+        # away (5) is no longer his to read: he learns it from the event.
+        assert seen[bob_id] == list(range(1, 5))
+        for t in tasks:
+            t.cancel()
+        for client in (amy, bob, cara):
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
