@@ -37,6 +37,17 @@ moto does not expire items by TTL, so no other path removes one.
 
 moto's server routes every request by listing its own package directory
 (``list_of_moto_modules``); ``cache_module_list`` lists it once.
+
+moto's SQS long poll (``ReceiveMessage`` with ``WaitTimeSeconds``) loops
+until it has a message to return, waiting between passes only while the
+queue has no visible message at all. On a FIFO queue whose visible
+messages all belong to groups with a message in flight, nothing can be
+returned and yet there are visible messages, so each waiting poller spins
+for its whole wait time, hogging the interpreter: with a few event source
+pollers that was most of the server's time. ``pace_fifo_long_polls``
+makes such a pass wait ``RECEIVE_RECHECK_S`` (or until a message is added)
+before looking again; the poll still returns as soon as a message can be
+received, within that interval.
 """
 
 from __future__ import annotations
@@ -368,6 +379,24 @@ def _backend_update_item(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 
+RECEIVE_RECHECK_S = 0.05
+
+
+def _wait_for_messages(self: Queue, timeout: int) -> None:
+    with self._messages_lock:
+        if self.messages:  # visible, yet the pass took none: their FIFO groups are in flight
+            self._messages_lock.wait(timeout=min(timeout, RECEIVE_RECHECK_S))
+        else:
+            self._messages_lock.wait_for(lambda: self.messages, timeout=timeout)
+
+
+def pace_fifo_long_polls() -> None:
+    """Long polls wait between passes even when the visible messages cannot be received yet."""
+    if not getattr(Queue.wait_for_messages, _PATCHED, False):
+        setattr(_wait_for_messages, _PATCHED, True)
+        Queue.wait_for_messages = _wait_for_messages  # type: ignore[method-assign]
+
+
 def cache_module_list() -> None:
     """List moto's service modules once, not on every request.
 
@@ -403,3 +432,4 @@ def apply() -> None:
     cache_approximate_counts()
     index_queries()
     cache_module_list()
+    pace_fifo_long_polls()

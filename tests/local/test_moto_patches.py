@@ -334,3 +334,42 @@ def test_module_list_is_cached():
     first = moto.backends.list_of_moto_modules()
     assert "dynamodb" in first and "sqs" in first
     assert moto.backends.list_of_moto_modules() is first
+
+
+def test_a_fifo_long_poll_waits_instead_of_spinning_while_its_groups_are_in_flight(monkeypatch):
+    import time
+
+    from moto.sqs.models import Queue
+
+    monkeypatch.setattr(Queue, "wait_for_messages", Queue.wait_for_messages)  # restored after the test
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    moto_patches.pace_fifo_long_polls()
+    passes = 0
+    original = Queue.messages
+
+    def counted(queue):
+        nonlocal passes
+        passes += 1
+        return original.fget(queue)
+
+    with mock_aws():
+        sqs = boto3.client("sqs")
+        url = sqs.create_queue(QueueName="q.fifo", Attributes={
+            "FifoQueue": "true", "ContentBasedDeduplication": "true"})["QueueUrl"]
+        for body in ("one", "two"):
+            sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId="g")
+        first = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1)["Messages"]
+        assert [m["Body"] for m in first] == ["one"]
+        monkeypatch.setattr(Queue, "messages", property(counted))
+        started = time.monotonic()
+        # "two" is visible, but its group has "one" in flight: nothing to receive.
+        assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages", []) == []
+        assert time.monotonic() - started >= 1.0
+        assert passes < 2 * (1 / moto_patches.RECEIVE_RECHECK_S) + 10  # unpatched: a busy loop
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=first[0]["ReceiptHandle"])
+        started = time.monotonic()
+        second = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"]
+        assert [m["Body"] for m in second] == ["two"]
+        assert time.monotonic() - started < 1.0
