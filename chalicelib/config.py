@@ -44,6 +44,7 @@ class Config:
     rate_user_sends: int = 100
     rate_connection_sends: int = 60
     rate_connection_typing: int = 20
+    rate_user_requests: int = 30
     #: 0 keeps messages forever; N > 0 lets a message expire N days after it was sent.
     message_retention_days: int = 0
 
@@ -100,6 +101,7 @@ class Config:
             rate_user_sends=number("RATE_USER_SENDS", 100),
             rate_connection_sends=number("RATE_CONNECTION_SENDS", 60),
             rate_connection_typing=number("RATE_CONNECTION_TYPING", 20),
+            rate_user_requests=number("RATE_USER_REQUESTS", 30),
             message_retention_days=number("MESSAGE_RETENTION_DAYS", 0, allow_zero=True),
         )
 

@@ -369,6 +369,7 @@ class ChatService:
         core.require_role(principal, "customer", "open conversations")
         if request_key is not None and not core.valid_request_key(request_key):
             raise BadRequest("Idempotency-Key must be 1 to 128 characters of A-Z a-z 0-9 _ - . :")
+        self._limit_requests(principal)
         now_ms = self.clock()
         now = core.iso_ms(now_ms)
         conv = Conversation(
@@ -445,6 +446,7 @@ class ChatService:
 
     def close(self, principal: Principal, conversation_id: str) -> Conversation:
         """waiting/active -> closed, by its customer or its agent; frees the agent's place."""
+        self._limit_requests(principal)
         conv = self._transition(conversation_id, lambda c, now: core.plan_close(principal, c, now))
         self.assign_waiting()
         return conv
@@ -452,6 +454,7 @@ class ChatService:
     def transfer(self, principal: Principal, conversation_id: str, to_agent: str) -> Conversation:
         """Move an active conversation from the calling agent to ``to_agent`` (online, with room)."""
         core.require_role(principal, "agent", "transfer conversations")
+        self._limit_requests(principal)
         if self.storage.get_agent(to_agent) is None:
             raise NotFound(f"agent {to_agent} not found")
         try:
@@ -490,6 +493,7 @@ class ChatService:
                          capacity: int | None) -> AgentRecord:
         """``PUT /agents/me/status``: presence and/or capacity; an agent with room gets work."""
         core.require_role(principal, "agent", "set an agent status")
+        self._limit_requests(principal)
         agent = self.storage.set_agent_status(principal.user_id, status, capacity,
                                               core.iso_ms(self.clock()))
         if agent.has_room:
@@ -579,6 +583,10 @@ class ChatService:
                                         start + 2 * window):
             raise RateLimited(f"rate limit reached; retry in {start + window - now_s} s",
                               message_id=message_id)
+
+    def _limit_requests(self, principal: Principal) -> None:
+        """REST writes (open, close, transfer, status): one per-user bucket."""
+        self._take_tokens([(f"rest#user#{principal.user_id}", self.config.rate_user_requests)])
 
     def _idempotency(self, principal: Principal, frame: SendFrame, now_ms: int) -> IdempotencyRecord | None:
         return self.storage.get_idempotency(

@@ -548,3 +548,19 @@ def test_over_the_limit_a_retry_of_a_stored_message_is_still_answered():
     again = send(chat, alice, cid, "m0")
     assert (again["type"], again["seq"], again["duplicate"]) == ("accepted", first["seq"], True)
     assert send(chat, alice, cid, "m2")["code"] == "rate_limited"
+
+
+def test_rest_writes_are_rate_limited_per_user():
+    chat = make_chat(RATE_USER_REQUESTS="3")
+    alice = connect(chat, "alice", "customer")
+    convs = [chat.create_conversation(who(chat, alice)) for _ in range(3)]
+    from chalicelib.errors import RateLimited
+    with pytest.raises(RateLimited):
+        chat.create_conversation(who(chat, alice))
+    with pytest.raises(RateLimited):
+        chat.close(who(chat, alice), convs[0].conversation_id)
+    assert len(chat.storage.conversations_of("alice", "customer", None, 10, None)[0]) == 3
+    eve = connect(chat, "eve", "customer")
+    chat.create_conversation(who(chat, eve))  # per user
+    chat.clock.advance(10)
+    assert chat.close(who(chat, alice), convs[0].conversation_id).status == "closed"
