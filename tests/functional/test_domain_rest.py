@@ -225,3 +225,18 @@ def test_authorization_matrix_on_every_route_and_action(cloud):
     assert cloud.frame(conns["agent"], frames["typing"]("agent"))["code"] == "conversation_closed"
     assert cloud.rest("GET", f"/conversations/{cid}/messages", "cara")[0] == 200
     assert cloud.rest("GET", f"/conversations/{cid}/messages", "amy", "agent")[0] == 200
+
+
+def test_over_the_request_limit_rest_answers_429_with_a_json_body(cloud):
+    # 30 per 10 s window: within 61 quick requests at least one window fills up.
+    created = 0
+    for _ in range(61):
+        status, body = cloud.rest("POST", "/conversations", "flood")
+        if status == 429:
+            break
+        assert status == 201
+        created += 1
+    assert status == 429 and body["code"] == "rate_limited" and "retry in" in body["message"]
+    assert 30 <= created <= 60
+    listed = cloud.rest("GET", "/conversations?limit=100", "flood")[1]["conversations"]
+    assert len(listed) == created  # the refused request opened nothing
