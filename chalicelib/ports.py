@@ -47,6 +47,9 @@ class Pusher(Protocol):
     def push(self, connection_id: str, domain_name: str, stage: str, data: str) -> None:
         """Post ``data``; raise ConnectionGone on 410 (the frame may still have arrived)."""
 
+    def alive(self, connection_id: str, domain_name: str, stage: str) -> bool:
+        """False only when the gateway says the connection is gone (410); True otherwise."""
+
 
 class SqsDeliveryQueue:
     """SQS FIFO: group = conversation, deduplication id = the message's identity."""
@@ -101,6 +104,18 @@ class ChalicePusher:
         except WebsocketDisconnectedError as exc:
             raise ConnectionGone(connection_id) from exc
 
+    def alive(self, connection_id: str, domain_name: str, stage: str) -> bool:
+        from chalice.app import WebsocketDisconnectedError
+
+        self._api.configure(domain_name, stage)
+        try:
+            self._api.info(connection_id)
+        except WebsocketDisconnectedError:
+            return False
+        except Exception:  # unknown: never take a connection for gone on a guess
+            return True
+        return True
+
 
 @dataclass
 class MemoryQueue:
@@ -135,6 +150,9 @@ class MemoryPusher:
         if connection_id in self.failing:
             raise OnceChatError(f"push to {connection_id} failed")
         self.sent.setdefault(connection_id, []).append(json.loads(data))
+
+    def alive(self, connection_id: str, domain_name: str, stage: str) -> bool:
+        return connection_id not in self.gone
 
     def frames(self, connection_id: str, type_: str | None = None) -> list[dict[str, Any]]:
         """Frames pushed to a connection, optionally of one type."""

@@ -57,6 +57,15 @@ class Storage(Protocol):
     def get_agent(self, agent_id: str) -> AgentRecord | None:
         """The agent's presence and load, or None."""
 
+    def set_agent_connections(self, agent_id: str, seen_updated_at: str, count: int, now: str) -> bool:
+        """Correct an agent's connection count (offline at 0), if unchanged since it was read.
+
+        For presence reconciliation: records that vanished without a
+        ``$disconnect`` (TTL, a lost event) leave the count too high. The
+        condition (``updated_at`` still ``seen_updated_at``) keeps a connect
+        or status change made meanwhile. Returns whether it was written.
+        """
+
     def online_agents(self) -> list[AgentRecord]:
         """Agents whose presence is online, fewest active conversations first, then by id."""
 

@@ -339,6 +339,23 @@ class DynamoStorage:
             raise
         return _from_item(AgentRecord, response["Attributes"])
 
+    def set_agent_connections(self, agent_id: str, seen_updated_at: str, count: int, now: str) -> bool:
+        # Conditional on updatedAt: every connect, disconnect and status
+        # change rewrites it, so a correction computed from an older read
+        # never overwrites what happened since.
+        update = "SET #connections = :n, #updatedAt = :now"
+        values: Item = {":n": _n(count), ":now": _s(now), ":seen": _s(seen_updated_at)}
+        if count == 0:
+            update += ", #presence = :offline"
+            values[":offline"] = _s("offline")
+        with _backend("set_agent_connections"):
+            new = self._conditional_agent_update(
+                agent_id, update, "#updatedAt = :seen",
+                {"#connections": "connections", "#updatedAt": "updatedAt", "#presence": "presence"}
+                if count == 0 else {"#connections": "connections", "#updatedAt": "updatedAt"},
+                values)
+        return new is not None
+
     def get_agent(self, agent_id: str) -> AgentRecord | None:
         with _backend("get_agent"):
             item = self._get(self._config.agents_table, {"agentId": _s(agent_id)})

@@ -96,6 +96,16 @@ class MemoryStorage:
         with self._lock:
             return self._agents.get(agent_id)
 
+    def set_agent_connections(self, agent_id: str, seen_updated_at: str, count: int, now: str) -> bool:
+        with self._lock:
+            agent = self._agents.get(agent_id)
+            if agent is None or agent.updated_at != seen_updated_at:
+                return False
+            self._agents[agent_id] = agent.model_copy(update={
+                "connections": count, "updated_at": now,
+                "presence": agent.presence if count else "offline"})
+            return True
+
     def online_agents(self) -> list[AgentRecord]:
         with self._lock:
             online = [a for a in self._agents.values() if a.presence == "online"]

@@ -365,3 +365,17 @@ def test_a_message_with_a_retention_round_trips_its_expiry(storage: Storage) -> 
     storage.append_message(m, idem_for(m), 0, NOW_EPOCH)
     assert storage.get_message("c1", 1) == m
     assert storage.messages_after("c1", 0, 10)[0].expires_at == NOW_EPOCH + 86400
+
+
+def test_set_agent_connections_corrects_the_count_only_if_unchanged(storage: Storage) -> None:
+    storage.agent_connected("bob", at(1))
+    seen = storage.agent_connected("bob", at(2))
+    assert seen.connections == 2
+    assert storage.set_agent_connections("bob", at(1), 0, at(3)) is False  # stale read
+    assert storage.set_agent_connections("bob", seen.updated_at, 1, at(3)) is True
+    agent = storage.get_agent("bob")
+    assert agent is not None and (agent.connections, agent.presence) == (1, "online")
+    assert storage.set_agent_connections("bob", at(3), 0, at(4)) is True
+    agent = storage.get_agent("bob")
+    assert agent is not None and (agent.connections, agent.presence) == (0, "offline")
+    assert storage.set_agent_connections("ghost", at(3), 0, at(4)) is False

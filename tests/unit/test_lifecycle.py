@@ -532,7 +532,9 @@ def test_the_sweep_assigns_what_a_lost_trigger_left_waiting(chat):
     alice = connect(chat, "alice", "customer")
     cid = chat.create_conversation(who(chat, alice)).conversation_id
     # An agent came online but the handler died before it ran the queue.
-    chat.storage.agent_connected("bob", "2026-01-01T00:00:00.000Z")
+    run_queue, chat.assign_waiting = chat.assign_waiting, lambda limit=25: 0
+    connect(chat, "bob", "agent")
+    chat.assign_waiting = run_queue
     assert chat.storage.get_conversation(cid).status == "waiting"
     chat.sweep()
     assert chat.storage.get_conversation(cid).agent_id == "bob"
@@ -564,3 +566,42 @@ def test_rest_writes_are_rate_limited_per_user():
     chat.create_conversation(who(chat, eve))  # per user
     chat.clock.advance(10)
     assert chat.close(who(chat, alice), convs[0].conversation_id).status == "closed"
+
+
+# ------------------------------------------------------------ presence
+
+
+def test_the_sweep_takes_agents_whose_connections_vanished_offline(chat):
+    bob = connect(chat, "bob", "agent", "bob-laptop")
+    connect(chat, "bob", "agent", "bob-phone")
+    connect(chat, "amy", "agent", "amy-desk")
+    # The laptop's socket died without a $disconnect; the phone's record
+    # expired by TTL (deleted without the count going down).
+    chat.pusher.gone.add("bob-laptop")
+    chat.storage._connections.pop("bob-phone")  # noqa: SLF001
+    assert chat.reconcile_presence() == 0  # too young: may still be in $connect
+    chat.clock.advance(31)
+    chat.sweep()  # the dead socket is pruned (count 2 -> 1) ...
+    assert chat.storage.get_connection("bob-laptop") is None
+    assert chat.storage.get_agent("bob").connections == 1
+    chat.clock.advance(31)
+    chat.sweep()  # ... and once that has settled, the count follows the records
+    bob_now = chat.storage.get_agent("bob")
+    assert (bob_now.presence, bob_now.connections) == ("offline", 0)
+    assert chat.storage.get_connection("bob-laptop") is None
+    amy = chat.storage.get_agent("amy")
+    assert (amy.presence, amy.connections) == ("online", 1)  # alive: untouched
+    # Offline now, so new conversations go to amy only.
+    alice = connect(chat, "alice", "customer")
+    assert {chat.create_conversation(who(chat, alice)).agent_id for _ in range(3)} == {"amy"}
+    assert bob.connection_id == "bob-laptop"
+
+
+def test_reconciliation_keeps_an_agent_who_just_connected(chat):
+    connect(chat, "bob", "agent", "b1")
+    chat.clock.advance(31)
+    seen = chat.storage.get_agent("bob")
+    connect(chat, "bob", "agent", "b2")  # a connect between the read and the write
+    assert chat.storage.set_agent_connections("bob", seen.updated_at, 0, "x") is False
+    chat.reconcile_presence()
+    assert chat.storage.get_agent("bob").connections == 2
