@@ -36,6 +36,7 @@ class PushRecorder:
         self.gone: set[str] = set()
         self.failing: set[str] = set()
         self.endpoints: set[str] = set()
+        self.probed: list[str] = []
 
     def hook(self, params: dict[str, Any], model: Any, context: Any, **_: Any) -> Any:
         from botocore.awsrequest import AWSResponse
@@ -51,6 +52,22 @@ class PushRecorder:
         data = params["body"]
         self.frames.setdefault(conn, []).append(json.loads(data))
         return (AWSResponse("", 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}})
+
+    def info_hook(self, params: dict[str, Any], model: Any, context: Any, **_: Any) -> Any:
+        """GetConnection: 410 for connections marked gone, else a minimal description."""
+        from urllib.parse import unquote
+
+        from botocore.awsrequest import AWSResponse
+
+        conn = unquote(params["url_path"].rsplit("/@connections/", 1)[1])
+        self.probed.append(conn)
+        if conn in self.gone:
+            return (AWSResponse("", 410, {}, None),
+                    {"Error": {"Code": "GoneException", "Message": "GoneException"},
+                     "ResponseMetadata": {"HTTPStatusCode": 410}})
+        return (AWSResponse("", 200, {}, None),
+                {"ConnectedAt": "2026-11-28T00:00:00Z", "Identity": {"SourceIp": "127.0.0.1"},
+                 "ResponseMetadata": {"HTTPStatusCode": 200}})
 
     def of(self, conn: str, type_: str | None = None) -> list[dict[str, Any]]:
         return [f for f in self.frames.get(conn, []) if type_ is None or f["type"] == type_]
@@ -162,6 +179,7 @@ def cloud(monkeypatch):
         pushes = PushRecorder()
         session = boto3.session.Session()
         session.events.register("before-call.apigatewaymanagementapi.PostToConnection", pushes.hook)
+        session.events.register("before-call.apigatewaymanagementapi.GetConnection", pushes.info_hook)
         api = app_module.app.websocket_api
         monkeypatch.setattr(api, "session", session)
         monkeypatch.setattr(api, "_client", None)

@@ -240,3 +240,21 @@ def test_over_the_request_limit_rest_answers_429_with_a_json_body(cloud):
     assert 30 <= created <= 60
     listed = cloud.rest("GET", "/conversations?limit=100", "flood")[1]["conversations"]
     assert len(listed) == created  # the refused request opened nothing
+
+
+def test_the_scheduled_sweep_takes_an_agent_with_a_vanished_connection_offline(cloud, monkeypatch):
+    from chalicelib import core
+
+    monkeypatch.setattr(core, "CONNECT_SETTLE_MS", 0)  # no waiting for $connect to settle here
+    dead, _ = cloud.connect("amy", "agent")
+    alive, _ = cloud.connect("bob", "agent")
+    cloud.pushes.gone.add(dead)  # its socket died; API Gateway never ran $disconnect
+    cloud.mod.sweep({"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
+                     "account": "123456789012", "time": "2026-11-28T00:00:00Z", "region": "us-east-1",
+                     "resources": [], "detail": {}}, None)
+    assert dead in cloud.pushes.probed and alive in cloud.pushes.probed
+    agents = {a["agentId"]: a for a in cloud.rest("GET", "/agents", "bob", "agent")[1]["agents"]}
+    assert (agents["amy"]["status"], agents["amy"]["connections"]) == ("offline", 0)
+    assert (agents["bob"]["status"], agents["bob"]["connections"]) == ("online", 1)
+    status, conv = cloud.rest("POST", "/conversations", "cara")
+    assert conv["agentId"] == "bob"
