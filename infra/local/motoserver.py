@@ -11,7 +11,8 @@ everybody else) but runs every request except ``ReceiveMessage`` under one
 lock, which gives each request the atomicity AWS gives it. For parity the
 long poll runs unlocked, as SQS serves it concurrently. It also applies
 ``moto_patches`` (transactions that do not copy whole tables, queries
-that read one partition or one index hash key instead of the whole table).
+that read one partition or one index hash key instead of the whole table,
+FIFO long polls that wait instead of spinning).
 """
 
 from __future__ import annotations
