@@ -301,12 +301,18 @@ class ChatService:
                                 skip_connection=origin.connection_id)
 
     def push_to_users(self, users: Iterable[str], frame: dict[str, Any],
-                       skip_connection: str | None = None) -> int:
-        """Best-effort push of an ephemeral frame to every connection of ``users``."""
+                       skip_connection: str | None = None,
+                       known: dict[str, list[ConnectionRecord]] | None = None) -> int:
+        """Best-effort push of an ephemeral frame to every connection of ``users``.
+
+        ``known`` holds connections the caller already read (by user); the
+        others are looked up.
+        """
         data = core.encode(frame)
         pushed = 0
         for user in users:
-            for conn in self.storage.connections_of(user):
+            conns = known[user] if known and user in known else self.storage.connections_of(user)
+            for conn in conns:
                 if conn.connection_id == skip_connection:
                     continue
                 try:
@@ -478,14 +484,18 @@ class ChatService:
     def _commit_once(self, transition: core.Transition) -> bool:
         """Write a step and enqueue its system message; False when the conversation moved first."""
         try:
-            self.storage.apply_transition(transition, self.clock() // 1000)
+            self._commit(transition)
         except (StaleConversation, SequenceConflict):
             return False
+        return True
+
+    def _commit(self, transition: core.Transition) -> None:
+        """Write a step (raising the storage's signals), then enqueue its system message."""
+        self.storage.apply_transition(transition, self.clock() // 1000)
         try:
             self._enqueue(Delivery(transition.message, None))
         except OnceChatError:
             pass  # stored and pending: the sweeper enqueues it
-        return True
 
     # ------------------------------------------------------------- agents
 
@@ -556,7 +566,7 @@ class ChatService:
             except Conflict:
                 return 0
             try:
-                self.storage.apply_transition(transition, self.clock() // 1000)
+                self._commit(transition)
             except AgentUnavailable:
                 continue  # that agent filled up or left meanwhile: choose again
             except (StaleConversation, SequenceConflict):
@@ -565,10 +575,6 @@ class ChatService:
                     return 0
                 conv = fresh
                 continue
-            try:
-                self._enqueue(Delivery(transition.message, None))
-            except OnceChatError:
-                pass  # the sweeper enqueues it
             return 1
         return 0
 
@@ -655,13 +661,16 @@ class ChatService:
             if agent.presence == "offline" and agent.connections == 0:
                 continue
             live = []
+            pruned = 0
             for conn in self.storage.connections_of(agent.agent_id):
                 settled = now - core.epoch_ms(conn.connected_at) >= core.CONNECT_SETTLE_MS
                 if settled and not self.pusher.alive(conn.connection_id, conn.domain_name, conn.stage):
-                    fixed += self.prune_gone(conn)
+                    pruned += self.prune_gone(conn)
                 else:
                     live.append(conn)
-            fresh = self.storage.get_agent(agent.agent_id) or agent
+            fixed += pruned
+            # A prune moved the count: read it back; otherwise the listing is current.
+            fresh = (self.storage.get_agent(agent.agent_id) or agent) if pruned else agent
             if (fresh.connections != len(live)
                     and now - core.epoch_ms(fresh.updated_at) >= core.CONNECT_SETTLE_MS
                     and self.storage.set_agent_connections(
@@ -755,7 +764,8 @@ class DeliveryService:
         """
         users = dict.fromkeys(u for u in (audience.conv.customer_id, message.agent_id,
                                           message.previous_agent_id) if u)
-        self.chat.push_to_users(users, core.conversation_frame(message, audience.conv))
+        self.chat.push_to_users(users, core.conversation_frame(message, audience.conv),
+                                known=audience.connections)
 
     def _audience(self, conversation_id: str) -> _Audience | None:
         conv = self.storage.get_conversation(conversation_id)

@@ -21,13 +21,12 @@ import argparse
 import asyncio
 import json
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 from chalicelib.auth import mint_token
 from chalicelib.config import LOCAL_JWT_SECRET
 from client.protocol import ErrorFrame, connect
+from client.sdk import request_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,15 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def call(rest: str, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     """One REST call; the status and the JSON answer (errors included)."""
-    data = json.dumps(body if body is not None else {}).encode() if method != "GET" else None
-    req = urllib.request.Request(f"{rest}{path}", method=method, data=data,
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+    return request_json(method, f"{rest}{path}", token, body, {})
 
 
 def open_conversation(rest: str, token: str) -> dict[str, Any]:

@@ -342,7 +342,7 @@ class OnceChatClient:
             raise OnceChatClientError("REST calls need rest_url")
         token = await self._token()
         status, answer = await asyncio.to_thread(
-            _request_json, method, f"{self.rest_url}{path}", token, body, headers or {})
+            request_json, method, f"{self.rest_url}{path}", token, body, headers or {})
         if status == 401:
             raise AuthError(answer.get("message", "unauthorized"))
         if status >= 400:
@@ -772,7 +772,7 @@ class OnceChatClient:
             self._resume_answer_by = min(self._resume_answer_by, now + self.error_resend_timeout)
 
 
-def _request_json(method: str, url: str, token: str, body: dict[str, Any] | None,
+def request_json(method: str, url: str, token: str, body: dict[str, Any] | None,
                   headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
     """One REST call with a Bearer token; the status and the JSON body (errors included)."""
     data = json.dumps(body).encode() if body is not None else (b"{}" if method != "GET" else None)
