@@ -23,9 +23,13 @@ from chalicelib.models import (
     SendFrame,
 )
 from chalicelib.ports import Delivery, DeliveryQueue, Pusher
+from chalicelib.services.local_state import BoundedCache, WindowCounter
 from chalicelib.storage.base import Storage
 
 log = logging.getLogger("oncechat")
+
+#: Connections whose principal a container remembers.
+PRINCIPAL_CACHE_SIZE = 50_000
 
 Clock = Callable[[], int]
 
@@ -66,6 +70,10 @@ class ServiceBase:
         self.pusher = pusher
         self.clock = clock
         self.new_id = new_id
+        #: Who is behind each connection this container has seen (see local_state).
+        self.principals: BoundedCache[str, Principal] = BoundedCache(PRINCIPAL_CACHE_SIZE)
+        #: Frame rate limits counted in this container (see local_state).
+        self.frame_limits = WindowCounter()
 
     def _take_tokens(self, buckets: list[tuple[str, int]], message_id: str | None = None) -> None:
         """Count a request in fixed-window buckets; RateLimited (nothing done) when one is full."""
@@ -74,6 +82,19 @@ class ServiceBase:
         start = now_s - now_s % window
         if not self.storage.take_tokens([(f"{key}#{start}", limit) for key, limit in buckets],
                                         start + 2 * window):
+            raise RateLimited(f"rate limit reached; retry in {start + window - now_s} s",
+                              message_id=message_id)
+
+    def _limit_frames(self, buckets: list[tuple[str, int]], message_id: str | None = None) -> None:
+        """Count a frame in fixed-window buckets kept in the container; RateLimited when one is full.
+
+        Frames are limited without an AWS request (chalicelib.services.local_state
+        says what that means on AWS); REST writes use the shared ``limits`` table.
+        """
+        window = self.config.rate_window_seconds
+        now_s = self.clock() // 1000
+        start = now_s - now_s % window
+        if not self.frame_limits.take([(f"{key}#{start}", limit) for key, limit in buckets]):
             raise RateLimited(f"rate limit reached; retry in {start + window - now_s} s",
                               message_id=message_id)
 

@@ -36,6 +36,7 @@ class ConnectionsMixin(ServiceBase):
                 expires_at=now // 1000 + self.config.connection_ttl_seconds,
             )
         )
+        self.principals.put(origin.connection_id, principal)
         if principal.role == "agent":
             agent = self.storage.agent_connected(principal.user_id, core.iso_ms(now))
             if agent.has_room:
@@ -48,6 +49,7 @@ class ConnectionsMixin(ServiceBase):
 
     def forget_connection(self, connection_id: str) -> None:
         """Remove a connection record once; an agent's last connection takes it offline."""
+        self.principals.pop(connection_id)
         removed = self.storage.delete_connection(connection_id)
         if removed is not None and removed.role == "agent":
             self.storage.agent_disconnected(removed.user_id, core.iso_ms(self.clock()))
@@ -69,8 +71,17 @@ class ConnectionsMixin(ServiceBase):
         return True
 
     def principal_of(self, connection_id: str) -> Principal:
-        """The user behind a connection, from the record made at ``$connect``."""
+        """The user behind a connection, from the record made at ``$connect``.
+
+        Remembered by the container after the first look-up: the principal
+        of a connection never changes, and frames come only from open ones.
+        """
+        known = self.principals.get(connection_id)
+        if known is not None:
+            return known
         conn = self.storage.get_connection(connection_id)
         if conn is None:
             raise Unauthorized("unknown connection; reconnect with a token")
-        return Principal(user_id=conn.user_id, role=conn.role)
+        principal = Principal(user_id=conn.user_id, role=conn.role)
+        self.principals.put(connection_id, principal)
+        return principal

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chalicelib import core
@@ -18,6 +17,7 @@ from chalicelib.models import (
     MessageRecord,
 )
 from chalicelib.ports import Delivery
+from chalicelib.storage.base import Storage
 
 if TYPE_CHECKING:
     from chalicelib.service import ChatService
@@ -40,27 +40,32 @@ class DeliveryService:
         """Push a batch; return the number of frames pushed.
 
         A 410 prunes that connection (unless it may still be in its
-        ``$connect``) and does not fail the batch. Any other
-        failure is raised after the whole batch was tried, so SQS redelivers
-        the batch; recipients drop the copies they already have by seq.
-        Who to push to is read once per conversation and batch (a FIFO batch
-        often holds several messages of one conversation).
+        ``$connect``) and does not fail the batch. Any other failure is
+        raised after the whole batch was tried, so SQS redelivers the batch;
+        recipients drop the copies they already have by seq.
+
+        What is read per batch: each recipient's connections once (a FIFO
+        batch often holds several messages of one conversation), and the
+        conversation only for a lifecycle event or a delivery that does not
+        name its recipients (the sweeper's).
         """
+        batch = _Batch(self.storage)
         failures: list[str] = []
         pushed = 0
-        audiences: dict[str, _Audience | None] = {}
         for body in bodies:
             delivery = Delivery.from_json(body)
             message = delivery.message
             cid = message.conversation_id
-            if cid not in audiences:
-                audiences[cid] = self._audience(cid)
-            audience = audiences[cid]
-            if audience is None:
-                log.error("delivery for unknown conversation %s dropped", cid)
-                continue
-            targets = core.delivery_targets(message, audience.conv, audience.connections,
-                                            audience.cursors, delivery.origin_connection_id)
+            recipients = delivery.recipients
+            if recipients is None or message.event is not None:
+                conv = batch.conversation(cid)
+                if conv is None:
+                    log.error("delivery for unknown conversation %s dropped", cid)
+                    continue
+                if recipients is None:
+                    recipients = tuple(conv.participant_ids())
+            targets = core.delivery_targets(
+                recipients, batch.connections_of(recipients), delivery.origin_connection_id)
             data = core.encode(message.frame())
             for conn in targets:
                 try:
@@ -68,18 +73,18 @@ class DeliveryService:
                     pushed += 1
                 except ConnectionGone:
                     self.chat.prune_gone(conn)
-                    audience.drop(conn.connection_id)
+                    batch.drop(conn.connection_id)
                 except Exception as exc:
                     log.warning("push of %s#%d to %s failed: %s", cid, message.seq,
                                 conn.connection_id, exc)
                     failures.append(conn.connection_id)
             if message.event is not None:
-                self._announce(message, audience)
+                self._announce(message, batch)
         if failures:
             raise DeliveryFailed(f"{len(failures)} push(es) failed: {', '.join(failures[:5])}")
         return pushed
 
-    def _announce(self, message: MessageRecord, audience: _Audience) -> None:
+    def _announce(self, message: MessageRecord, batch: _Batch) -> None:
         """A lifecycle event's ``conversation`` frame, to every connection the event concerns.
 
         The customer, the agent the event leaves the conversation with and
@@ -89,32 +94,35 @@ class DeliveryService:
         exactly-once record of the event; a repeated delivery repeats the
         frame, which carries the event's seq to tell.
         """
-        users = dict.fromkeys(u for u in (audience.conv.customer_id, message.agent_id,
-                                          message.previous_agent_id) if u)
-        self.chat.push_to_users(users, core.conversation_frame(message, audience.conv),
-                                known=audience.connections)
-
-    def _audience(self, conversation_id: str) -> _Audience | None:
-        conv = self.storage.get_conversation(conversation_id)
+        conv = batch.conversation(message.conversation_id)
         if conv is None:
-            return None
-        users = conv.participant_ids()
-        cursors = {}
+            return
+        users = list(dict.fromkeys(u for u in (conv.customer_id, message.agent_id,
+                                               message.previous_agent_id) if u))
+        self.chat.push_to_users(users, core.conversation_frame(message, conv),
+                                known=batch.connections_of(users))
+
+
+class _Batch:
+    """What one batch has read: conversations and users' connections, each at most once."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._convs: dict[str, Conversation | None] = {}
+        self._connections: dict[str, list[ConnectionRecord]] = {}
+
+    def conversation(self, conversation_id: str) -> Conversation | None:
+        if conversation_id not in self._convs:
+            self._convs[conversation_id] = self._storage.get_conversation(conversation_id)
+        return self._convs[conversation_id]
+
+    def connections_of(self, users: Iterable[str]) -> dict[str, list[ConnectionRecord]]:
         for user in users:
-            p = self.storage.get_participant(user, conversation_id)
-            cursors[user] = p.ack_seq if p else 0
-        return _Audience(conv, {u: self.storage.connections_of(u) for u in users}, cursors)
-
-
-@dataclass
-class _Audience:
-    """A conversation's participants, their open connections and ack cursors."""
-
-    conv: Conversation
-    connections: dict[str, list[ConnectionRecord]]
-    cursors: dict[str, int]
+            if user not in self._connections:
+                self._connections[user] = self._storage.connections_of(user)
+        return {user: self._connections[user] for user in users}
 
     def drop(self, connection_id: str) -> None:
         """Forget a connection found gone, for the rest of the batch."""
-        for user, conns in self.connections.items():
-            self.connections[user] = [c for c in conns if c.connection_id != connection_id]
+        for user, conns in self._connections.items():
+            self._connections[user] = [c for c in conns if c.connection_id != connection_id]

@@ -86,7 +86,7 @@ class MessagingMixin(ServiceBase):
         # the transaction's condition on it tells a retry from a new message.
         existing: IdempotencyRecord | None = None
         try:
-            self._take_tokens(buckets, frame.message_id)
+            self._limit_frames(buckets, frame.message_id)
         except RateLimited:
             # Over the limit: a retry of a stored message is still answered
             # (it stores nothing); only a new message is refused.
@@ -118,7 +118,7 @@ class MessagingMixin(ServiceBase):
                     # The first attempt may have died between commit and
                     # enqueue: enqueue again. If it did enqueue, SQS dedup
                     # (5 min) or the recipients' seq rule drops the copy.
-                    self._enqueue(Delivery(stored, origin_id))
+                    self._enqueue(Delivery(stored, origin_id, tuple(conv.participant_ids())))
                 return core.accepted_frame(
                     idem.conversation_id, idem.message_id, idem.seq, idem.sent_at, True
                 )
@@ -136,7 +136,7 @@ class MessagingMixin(ServiceBase):
                 continue
             except ConversationClosed:
                 continue  # closed since we read it: re-read (reopen, or refuse)
-            self._enqueue(Delivery(decision.message, origin_id))
+            self._enqueue(Delivery(decision.message, origin_id, tuple(conv.participant_ids())))
             if reopened:
                 self.assign_new_waiting(frame.conversation_id)
             m = decision.message
@@ -165,7 +165,7 @@ class MessagingMixin(ServiceBase):
         core.require_participant(principal, conv)
         if conv.status == "closed":
             raise ConversationClosed("conversation is closed")
-        self._take_tokens([(f"typing#conn#{origin.connection_id}",
+        self._limit_frames([(f"typing#conn#{origin.connection_id}",
                             self.config.rate_connection_typing)])
         others = [u for u in conv.participant_ids() if u != principal.user_id]
         self.push_to_users(others, core.typing_frame(conv.conversation_id, principal))

@@ -113,7 +113,7 @@ class Storage(Protocol):
 
         One transaction: the conversation becomes ``after`` on condition that
         its status, agent and ``last_seq`` are still those of ``before``; the
-        system message is stored at its seq (pending, like any message); each
+        system message is stored at its seq (in the commit-time index, like any message); each
         agent's ``active_count`` moves by its delta, a +1 on condition that
         the agent is online and below capacity; ``join`` becomes a
         participant (ack 0, kept if already one). On any failed condition
@@ -133,7 +133,7 @@ class Storage(Protocol):
         - the conversation: ``last_seq`` from ``expected_last_seq`` to ``message.seq``
           (condition: ``last_seq == expected_last_seq`` and status is not closed);
         - the message item keyed (conversation_id, seq) (condition: absent),
-          marked pending since ``now_epoch`` until ``mark_enqueued``.
+          entered in the commit-time index at ``now_epoch`` (see ``committed_between``).
         ``message.seq`` must be ``expected_last_seq + 1``.
 
         Raises DuplicateMessage when the idempotency record exists (and is not
@@ -142,16 +142,19 @@ class Storage(Protocol):
         ConversationClosed when it is closed. On any raise nothing is written.
         """
 
-    def mark_enqueued(self, conversation_id: str, seq: int) -> None:
-        """Forget that a message is pending: it is on the delivery queue.
+    def committed_between(self, start: int, end: int, limit: int) -> list[MessageRecord]:
+        """Up to ``limit`` messages committed at epoch seconds in ``[start, end)``, oldest first.
 
-        ``append_message`` stores every message as pending (since
-        ``now_epoch``); the sweeper enqueues what stays pending too long.
-        Idempotent; a missing message is ignored.
+        Every stored message (user or system) is in this index from its
+        commit on; nothing is written when it is enqueued. The sweeper
+        re-enqueues a window of it (chalicelib/services/outbox.py).
         """
 
-    def pending_messages(self, committed_before: int, limit: int) -> list[MessageRecord]:
-        """Up to ``limit`` pending messages committed before ``committed_before`` (epoch s), oldest first."""
+    def get_sweep_mark(self) -> int | None:
+        """Where the last sweep stopped (epoch s), or None before the first sweep."""
+
+    def set_sweep_mark(self, mark: int) -> None:
+        """Record where a sweep stopped; the mark never moves back."""
 
     def get_idempotency(
         self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int

@@ -111,13 +111,23 @@ def _from_item(model: type[M], item: Mapping[str, Any]) -> M:
     return model.model_validate({name: _deserialize(value) for name, value in item.items()})
 
 
-#: The byPending index is spread over this many partition keys so that a
-#: busy system does not write all pending messages to one hot GSI partition.
-PENDING_SHARDS = 16
+#: The byCommitTime index is spread over this many partition keys so that a
+#: busy system does not write every new message to one hot GSI partition.
+COMMIT_SHARDS = 16
+
+#: Keys of the sweeper's watermark item in the limits table.
+SWEEP_MARK_KEY = "sweep#mark"
 
 
-def _pending_shard(conversation_id: str) -> int:
-    return zlib.crc32(conversation_id.encode()) % PENDING_SHARDS
+def _commit_attrs(conversation_id: str, now_epoch: int) -> dict[str, int]:
+    """The attributes that put a new message in the KEYS_ONLY ``byCommitTime`` index.
+
+    The message stays there (one index write per message, never an update):
+    the sweeper reads a time window of it, so nothing marks a message
+    enqueued (chalicelib/services/outbox.py).
+    """
+    return {"commitShard": zlib.crc32(conversation_id.encode()) % COMMIT_SHARDS,
+            "committedAt": now_epoch}
 
 
 def _n(value: int) -> dict[str, str]:
@@ -484,10 +494,34 @@ class DynamoStorage:
             item = self._get(self._config.conversations_table, {"conversationId": _s(conversation_id)})
         return _from_item(Conversation, item) if item else None
 
+    def _conversations_at(self, keys: list[Item]) -> list[Conversation]:
+        """The conversations named by index items, read from the table (consistent), in order.
+
+        The conversation GSIs do not project ``lastSeq`` (byStatus is
+        KEYS_ONLY, byCustomer/byAgent add only ``status``), so the message
+        counter a send moves never rewrites an index item; a listing reads
+        the page's items from the table instead, one BatchGetItem per 100.
+        """
+        table = self._config.conversations_table
+        found: dict[str, Conversation] = {}
+        ids = list(dict.fromkeys(k["conversationId"]["S"] for k in keys))
+        for start in range(0, len(ids), 100):
+            request: dict[str, Any] = {table: {
+                "Keys": [{"conversationId": _s(cid)} for cid in ids[start:start + 100]],
+                "ConsistentRead": True}}
+            while request:
+                answer = self._db.batch_get_item(RequestItems=request)
+                for item in answer.get("Responses", {}).get(table, []):
+                    conv = _from_item(Conversation, item)
+                    found[conv.conversation_id] = conv
+                request = answer.get("UnprocessedKeys") or {}
+        return [found[cid] for cid in ids if cid in found]
+
     def waiting_conversations(self, limit: int) -> list[Conversation]:
         # GSI byStatus is eventually consistent: a conversation assigned a
-        # moment ago may still be listed as waiting. Harmless: the assignment
-        # transaction re-checks status = waiting.
+        # moment ago may still be listed as waiting. The page is re-read
+        # from the table and what no longer waits is left out; the
+        # assignment transaction re-checks status = waiting anyway.
         if limit <= 0:
             return []
         out: list[Conversation] = []
@@ -503,7 +537,8 @@ class DynamoStorage:
         with _backend("waiting_conversations"):
             while True:
                 page = self._db.query(**kwargs)
-                out.extend(_from_item(Conversation, item) for item in page.get("Items", []))
+                fresh = self._conversations_at(page.get("Items", []))
+                out.extend(c for c in fresh if c.status == "waiting")
                 last = page.get("LastEvaluatedKey")
                 # Stop once `limit` are read and the boundary queuedAt is
                 # passed, so ties at the boundary are ordered by id like the
@@ -539,7 +574,7 @@ class DynamoStorage:
         with _backend("conversations_of"):
             while len(out) <= limit:
                 page = self._db.query(**kwargs, Limit=limit + 1 - len(out))
-                out.extend(_from_item(Conversation, i) for i in page.get("Items", []))
+                out.extend(self._conversations_at(page.get("Items", [])))
                 last = page.get("LastEvaluatedKey")
                 if not last:
                     break
@@ -604,8 +639,7 @@ class DynamoStorage:
             {
                 "Put": {
                     "TableName": self._config.messages_table,
-                    "Item": _to_item(message, pendingShard=_pending_shard(message.conversation_id),
-                                     pendingSince=now_epoch),
+                    "Item": _to_item(message, **_commit_attrs(message.conversation_id, now_epoch)),
                     "ConditionExpression": "attribute_not_exists(seq)",
                 }
             },
@@ -714,13 +748,8 @@ class DynamoStorage:
                 {
                     "Put": {
                         "TableName": self._config.messages_table,
-                        # pending* put the message in the sparse byPending
-                        # index until mark_enqueued removes them.
                         "Item": _to_item(
-                            message,
-                            pendingShard=_pending_shard(message.conversation_id),
-                            pendingSince=now_epoch,
-                        ),
+                            message, **_commit_attrs(message.conversation_id, now_epoch)),
                         "ConditionExpression": "attribute_not_exists(seq)",
                     }
                 },
@@ -760,37 +789,59 @@ class DynamoStorage:
         # TTL deletes late: an expired record may still be stored.
         return None if record.expires_at < now_epoch else record
 
-    def mark_enqueued(self, conversation_id: str, seq: int) -> None:
-        with _backend("mark_enqueued"):
+    def committed_between(self, start: int, end: int, limit: int) -> list[MessageRecord]:
+        # byCommitTime is a KEYS_ONLY GSI (eventually consistent): it names
+        # the messages of the window, which are then read from the table.
+        keys: list[tuple[int, Item]] = []
+        with _backend("committed_between"):
+            for shard in range(COMMIT_SHARDS):
+                for item in self._query_all(
+                    TableName=self._config.messages_table,
+                    IndexName="byCommitTime",
+                    KeyConditionExpression="commitShard = :s AND committedAt BETWEEN :a AND :b",
+                    ExpressionAttributeValues={
+                        ":s": _n(shard), ":a": _n(start), ":b": _n(end - 1)},
+                ):
+                    keys.append((int(item["committedAt"]["N"]), {
+                        "conversationId": item["conversationId"], "seq": item["seq"]}))
+            keys.sort(key=lambda pair: (pair[0], pair[1]["conversationId"]["S"],
+                                        int(pair[1]["seq"]["N"])))
+            return self._batch_get_messages([key for _, key in keys[:limit]])
+
+    def _batch_get_messages(self, keys: list[Item]) -> list[MessageRecord]:
+        """The messages at ``keys``, in that order (missing ones left out), 100 keys a request."""
+        table = self._config.messages_table
+        found: dict[tuple[str, int], MessageRecord] = {}
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {table: {"Keys": keys[start:start + 100]}}
+            while request:
+                answer = self._db.batch_get_item(RequestItems=request)
+                for item in answer.get("Responses", {}).get(table, []):
+                    record = _from_item(MessageRecord, item)
+                    found[(record.conversation_id, record.seq)] = record
+                request = answer.get("UnprocessedKeys") or {}
+        return [found[k] for k in ((key["conversationId"]["S"], int(key["seq"]["N"]))
+                                   for key in keys) if k in found]
+
+    def get_sweep_mark(self) -> int | None:
+        with _backend("get_sweep_mark"):
+            item = self._get(self._config.limits_table, {"limitKey": _s(SWEEP_MARK_KEY)})
+        return int(item["mark"]["N"]) if item else None
+
+    def set_sweep_mark(self, mark: int) -> None:
+        with _backend("set_sweep_mark"):
             try:
                 self._db.update_item(
-                    TableName=self._config.messages_table,
-                    Key={"conversationId": _s(conversation_id), "seq": _n(seq)},
-                    UpdateExpression="REMOVE pendingShard, pendingSince",
-                    # Never create a stub item for a message that is not there.
-                    ConditionExpression="attribute_exists(seq)",
+                    TableName=self._config.limits_table,
+                    Key={"limitKey": _s(SWEEP_MARK_KEY)},
+                    UpdateExpression="SET mark = :m",
+                    # Never back: two sweeps racing leave the later mark.
+                    ConditionExpression="attribute_not_exists(mark) OR mark < :m",
+                    ExpressionAttributeValues={":m": _n(mark)},
                 )
             except ClientError as exc:
                 if _code(exc) != "ConditionalCheckFailedException":
                     raise
-
-    def pending_messages(self, committed_before: int, limit: int) -> list[MessageRecord]:
-        # byPending is a GSI, so eventually consistent: a message enqueued a
-        # moment ago may still be listed and is enqueued again. Harmless:
-        # recipients drop copies by seq, and SQS dedup usually drops it first.
-        due: list[tuple[int, MessageRecord]] = []
-        with _backend("pending_messages"):
-            for shard in range(PENDING_SHARDS):
-                items = self._db.query(
-                    TableName=self._config.messages_table,
-                    IndexName="byPending",
-                    KeyConditionExpression="pendingShard = :s AND pendingSince < :t",
-                    ExpressionAttributeValues={":s": _n(shard), ":t": _n(committed_before)},
-                    Limit=limit,
-                ).get("Items", [])
-                due.extend((int(i["pendingSince"]["N"]), _from_item(MessageRecord, i)) for i in items)
-        due.sort(key=lambda pair: pair[0])
-        return [message for _, message in due[:limit]]
 
     def get_message(self, conversation_id: str, seq: int) -> MessageRecord | None:
         with _backend("get_message"):
@@ -894,12 +945,23 @@ class DynamoStorage:
             items = list(
                 self._query_all(
                     TableName=self._config.participants_table,
-                    IndexName="byConversation",
+                    IndexName="byConversation",  # KEYS_ONLY: cursor moves never rewrite it
                     KeyConditionExpression="conversationId = :c",
                     ExpressionAttributeValues={":c": _s(conversation_id)},
                 )
             )
-        return sorted((_from_item(Participant, i) for i in items), key=lambda p: p.user_id)
+            table = self._config.participants_table
+            found: list[Participant] = []
+            keys = [{"userId": i["userId"], "conversationId": i["conversationId"]} for i in items]
+            for start in range(0, len(keys), 100):
+                request: dict[str, Any] = {table: {"Keys": keys[start:start + 100],
+                                                   "ConsistentRead": True}}
+                while request:
+                    answer = self._db.batch_get_item(RequestItems=request)
+                    found.extend(_from_item(Participant, i)
+                                 for i in answer.get("Responses", {}).get(table, []))
+                    request = answer.get("UnprocessedKeys") or {}
+        return sorted(found, key=lambda p: p.user_id)
 
     def advance_ack(self, user_id: str, conversation_id: str, seq: int) -> bool:
         return self._advance(user_id, conversation_id, "ackSeq", seq, "advance_ack")

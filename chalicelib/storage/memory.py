@@ -44,7 +44,8 @@ class MemoryStorage:
         self._messages: dict[tuple[str, int], MessageRecord] = {}
         self._idempotency: dict[str, IdempotencyRecord] = {}
         self._participants: dict[tuple[str, str], Participant] = {}
-        self._pending: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
+        self._sweep_mark: int | None = None
         self._requests: dict[str, tuple[str, int]] = {}
         self._buckets: dict[str, tuple[int, int]] = {}
 
@@ -210,7 +211,7 @@ class MemoryStorage:
                                 role="agent", joined_at=after.updated_at))
             self._conversations[after.conversation_id] = after
             self._messages[(message.conversation_id, message.seq)] = message
-            self._pending[(message.conversation_id, message.seq)] = now_epoch
+            self._committed[(message.conversation_id, message.seq)] = now_epoch
 
     # ------------------------------------------------------------- messages
     def append_message(
@@ -236,16 +237,21 @@ class MemoryStorage:
                 update={"last_seq": message.seq}
             )
             self._messages[(message.conversation_id, message.seq)] = message
-            self._pending[(message.conversation_id, message.seq)] = now_epoch
+            self._committed[(message.conversation_id, message.seq)] = now_epoch
 
-    def mark_enqueued(self, conversation_id: str, seq: int) -> None:
+    def committed_between(self, start: int, end: int, limit: int) -> list[MessageRecord]:
         with self._lock:
-            self._pending.pop((conversation_id, seq), None)
+            due = sorted((at, key) for key, at in self._committed.items() if start <= at < end)
+            return [self._messages[key] for _, key in due[:limit] if key in self._messages]
 
-    def pending_messages(self, committed_before: int, limit: int) -> list[MessageRecord]:
+    def get_sweep_mark(self) -> int | None:
         with self._lock:
-            due = sorted((since, key) for key, since in self._pending.items() if since < committed_before)
-            return [self._messages[key] for _, key in due[:limit]]
+            return self._sweep_mark
+
+    def set_sweep_mark(self, mark: int) -> None:
+        with self._lock:
+            if self._sweep_mark is None or self._sweep_mark < mark:
+                self._sweep_mark = mark
 
     def get_idempotency(
         self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int

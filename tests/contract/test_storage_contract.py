@@ -237,12 +237,12 @@ def test_assign_activates_the_conversation_counts_load_and_adds_the_agent(storag
     assert agent is not None and agent.active_count == 1 and agent.presence == "online"
     member = storage.get_participant("ag1", "c1")
     assert member is not None and (member.role, member.ack_seq) == ("agent", 0)
-    # the step is recorded as the "assigned" system message at seq 1, pending like any message
+    # the step is recorded as the "assigned" system message at seq 1, in the commit-time index
     system = storage.get_message("c1", 1)
     assert system is not None
     assert (system.sender_id, system.sender_role, system.message_id) == ("system", "system", "system-1")
     assert (system.event, system.status, system.agent_id, system.sent_at) == ("assigned", "active", "ag1", at(5))
-    assert [(m.conversation_id, m.seq) for m in storage.pending_messages(NOW_EPOCH + 1, 10)] == [("c1", 1)]
+    assert [(m.conversation_id, m.seq) for m in storage.committed_between(0, NOW_EPOCH + 1, 10)] == [("c1", 1)]
 
 
 def test_assign_twice_fails_the_second_and_counts_the_load_once(storage: Storage) -> None:
@@ -277,7 +277,7 @@ def test_assign_to_an_offline_agent_fails_and_writes_nothing(storage: Storage) -
     assert storage.get_agent("ag1") == before
     assert storage.get_participant("ag1", "c1") is None
     assert storage.get_message("c1", 1) is None
-    assert storage.pending_messages(NOW_EPOCH + 1, 10) == []
+    assert storage.committed_between(0, NOW_EPOCH + 1, 10) == []
 
 
 def test_assign_to_an_unknown_agent_fails_and_writes_nothing(storage: Storage) -> None:
@@ -289,7 +289,7 @@ def test_assign_to_an_unknown_agent_fails_and_writes_nothing(storage: Storage) -
     assert storage.get_agent("ghost") is None
     assert storage.get_participant("ghost", "c1") is None
     assert storage.get_message("c1", 1) is None
-    assert storage.pending_messages(NOW_EPOCH + 1, 10) == []
+    assert storage.committed_between(0, NOW_EPOCH + 1, 10) == []
 
 
 def test_assign_to_an_agent_at_capacity_fails_and_writes_nothing(storage: Storage) -> None:
@@ -316,7 +316,7 @@ def test_assign_unknown_conversation_fails_and_writes_nothing(storage: Storage) 
     assert storage.get_agent("ag1") == agent
     assert storage.get_participant("ag1", "nope") is None
     assert storage.get_message("nope", 1) is None
-    assert storage.pending_messages(NOW_EPOCH + 1, 10) == []
+    assert storage.committed_between(0, NOW_EPOCH + 1, 10) == []
 
 
 def test_assign_keeps_the_cursor_of_an_agent_already_participating(storage: Storage) -> None:
@@ -569,37 +569,34 @@ def _append_at(storage: Storage, seq: int, conversation_id: str, epoch: int) -> 
     storage.append_message(msg, idem_for(msg), seq - 1, epoch)
 
 
-def test_appended_messages_are_pending_until_marked_enqueued(storage: Storage) -> None:
+def test_appended_messages_are_listed_by_commit_time(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     storage.create_conversation(conversation("c2"))
     _append_at(storage, 1, "c1", NOW_EPOCH)
     _append_at(storage, 1, "c2", NOW_EPOCH + 5)
     _append_at(storage, 2, "c1", NOW_EPOCH + 10)
-    due = storage.pending_messages(NOW_EPOCH + 10, 100)
+    due = storage.committed_between(NOW_EPOCH, NOW_EPOCH + 10, 100)  # end excluded
     assert [(m.conversation_id, m.seq) for m in due] == [("c1", 1), ("c2", 1)]  # oldest first
     assert due[0].body == message(1, "c1").body
-    storage.mark_enqueued("c1", 1)
-    assert [(m.conversation_id, m.seq) for m in storage.pending_messages(NOW_EPOCH + 11, 100)] == [
-        ("c2", 1), ("c1", 2)]
-    assert [m.seq for m in storage.pending_messages(NOW_EPOCH + 11, 1)] == [1]
+    assert [(m.conversation_id, m.seq) for m in storage.committed_between(
+        NOW_EPOCH + 1, NOW_EPOCH + 11, 100)] == [("c2", 1), ("c1", 2)]
+    assert [m.seq for m in storage.committed_between(NOW_EPOCH, NOW_EPOCH + 11, 1)] == [1]
+    assert storage.committed_between(NOW_EPOCH + 11, NOW_EPOCH + 100, 10) == []
 
 
-def test_mark_enqueued_is_idempotent_and_ignores_missing_messages(storage: Storage) -> None:
-    storage.create_conversation(conversation("c1"))
-    _append_at(storage, 1, "c1", NOW_EPOCH)
-    storage.mark_enqueued("c1", 1)
-    storage.mark_enqueued("c1", 1)
-    storage.mark_enqueued("c1", 99)
-    storage.mark_enqueued("nope", 1)
-    assert storage.pending_messages(NOW_EPOCH + 100, 10) == []
-    assert storage.get_message("c1", 1) is not None
-    assert storage.get_message("c1", 99) is None
+def test_the_sweep_mark_only_moves_forward(storage: Storage) -> None:
+    assert storage.get_sweep_mark() is None
+    storage.set_sweep_mark(NOW_EPOCH)
+    storage.set_sweep_mark(NOW_EPOCH - 5)
+    assert storage.get_sweep_mark() == NOW_EPOCH
+    storage.set_sweep_mark(NOW_EPOCH + 60)
+    assert storage.get_sweep_mark() == NOW_EPOCH + 60
 
 
-def test_a_failed_append_leaves_nothing_pending(storage: Storage) -> None:
+def test_a_failed_append_adds_nothing_to_the_commit_index(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     _append_at(storage, 1, "c1", NOW_EPOCH)
     msg = message(1, "c1")
     with pytest.raises((DuplicateMessage, SequenceConflict)):
         storage.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
-    assert [m.seq for m in storage.pending_messages(NOW_EPOCH + 1, 10)] == [1]
+    assert [m.seq for m in storage.committed_between(0, NOW_EPOCH + 1, 10)] == [1]

@@ -4,9 +4,10 @@ import threading
 
 import pytest
 
+
 from chalicelib.auth import mint_token
 from chalicelib.config import Config
-from chalicelib.errors import ConnectionGone, Forbidden, NotFound, Unauthorized
+from chalicelib.errors import ConnectionGone, Forbidden, NotFound, OnceChatError, Unauthorized
 from chalicelib.models import AckFrame, ResumeFrame, SendFrame
 from chalicelib.ports import MemoryPusher, MemoryQueue
 from chalicelib.service import ChatService, DeliveryFailed, DeliveryService, Origin
@@ -206,14 +207,19 @@ def test_other_push_failure_fails_batch_after_trying_all(chatting):
     assert len(chat.pusher.frames(bob.connection_id, "message")) == 1
 
 
-def test_recipient_who_acked_is_skipped(chatting):
+def test_a_redelivered_batch_pushes_again_and_reads_no_conversation(chatting):
+    """SQS redelivery repeats the push (the client drops it by seq); the queued
+    delivery names its recipients, so the consumer reads only their connections."""
     chat, alice, bob, cid = chatting
-    acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
+    frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
     batch = [d.to_json() for d in chat.queue.drain()]
+    reads = []
+    real = chat.storage.get_conversation
+    chat.storage.get_conversation = lambda c: reads.append(c) or real(c)
     DeliveryService(chat).deliver(batch)
-    frame(chat, bob, action="ack", conversationId=cid, seq=acc["seq"])
     DeliveryService(chat).deliver(batch)  # SQS redelivered it
-    assert len(chat.pusher.frames(bob.connection_id, "message")) == 1
+    assert len(chat.pusher.frames(bob.connection_id, "message")) == 2
+    assert reads == []
 
 
 def test_ack_only_moves_forward(chatting):
@@ -351,18 +357,33 @@ def test_sweeper_enqueues_a_message_whose_sender_never_returned(chatting):
     assert err["code"] == "internal"
     assert chat.sweep() == 0  # within the grace period a retry is still expected
     chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
-    assert chat.sweep() == 1
-    assert chat.sweep() == 0  # marked enqueued: swept once
+    swept = chat.sweep()  # the whole window: the conversation's "assigned" event too
+    assert [d.message.message_id for d in chat.queue.items][-1] == "m1" and swept >= 1
+    assert chat.sweep() == 0  # the watermark moved past it: swept once
     pump(chat)
-    assert [f["body"] for f in chat.pusher.frames(bob.connection_id, "message")] == ["lost?"]
+    assert [f["body"] for f in chat.pusher.frames(bob.connection_id, "message")
+            if f["senderRole"] != "system"] == ["lost?"]
 
 
-def test_enqueued_messages_are_never_swept(chatting):
+def test_each_window_is_swept_once_and_a_failed_sweep_is_repeated(chatting):
     chat, alice, bob, cid = chatting
+    chat.sweep()  # the first sweep sets the watermark
+    sent = []
     for i in range(3):
-        frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body="x")
+        sent.append(frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}",
+                          body="x")["seq"])
+        chat.clock.t += 20_000
+    chat.queue.drain()
+    chat.clock.t += chat.config.sweep_grace_seconds * 1000
+    chat.queue.fail_next = 1
+    with pytest.raises(OnceChatError):
+        chat.sweep()  # SQS down: the watermark stays
+    swept = chat.sweep()  # the window also holds the conversation's "assigned" event
+    again = [d.message.seq for d in chat.queue.drain()]
+    assert swept == len(again) and again[-3:] == sent
     chat.clock.t += 3600 * 1000
     assert chat.sweep() == 0
+    assert chat.queue.drain() == []
 
 
 def test_a_batch_reads_each_conversations_audience_once(chatting, monkeypatch):
