@@ -30,6 +30,8 @@ log = logging.getLogger("oncechat")
 
 #: Connections whose principal a container remembers.
 PRINCIPAL_CACHE_SIZE = 50_000
+#: Accepted messageIds a container remembers.
+ACCEPTED_CACHE_SIZE = 50_000
 
 Clock = Callable[[], int]
 
@@ -72,6 +74,8 @@ class ServiceBase:
         self.new_id = new_id
         #: Who is behind each connection this container has seen (see local_state).
         self.principals: BoundedCache[str, Principal] = BoundedCache(PRINCIPAL_CACHE_SIZE)
+        #: Idempotency records of sends this container stored or answered (see local_state).
+        self.accepted: BoundedCache[str, IdempotencyRecord] = BoundedCache(ACCEPTED_CACHE_SIZE)
         #: Frame rate limits counted in this container (see local_state).
         self.frame_limits = WindowCounter()
 

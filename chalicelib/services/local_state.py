@@ -7,6 +7,10 @@ Two things are safe to remember across the frames a container serves:
   connection; API Gateway routes frames only from open connections. So a
   container that has looked a connection up once need not read its record
   again for the next frame (one GetItem fewer per frame).
+- **What a send was answered with.** An idempotency record never changes
+  once written (until it expires), so a resend that reaches the container
+  that stored the first copy is answered from memory; elsewhere the
+  store's condition answers it.
 - **Frame counts of fixed-window rate limits.** Counting the frames of a
   connection (and of a user) in the container costs no AWS request. On
   AWS, concurrent frames of one connection may run in several containers,

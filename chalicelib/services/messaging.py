@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,14 +12,18 @@ from chalicelib.errors import (
     ConnectionGone,
     ConversationClosed,
     DuplicateMessage,
+    NotFound,
     OnceChatError,
     RateLimited,
+    ReservationRefused,
     SequenceConflict,
 )
 from chalicelib.models import (
     AckFrame,
     ConnectionRecord,
+    Conversation,
     IdempotencyRecord,
+    MessageRecord,
     Principal,
     ReadFrame,
     ResumeFrame,
@@ -72,18 +74,16 @@ class MessagingMixin(ServiceBase):
     def send(self, principal: Principal, origin: Origin | None, frame: SendFrame) -> dict[str, Any]:
         """Store a message exactly once, enqueue it, and return the ``accepted`` frame.
 
-        The loop is optimistic concurrency on the conversation's counter:
-        read ``last_seq``, write seq ``last_seq + 1`` on condition that the
-        counter has not moved, re-read and retry when it has. A racing
-        duplicate loses the idempotency condition and is answered from the
-        record the winner wrote.
+        Two writes, neither retried under contention: reserve the next seq
+        (an atomic increment that also checks the sender holds the open
+        conversation), then store the message there with its idempotency
+        record. A retry of a stored message fails the second write: it is
+        answered with the first seq, and the seq it reserved is made void.
         """
         origin_id = origin.connection_id if origin else None
         buckets = [(f"send#user#{principal.user_id}", self.config.rate_user_sends)]
         if origin_id:
             buckets.append((f"send#conn#{origin_id}", self.config.rate_connection_sends))
-        # Optimistic: the first attempt does not read the idempotency record;
-        # the transaction's condition on it tells a retry from a new message.
         existing: IdempotencyRecord | None = None
         try:
             self._limit_frames(buckets, frame.message_id)
@@ -93,55 +93,84 @@ class MessagingMixin(ServiceBase):
             existing = self._idempotency(principal, frame, self.clock())
             if existing is None:
                 raise
+        if existing is None:
+            # A resend often reaches the container that stored the first copy:
+            # answering from memory spares a reservation that would turn void.
+            existing = self.accepted.get(core.idempotency_key_of(principal, frame))
+            if existing is not None and existing.expires_at < self.clock() // 1000:
+                existing = None
         reopened = False
-        for attempt in range(self.config.append_max_attempts):
+        for _ in range(self.config.append_max_attempts):
+            if existing is not None:
+                return self._replay(principal, origin_id, frame, existing)
             now = self.clock()
-            conv = self._conversation(frame.conversation_id)
-            if conv.status == "closed" and existing is None:  # a retry is still answered
+            try:
+                conv = self.storage.reserve_seq(frame.conversation_id, principal, now)
+            except ReservationRefused as refused:
+                conv = refused.conversation
+                if conv is None:
+                    raise NotFound(f"conversation {frame.conversation_id} not found") from None
+                core.require_participant(principal, conv)  # Forbidden
+                # Closed: a retry of a stored message is still answered;
+                # a new message of the customer reopens it within the
+                # window (ConversationClosed otherwise), then is appended.
                 existing = self._idempotency(principal, frame, now)
-                if existing is None:
-                    # The customer's message reopens it within the window
-                    # (ConversationClosed otherwise); then it is appended.
-                    core.require_participant(principal, conv)
+                if existing is None and conv.status == "closed":
                     reopened = self._commit_once(core.plan_reopen(
                         principal, conv, now, self.config.reopen_window_seconds,
                         frame.message_id)) or reopened
-                    continue
-            decision = core.decide_send(
-                principal, conv, frame, existing, now, self.config.idempotency_ttl_seconds,
-                self.config.message_retention_days * 86400,
-            )
-            if isinstance(decision, core.Replay):
-                idem = decision.idem
-                stored = self.storage.get_message(idem.conversation_id, idem.seq)
-                if stored is not None:
-                    # The first attempt may have died between commit and
-                    # enqueue: enqueue again. If it did enqueue, SQS dedup
-                    # (5 min) or the recipients' seq rule drops the copy.
-                    self._enqueue(Delivery(stored, origin_id, tuple(conv.participant_ids())))
-                return core.accepted_frame(
-                    idem.conversation_id, idem.message_id, idem.seq, idem.sent_at, True
-                )
+                continue
+            append = core.new_message(
+                principal, conv.conversation_id, frame, conv.last_seq, now,
+                self.config.idempotency_ttl_seconds, self.config.message_retention_days * 86400)
             try:
-                self.storage.append_message(
-                    decision.message, decision.idem, decision.expected_last_seq, now // 1000
-                )
-            except SequenceConflict:
-                time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
-                continue
-            except DuplicateMessage:
+                self.storage.store_message(append.message, append.idem, now // 1000)
+            except DuplicateMessage as dup:
                 # Stored before (a retry), or a concurrent duplicate committed
-                # first: answer from the record it wrote.
-                existing = self._idempotency(principal, frame, now)
+                # first: our seq stays empty for good, so void it now, and
+                # answer from the record the first one wrote.
+                self._void(conv, conv.last_seq, now)
+                existing = dup.existing or self._idempotency(principal, frame, now)
                 continue
-            except ConversationClosed:
-                continue  # closed since we read it: re-read (reopen, or refuse)
-            self._enqueue(Delivery(decision.message, origin_id, tuple(conv.participant_ids())))
+            except SequenceConflict:
+                continue  # our slot was voided (this send outlived the grace): reserve again
+            self.accepted.put(append.idem.key, append.idem)
+            self._enqueue(Delivery(append.message, origin_id, tuple(conv.participant_ids())))
             if reopened:
                 self.assign_new_waiting(frame.conversation_id)
-            m = decision.message
+            m = append.message
             return core.accepted_frame(m.conversation_id, m.message_id, m.seq, m.sent_at, False)
         raise OnceChatError("conversation too busy, retry the send", message_id=frame.message_id)
+
+    def _void(self, conv: Conversation, seq: int, now_ms: int) -> MessageRecord:
+        """Make an empty seq void and push it like a message (best effort: resume also has it).
+
+        Recipients that got later seqs are waiting for this one; the push
+        spares them a resume.
+        """
+        filled = self.storage.fill_hole(conv.conversation_id, seq, now_ms // 1000)
+        if filled.void:
+            try:
+                self.queue.enqueue(Delivery(filled, None, tuple(conv.participant_ids())))
+            except OnceChatError as err:
+                log.info("void %s#%d not enqueued: %s", conv.conversation_id, seq, err.message)
+        return filled
+
+    def _replay(self, principal: Principal, origin_id: str | None, frame: SendFrame,
+                existing: IdempotencyRecord) -> dict[str, Any]:
+        """Answer a send of a stored messageId with its first seq, and enqueue it again.
+
+        The first attempt may have died between commit and enqueue: enqueue
+        again. If it did enqueue, SQS dedup (5 min) or the recipients' seq
+        rule drops the copy.
+        """
+        replay = core.replay_of(frame, existing)  # Conflict for another body
+        idem = replay.idem
+        self.accepted.put(idem.key, idem)
+        stored = self.storage.get_message(idem.conversation_id, idem.seq)
+        if stored is not None:
+            self._enqueue(Delivery(stored, origin_id))
+        return core.accepted_frame(idem.conversation_id, idem.message_id, idem.seq, idem.sent_at, True)
 
     # -------------------------------------------------------------------- ack
 
@@ -214,34 +243,69 @@ class MessagingMixin(ServiceBase):
     def resume(self, principal: Principal, origin: Origin, frame: ResumeFrame) -> None:
         """Replay from DynamoDB, in seq order and in pages, then send ``resumed``.
 
-        Listed conversations replay after the client's cursor, the user's
-        other conversations after the stored ack cursor. At most
-        ``resume_max_messages`` frames go out per resume; ``resumed`` tells
-        the latest seq of each conversation, so a client still behind
-        simply resumes again.
+        Listed conversations replay after the client's cursor; the other
+        conversations the user holds now (a customer's open ones, an agent's
+        active ones: a sparse index, so closed history costs nothing) after
+        the stored ack cursor. At most ``resume_max_messages`` frames go out
+        per resume; ``resumed`` tells where each conversation stands, so a
+        client still behind simply resumes again.
         """
         requested = {cid: self._conversation(cid) for cid in frame.cursors}
         for conv in requested.values():
             core.require_participant(principal, conv)
-        memberships = self.storage.participants_of_user(principal.user_id)
-        cursors = core.resume_cursors(frame.cursors, memberships)
+        held = {c.conversation_id: c for c in self.storage.open_conversations_of(principal)
+                if c.conversation_id not in requested}
+        cursors = dict(frame.cursors)
+        for cid in held:
+            member = self.storage.get_participant(principal.user_id, cid)
+            cursors[cid] = member.ack_seq if member else 0
         budget = self.config.resume_max_messages
         latest: dict[str, int] = {}
         for cid, after in cursors.items():
-            conv = requested.get(cid) or self.storage.get_conversation(cid)
-            if conv is None or not core.is_participant(principal, conv):
+            conv = requested.get(cid) or held[cid]
+            if not core.is_participant(principal, conv):
                 continue  # e.g. a conversation transferred away
-            position = after
-            while budget > 0 and position < conv.last_seq:
-                page = self.storage.messages_after(cid, position, min(self.config.page_size, budget))
-                if not page:
-                    break
-                for message in page:
-                    self.reply(origin, message.frame())
-                budget -= len(page)
-                position = page[-1].seq
-            latest[cid] = conv.last_seq
+            position, budget = self._replay_after(origin, conv, after, budget)
+            latest[cid] = position if position < conv.last_seq and budget > 0 else conv.last_seq
         self.reply(origin, core.resumed_frame(latest))
+
+    def _replay_after(self, origin: Origin, conv: Conversation, after: int,
+                      budget: int) -> tuple[int, int]:
+        """Push the messages after ``after`` in seq order; return where it stopped and the budget left.
+
+        A seq with no message is reserved by a send still storing it, or by
+        one that died. Seqs are reserved in order, so once a later message
+        (or, at the tail, the latest reservation) is older than the sweep
+        grace, the send of the empty seq cannot still be running: the seq is
+        made void (``fill_hole``) and replayed as such. A younger hole stops
+        the replay there: its message is on its way, pushed like any other.
+        """
+        cid, position = conv.conversation_id, after
+        now = self.clock()
+        dead_before = now - self.config.sweep_grace_seconds * 1000
+        while budget > 0 and position < conv.last_seq:
+            page = self.storage.messages_after(cid, position, min(self.config.page_size, budget))
+            for message in page:
+                if message.seq > position + 1 and core.epoch_ms(message.sent_at) >= dead_before:
+                    return position, budget  # a hole that may still fill
+                while position + 1 < message.seq and budget > 0:
+                    position += 1
+                    budget -= 1
+                    self.reply(origin, self._void(conv, position, now).frame())
+                if budget <= 0:
+                    return position, budget
+                self.reply(origin, message.frame())
+                position = message.seq
+                budget -= 1
+            if not page or len(page) < self.config.page_size:
+                break
+        # The tail: seqs reserved after the last stored message.
+        if position < conv.last_seq and (conv.reserved_at or 0) < dead_before:
+            while position < conv.last_seq and budget > 0:
+                position += 1
+                budget -= 1
+                self.reply(origin, self._void(conv, position, now).frame())
+        return position, budget
 
     def list_messages(
         self, principal: Principal, conversation_id: str, after: int | None = None,

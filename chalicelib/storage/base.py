@@ -21,6 +21,7 @@ from chalicelib.models import (
     IdempotencyRecord,
     MessageRecord,
     Participant,
+    Principal,
 )
 
 
@@ -97,6 +98,10 @@ class Storage(Protocol):
     def waiting_conversations(self, limit: int) -> list[Conversation]:
         """Up to ``limit`` conversations with status waiting, oldest ``queued_at`` first, then by id."""
 
+    def open_conversations_of(self, user: Principal) -> list[Conversation]:
+        """What ``user`` holds now, any order: a customer's conversations that are not
+        closed, or an agent's active ones. Its cost does not grow with closed history."""
+
     def conversations_of(
         self, user_id: str, role: str, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[Conversation], str | None]:
@@ -123,23 +128,38 @@ class Storage(Protocol):
         """
 
     # ------------------------------------------------------------- messages
-    def append_message(
-        self, message: MessageRecord, idem: IdempotencyRecord, expected_last_seq: int, now_epoch: int
-    ) -> None:
-        """Store a message with its idempotency record and move the counter, atomically.
+    def reserve_seq(self, conversation_id: str, sender: Principal, now_ms: int) -> Conversation:
+        """Reserve the conversation's next seq for a message of ``sender``; return the conversation.
 
-        One transaction of three conditional writes:
+        One atomic increment of ``last_seq`` (the returned conversation's
+        ``last_seq`` is the reserved seq; ``reserved_at`` becomes ``now_ms``),
+        on condition that the conversation exists, is not closed, and
+        ``sender`` holds it (its customer, or its assigned agent, by role).
+        Racing senders each get their own seq and nobody retries.
+        Raises ReservationRefused (carrying the conversation, or None when
+        absent) otherwise, reserving nothing.
+        """
+
+    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
+        """Store a message at the seq its sender reserved, with its idempotency record, atomically.
+
+        One transaction of two conditional writes:
         - the idempotency record (condition: absent, or present but expired: ``expires_at < now_epoch``);
-        - the conversation: ``last_seq`` from ``expected_last_seq`` to ``message.seq``
-          (condition: ``last_seq == expected_last_seq`` and status is not closed);
         - the message item keyed (conversation_id, seq) (condition: absent),
           entered in the commit-time index at ``now_epoch`` (see ``committed_between``).
-        ``message.seq`` must be ``expected_last_seq + 1``.
+        Raises DuplicateMessage (with the stored record) when the idempotency
+        record exists and is not expired, SequenceConflict when the slot was
+        filled (voided by ``fill_hole``). On any raise nothing is written.
+        """
 
-        Raises DuplicateMessage when the idempotency record exists (and is not
-        expired), SequenceConflict when the counter moved or the message slot
-        is taken, NotFound when the conversation does not exist,
-        ConversationClosed when it is closed. On any raise nothing is written.
+    def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
+        """Make an empty seq void (never overwriting); return what the slot holds now.
+
+        For a seq reserved by a send that never stored its message: the send
+        was a retry (it answers with the first seq), or its handler died.
+        Only a caller sure that no send is still coming calls it (the send
+        itself, or a reader after the sweep grace): a slow send that finds
+        its slot void reserves another seq.
         """
 
     def committed_between(self, start: int, end: int, limit: int) -> list[MessageRecord]:

@@ -34,16 +34,16 @@ from pydantic import BaseModel
 
 from chalicelib import aws
 from chalicelib.config import Config
-from chalicelib.core import Transition
+from chalicelib.core import Transition, void_message
 from chalicelib.errors import (
     AgentUnavailable,
     BadRequest,
     Conflict,
-    ConversationClosed,
     DuplicateMessage,
     DuplicateRequest,
     NotFound,
     OnceChatError,
+    ReservationRefused,
     SequenceConflict,
     StaleConversation,
 )
@@ -55,6 +55,7 @@ from chalicelib.models import (
     IdempotencyRecord,
     MessageRecord,
     Participant,
+    Principal,
     idempotency_key,
 )
 
@@ -130,6 +131,16 @@ def _commit_attrs(conversation_id: str, now_epoch: int) -> dict[str, int]:
             "committedAt": now_epoch}
 
 
+def _open_holders(conv: Conversation) -> dict[str, str | None]:
+    """The keys of the sparse open-conversation indexes (None: out of that index).
+
+    A customer holds their conversation until it is closed; an agent holds
+    it while it is active and assigned to them.
+    """
+    return {"openCustomerId": conv.customer_id if conv.status != "closed" else None,
+            "openAgentId": conv.agent_id if conv.status == "active" else None}
+
+
 def _n(value: int) -> dict[str, str]:
     return {"N": str(value)}
 
@@ -194,7 +205,12 @@ class DynamoStorage:
         The codes list has one entry per item ("None" for items that did not
         fail), or is empty when the backend gave no CancellationReasons.
         """
-        codes: list[str] = []
+        reasons = self._transact_reasons(items, operation)
+        return None if reasons is None else [str(r.get("Code", "None")) for r in reasons]
+
+    def _transact_reasons(self, items: list[Item], operation: str) -> list[dict[str, Any]] | None:
+        """``_transact``, returning the cancellation reasons themselves (with ALL_OLD items)."""
+        reasons: list[dict[str, Any]] = []
         for attempt in range(_TRANSACTION_ATTEMPTS):
             try:
                 self._db.transact_write_items(TransactItems=items)
@@ -202,15 +218,15 @@ class DynamoStorage:
             except ClientError as exc:
                 if _code(exc) != "TransactionCanceledException":
                     raise OnceChatError(f"storage operation {operation} failed: {exc}") from exc
-                reasons = exc.response.get("CancellationReasons") or []
-                codes = [str(r.get("Code", "None")) for r in reasons]
+                reasons = list(exc.response.get("CancellationReasons") or [])
             except BotoCoreError as exc:
                 raise OnceChatError(f"storage operation {operation} failed: {exc}") from exc
-            if "ConditionalCheckFailed" in codes or not (set(codes) & _RETRYABLE_REASONS):
-                return codes
+            codes = {str(r.get("Code", "None")) for r in reasons}
+            if "ConditionalCheckFailed" in codes or not (codes & _RETRYABLE_REASONS):
+                return reasons
             if attempt + 1 < _TRANSACTION_ATTEMPTS:
                 _backoff(attempt)
-        return codes
+        return reasons
 
     # ---------------------------------------------------------- connections
     def put_connection(self, conn: ConnectionRecord) -> None:
@@ -463,7 +479,7 @@ class DynamoStorage:
             {
                 "Put": {
                     "TableName": self._config.conversations_table,
-                    "Item": _to_item(conv),
+                    "Item": _to_item(conv, **{k: v for k, v in _open_holders(conv).items() if v}),
                     # Two creates of one id: exactly one succeeds.
                     "ConditionExpression": "attribute_not_exists(conversationId)",
                 }
@@ -550,6 +566,19 @@ class DynamoStorage:
         out.sort(key=lambda c: c.queue_position_key)
         return out[:limit]
 
+    def open_conversations_of(self, user: Principal) -> list[Conversation]:
+        index, key = (("openByCustomer", "openCustomerId") if user.role == "customer"
+                      else ("openByAgent", "openAgentId"))
+        with _backend("open_conversations_of"):
+            keys = list(self._query_all(
+                TableName=self._config.conversations_table,
+                IndexName=index,  # sparse, KEYS_ONLY: what the user holds now
+                KeyConditionExpression="#k = :u",
+                ExpressionAttributeNames={"#k": key},
+                ExpressionAttributeValues={":u": _s(user.user_id)},
+            ))
+            return self._conversations_at(keys)
+
     def conversations_of(
         self, user_id: str, role: str, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[Conversation], str | None]:
@@ -624,6 +653,15 @@ class DynamoStorage:
                 values[placeholder] = _s(value)
         if after.queued_at is None:  # the queue key is kept for the byStatus index
             removes.remove("#queuedAt")
+        # The sparse openByCustomer / openByAgent indexes list what a user
+        # holds now (resume reads them instead of every membership ever).
+        for attr, value in _open_holders(after).items():
+            names[f"#{attr}"] = attr
+            if value is None:
+                removes.append(f"#{attr}")
+            else:
+                sets.append(f"#{attr} = :{attr}")
+                values[f":{attr}"] = _s(value)
         update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         items: list[Item] = [
             {
@@ -683,42 +721,65 @@ class DynamoStorage:
         raise OnceChatError(f"apply_transition cancelled: {codes}")
 
     # ------------------------------------------------------------- messages
-    def append_message(
-        self, message: MessageRecord, idem: IdempotencyRecord, expected_last_seq: int, now_epoch: int
-    ) -> None:
-        if message.seq != expected_last_seq + 1:
-            raise ValueError("message.seq must be expected_last_seq + 1")
-        # Three conditional writes in one transaction: all happen or none.
+    def reserve_seq(self, conversation_id: str, sender: Principal, now_ms: int) -> Conversation:
+        # One UpdateItem, never a retry: DynamoDB applies concurrent updates
+        # of one item one after the other, so N racing sends get N distinct
+        # seqs in N requests (an optimistic "lastSeq = :expected" loses all
+        # but one racer per round and collapses under a burst).
+        #
+        # Condition: attribute_exists AND status <> closed AND <sender holds it>
+        #   The sender is checked here, atomically with the reservation: an
+        #   agent transferred away a moment ago cannot reserve a seq. A closed
+        #   conversation reserves nothing (its customer's send reopens it
+        #   first, through a lifecycle step).
+        # reservedAt: the time of the latest reservation; a seq that stays
+        #   empty after the sweep grace belongs to a send that died (fill_hole).
+        holder = "customerId" if sender.role == "customer" else "agentId"
+        with _backend("reserve_seq"):
+            try:
+                answer = self._db.update_item(
+                    TableName=self._config.conversations_table,
+                    Key={"conversationId": _s(conversation_id)},
+                    UpdateExpression="SET lastSeq = lastSeq + :one, reservedAt = :now",
+                    ConditionExpression=(
+                        "attribute_exists(conversationId) AND #status <> :closed"
+                        " AND #holder = :sender"
+                    ),
+                    ExpressionAttributeNames={"#status": "status", "#holder": holder},
+                    ExpressionAttributeValues={
+                        ":one": _n(1), ":now": _n(now_ms), ":closed": _s("closed"),
+                        ":sender": _s(sender.user_id)},
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":
+                    raise
+                old = exc.response.get("Item")
+                raise ReservationRefused(
+                    _from_item(Conversation, old) if old
+                    else self.get_conversation(conversation_id)) from None
+        return _from_item(Conversation, answer["Attributes"])
+
+    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
+        # Two conditional writes in one transaction, at a seq the sender has
+        # reserved (reserve_seq): all happen or none.
         #
         # [0] idempotency: attribute_not_exists(idemKey) OR expiresAt < :now
-        #   Racing duplicates (the client resends after a timeout while the
-        #   first send is still running):
-        #     t0 A reads last_seq=4      t0 B reads last_seq=4
-        #     t1 A commits seq 5         t2 B fails [0] -> DuplicateMessage
-        #   B would fail [1] too, but [0] is what tells "already stored" from
-        #   "retry with a new seq" (and stops B from storing the message again
-        #   as seq 6 after a re-read). An expired record (TTL deletes late, up
+        #   A retry, or a racing duplicate (the client resent after a timeout
+        #   while the first send was still running):
+        #     t0 A reserves 5           t1 B reserves 6
+        #     t2 A stores 5             t3 B fails [0] -> DuplicateMessage
+        #   B answers with A's seq (ALL_OLD returns A's record: no read) and
+        #   leaves 6 void (fill_hole). An expired record (TTL deletes late, up
         #   to ~48 h) counts as absent, as the interface says.
-        #   A handler that dies between this commit and the SQS enqueue: the
-        #   client resends, gets DuplicateMessage with the stored seq (from
-        #   the idempotency record), and the service re-enqueues; delivery
-        #   itself is replayed from the messages table, never from SQS.
         #
-        # [1] conversation: attribute_exists AND lastSeq = :expected AND status <> closed
-        #   Concurrent senders (no gaps, no two messages with one seq):
-        #     t0 A reads last_seq=4      t0 B reads last_seq=4
-        #     t1 A commits 4 -> 5        t2 B fails [1] -> SequenceConflict,
-        #                                   re-reads 5, commits 5 -> 6
-        #   A separate ADD counter would leave a gap whenever the message
-        #   write after it failed. Closing the conversation also moves the
-        #   status, so no message lands after a close.
-        #
-        # [2] message: attribute_not_exists(seq)
-        #   Belt and braces: even if the counter were ever behind the stored
-        #   messages (hand repair, restore), an existing message is never
-        #   overwritten; that is reported as SequenceConflict.
-        conversations = self._config.conversations_table
-        codes = self._transact(
+        # [1] message: attribute_not_exists(seq)
+        #   The slot is this sender's by reservation; it is taken only when a
+        #   reader found it empty past the sweep grace and voided it (this
+        #   send took longer than any send may): SequenceConflict, reserve
+        #   again. Never an overwrite.
+        reasons = self._transact_reasons(
             [
                 {
                     "Put": {
@@ -726,23 +787,7 @@ class DynamoStorage:
                         "Item": _to_item(idem, idemKey=idem.key),
                         "ConditionExpression": "attribute_not_exists(idemKey) OR expiresAt < :now",
                         "ExpressionAttributeValues": {":now": _n(now_epoch)},
-                    }
-                },
-                {
-                    "Update": {
-                        "TableName": conversations,
-                        "Key": {"conversationId": _s(message.conversation_id)},
-                        "UpdateExpression": "SET lastSeq = :new",
-                        "ConditionExpression": (
-                            "attribute_exists(conversationId) AND lastSeq = :expected"
-                            " AND #status <> :closed"
-                        ),
-                        "ExpressionAttributeNames": {"#status": "status"},
-                        "ExpressionAttributeValues": {
-                            ":new": _n(message.seq),
-                            ":expected": _n(expected_last_seq),
-                            ":closed": _s("closed"),
-                        },
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                     }
                 },
                 {
@@ -754,28 +799,40 @@ class DynamoStorage:
                     }
                 },
             ],
-            "append_message",
+            "store_message",
         )
-        if codes is None:
+        if reasons is None:
             return
+        codes = [str(r.get("Code", "None")) for r in reasons]
         if not codes:
-            raise OnceChatError("append_message cancelled without CancellationReasons")
-        failed = [code == "ConditionalCheckFailed" for code in codes]
-        if failed[0]:
-            raise DuplicateMessage(idem.key)
-        if failed[1]:
-            # The reasons do not say which part of [1] failed: read it back.
-            conv = self.get_conversation(message.conversation_id)
-            if conv is None:
-                raise NotFound(f"conversation {message.conversation_id} not found")
-            if conv.status == "closed":
-                raise ConversationClosed("conversation is closed")
+            raise OnceChatError("store_message cancelled without CancellationReasons")
+        if codes[0] == "ConditionalCheckFailed":
+            old = reasons[0].get("Item")
+            raise DuplicateMessage(idem.key, _from_item(IdempotencyRecord, old) if old else None)
+        if codes[1] == "ConditionalCheckFailed" or set(codes) & _RETRYABLE_REASONS:
             raise SequenceConflict(message.conversation_id)
-        if failed[2] or set(codes) & _RETRYABLE_REASONS:
-            # Slot taken, or still conflicting after our retries: nothing was
-            # written; the caller re-reads the counter and tries again.
-            raise SequenceConflict(message.conversation_id)
-        raise OnceChatError(f"append_message cancelled: {codes}")
+        raise OnceChatError(f"store_message cancelled: {codes}")
+
+    def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
+        # attribute_not_exists(seq): a void never overwrites a message. When
+        # the slot was filled meanwhile (the send was only slow), that
+        # message is what the slot holds, and it is returned.
+        void = void_message(conversation_id, seq, now_epoch)
+        with _backend("fill_hole"):
+            try:
+                self._db.put_item(
+                    TableName=self._config.messages_table,
+                    Item=_to_item(void, **_commit_attrs(conversation_id, now_epoch)),
+                    ConditionExpression="attribute_not_exists(seq)",
+                )
+                return void
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":
+                    raise
+        stored = self.get_message(conversation_id, seq)
+        if stored is None:  # cannot happen: a message is never deleted but by TTL
+            raise OnceChatError(f"slot {conversation_id}#{seq} neither empty nor filled")
+        return stored
 
     def get_idempotency(
         self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int

@@ -9,15 +9,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from chalicelib.core import Transition
+from chalicelib.core import Transition, void_message
 from chalicelib.errors import (
     AgentUnavailable,
     BadRequest,
     Conflict,
-    ConversationClosed,
     DuplicateMessage,
     DuplicateRequest,
     NotFound,
+    ReservationRefused,
     SequenceConflict,
     StaleConversation,
 )
@@ -29,6 +29,7 @@ from chalicelib.models import (
     IdempotencyRecord,
     MessageRecord,
     Participant,
+    Principal,
     idempotency_key,
 )
 
@@ -166,6 +167,13 @@ class MemoryStorage:
             waiting = [c for c in self._conversations.values() if c.status == "waiting"]
         return sorted(waiting, key=lambda c: c.queue_position_key)[:max(limit, 0)]
 
+    def open_conversations_of(self, user: Principal) -> list[Conversation]:
+        with self._lock:
+            convs = list(self._conversations.values())
+        if user.role == "customer":
+            return [c for c in convs if c.customer_id == user.user_id and c.status != "closed"]
+        return [c for c in convs if c.agent_id == user.user_id and c.status == "active"]
+
     def conversations_of(
         self, user_id: str, role: str, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[Conversation], str | None]:
@@ -214,30 +222,34 @@ class MemoryStorage:
             self._committed[(message.conversation_id, message.seq)] = now_epoch
 
     # ------------------------------------------------------------- messages
-    def append_message(
-        self, message: MessageRecord, idem: IdempotencyRecord, expected_last_seq: int, now_epoch: int
-    ) -> None:
-        if message.seq != expected_last_seq + 1:
-            raise ValueError("message.seq must be expected_last_seq + 1")
+    def reserve_seq(self, conversation_id: str, sender: Principal, now_ms: int) -> Conversation:
+        with self._lock:
+            conv = self._conversations.get(conversation_id)
+            holder = conv and (conv.customer_id if sender.role == "customer" else conv.agent_id)
+            if conv is None or conv.status == "closed" or holder != sender.user_id:
+                raise ReservationRefused(conv)
+            conv = conv.model_copy(update={"last_seq": conv.last_seq + 1, "reserved_at": now_ms})
+            self._conversations[conversation_id] = conv
+            return conv
+
+    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
         with self._lock:
             existing = self._idempotency.get(idem.key)
             if existing is not None and existing.expires_at >= now_epoch:
-                raise DuplicateMessage(idem.key)
-            conv = self._conversations.get(message.conversation_id)
-            if conv is None:
-                raise NotFound(f"conversation {message.conversation_id} not found")
-            if conv.status == "closed":
-                raise ConversationClosed("conversation is closed")
-            if conv.last_seq != expected_last_seq:
-                raise SequenceConflict(message.conversation_id)
+                raise DuplicateMessage(idem.key, existing)
             if (message.conversation_id, message.seq) in self._messages:
                 raise SequenceConflict(message.conversation_id)
             self._idempotency[idem.key] = idem
-            self._conversations[conv.conversation_id] = conv.model_copy(
-                update={"last_seq": message.seq}
-            )
             self._messages[(message.conversation_id, message.seq)] = message
             self._committed[(message.conversation_id, message.seq)] = now_epoch
+
+    def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
+        with self._lock:
+            key = (conversation_id, seq)
+            if key not in self._messages:
+                self._messages[key] = void_message(conversation_id, seq, now_epoch)
+                self._committed[key] = now_epoch
+            return self._messages[key]
 
     def committed_between(self, start: int, end: int, limit: int) -> list[MessageRecord]:
         with self._lock:

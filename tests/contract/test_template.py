@@ -76,6 +76,8 @@ EXPECTED_TABLES = {
             "byStatus": ("status", "queuedAt"),
             "byCustomer": ("customerId", "createdAt"),
             "byAgent": ("agentId", "createdAt"),
+            "openByCustomer": ("openCustomerId", "createdAt"),
+            "openByAgent": ("openAgentId", "createdAt"),
         },
     ),
     "messages_table": (("conversationId", "seq"), {"byCommitTime": ("commitShard", "committedAt")}),
@@ -90,7 +92,8 @@ EXPECTED_TABLES = {
 #: Indexes that project less than the whole item, so that the attributes the
 #: hot path moves (lastSeq, ackSeq, readSeq) never rewrite an index item.
 PROJECTIONS = {"byStatus": "KEYS_ONLY", "byCustomer": "INCLUDE", "byAgent": "INCLUDE",
-               "byCommitTime": "KEYS_ONLY", "byConversation": "KEYS_ONLY"}
+               "byCommitTime": "KEYS_ONLY", "byConversation": "KEYS_ONLY",
+               "openByCustomer": "KEYS_ONLY", "openByAgent": "KEYS_ONLY"}
 
 
 def test_stack_creates_every_table_config_names_with_its_keys_and_indexes(

@@ -156,15 +156,22 @@ def test_concurrent_senders_get_gapless_distinct_seqs(chatting):
             f = SendFrame(action="send", conversation_id=cid, message_id=f"{p.user_id}-{i}", body="b")
             acc = chat.send(p, who, f)
             with lock:
-                results.append(acc["seq"])
+                results.append((acc["messageId"], acc["seq"]))
 
     threads = [threading.Thread(target=worker, args=(w, 30)) for w in (alice, bob, alice, bob)]
     # two threads per user reuse messageIds: racing duplicates must map to one seq
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert sorted(set(results)) == list(range(s + 1, s + 61))
-    assert chat.storage.get_conversation(cid).last_seq == s + 60
     assert len(results) == 120  # every send was answered
+    seq_of = dict(results)
+    assert len(seq_of) == 60 and len(set(seq_of.values())) == 60
+    assert all(seq_of[mid] == seq for mid, seq in results)  # a duplicate got the first seq
+    # Every reserved seq holds the message answered with it, or is void (the
+    # seq a losing duplicate reserved): none is empty, none holds two.
+    last = chat.storage.get_conversation(cid).last_seq
+    stored = chat.storage.messages_after(cid, s, 1000)
+    assert [m.seq for m in stored] == list(range(s + 1, last + 1))
+    assert {m.message_id: m.seq for m in stored if not m.void} == seq_of
 
 
 def test_delivery_reaches_everyone_but_origin(chatting):
