@@ -23,13 +23,15 @@ from chalicelib.models import (
     SendFrame,
 )
 from chalicelib.ports import Delivery, DeliveryQueue, Pusher
-from chalicelib.services.local_state import BoundedCache, WindowCounter
+from chalicelib.services.local_state import BoundedCache, HighWaterMarks, WindowCounter
 from chalicelib.storage.base import Storage
 
 log = logging.getLogger("oncechat")
 
 #: Connections whose principal a container remembers.
 PRINCIPAL_CACHE_SIZE = 50_000
+#: Conversations whose latest seq a container remembers.
+LAST_SEQ_CACHE_SIZE = 50_000
 #: Accepted messageIds a container remembers.
 ACCEPTED_CACHE_SIZE = 50_000
 
@@ -76,6 +78,8 @@ class ServiceBase:
         self.principals: BoundedCache[str, Principal] = BoundedCache(PRINCIPAL_CACHE_SIZE)
         #: Idempotency records of sends this container stored or answered (see local_state).
         self.accepted: BoundedCache[str, IdempotencyRecord] = BoundedCache(ACCEPTED_CACHE_SIZE)
+        #: The highest ``lastSeq`` this container has seen per conversation (see local_state).
+        self.last_seqs = HighWaterMarks(LAST_SEQ_CACHE_SIZE)
         #: Frame rate limits counted in this container (see local_state).
         self.frame_limits = WindowCounter()
 
@@ -114,6 +118,7 @@ class ServiceBase:
         conv = self.storage.get_conversation(conversation_id)
         if conv is None:
             raise NotFound(f"conversation {conversation_id} not found")
+        self.last_seqs.raise_to(conversation_id, conv.last_seq)
         return conv
 
     def _join(self, principal: Principal, conversation_id: str) -> None:

@@ -11,6 +11,9 @@ Two things are safe to remember across the frames a container serves:
   once written (until it expires), so a resend that reaches the container
   that stored the first copy is answered from memory; elsewhere the
   store's condition answers it.
+- **How far a conversation's counter has got.** ``lastSeq`` only grows, so
+  an ack up to a seq this container has seen is known to be in range
+  without reading the conversation again.
 - **Frame counts of fixed-window rate limits.** Counting the frames of a
   connection (and of a user) in the container costs no AWS request. On
   AWS, concurrent frames of one connection may run in several containers,
@@ -57,6 +60,23 @@ class BoundedCache(Generic[K, V]):
     def pop(self, key: K) -> None:
         with self._lock:
             self._items.pop(key, None)
+
+
+class HighWaterMarks:
+    """The highest value seen per key (values only grow), for a bounded number of keys."""
+
+    def __init__(self, size: int) -> None:
+        self._marks: BoundedCache[str, int] = BoundedCache(size)
+        self._lock = threading.Lock()
+
+    def get(self, key: str, default: int = 0) -> int:
+        value = self._marks.get(key)
+        return default if value is None else value
+
+    def raise_to(self, key: str, value: int) -> None:
+        with self._lock:
+            if value > self.get(key):
+                self._marks.put(key, value)
 
 
 class WindowCounter:

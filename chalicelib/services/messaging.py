@@ -120,6 +120,7 @@ class MessagingMixin(ServiceBase):
                         principal, conv, now, self.config.reopen_window_seconds,
                         frame.message_id)) or reopened
                 continue
+            self.last_seqs.raise_to(conv.conversation_id, conv.last_seq)
             append = core.new_message(
                 principal, conv.conversation_id, frame, conv.last_seq, now,
                 self.config.idempotency_ttl_seconds, self.config.message_retention_days * 86400)
@@ -175,7 +176,16 @@ class MessagingMixin(ServiceBase):
     # -------------------------------------------------------------------- ack
 
     def ack(self, principal: Principal, frame: AckFrame) -> None:
-        """Move the caller's cumulative ack cursor forward (never back)."""
+        """Move the caller's cumulative ack cursor forward (never back).
+
+        The conversation is read only when this container has not yet seen
+        its counter reach ``seq`` (``lastSeq`` only grows): the cursor update
+        is conditioned on the caller's own membership, so a known-valid
+        ``seq`` needs nothing else. A refused update takes the full path.
+        """
+        if frame.seq <= self.last_seqs.get(frame.conversation_id, 0) and self.storage.advance_ack(
+                principal.user_id, frame.conversation_id, frame.seq):
+            return
         conv = self._conversation(frame.conversation_id)
         core.require_participant(principal, conv)
         if frame.seq > conv.last_seq:

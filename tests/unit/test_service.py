@@ -423,3 +423,34 @@ def test_a_410_during_connect_does_not_prune_the_new_connection(chatting):
     assert frame(chat, laptop, action="resume", cursors={cid: 0})["type"] == "resumed"
     replayed = chat.pusher.frames(laptop.connection_id, "message")
     assert [(f["seq"], f["senderRole"]) for f in replayed] == [(1, "system"), (2, "customer")]
+
+
+def test_an_ack_within_the_seen_counter_reads_no_conversation(chatting):
+    chat, alice, bob, cid = chatting
+    acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
+    reads = []
+    real = chat.storage.get_conversation
+    chat.storage.get_conversation = lambda c: reads.append(c) or real(c)
+    frame(chat, bob, action="ack", conversationId=cid, seq=acc["seq"])
+    assert reads == [] and chat.storage.get_participant("bob", cid).ack_seq == acc["seq"]
+    err = frame(chat, bob, action="ack", conversationId=cid, seq=acc["seq"] + 1)
+    assert err["code"] == "bad_request" and reads == [cid]  # unknown: read, and refused
+
+
+def test_a_burst_of_sends_reserves_once_each(chatting):
+    """Racing sends never retry: one reservation and one store per message."""
+    chat, alice, bob, cid = chatting
+    calls = {"reserve": 0, "store": 0}
+    for name in calls:
+        real = getattr(chat.storage, f"{name}_seq" if name == "reserve" else "store_message")
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        setattr(chat.storage, f"{name}_seq" if name == "reserve" else "store_message", counted)
+    p = chat.principal_of(alice.connection_id)
+    threads = [threading.Thread(target=lambda i=i: chat.send(p, alice, SendFrame(
+        action="send", conversation_id=cid, message_id=f"b{i}", body="x"))) for i in range(40)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert calls == {"reserve": 40, "store": 40}
