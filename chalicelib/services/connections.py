@@ -47,10 +47,12 @@ class ConnectionsMixin(ServiceBase):
         """Forget a connection (``$disconnect``, best-effort on AWS)."""
         self.forget_connection(connection_id)
 
-    def forget_connection(self, connection_id: str) -> None:
+    def forget_connection(self, connection_id: str, user_id: str | None = None) -> None:
         """Remove a connection record once; an agent's last connection takes it offline."""
+        known = self.principals.get(connection_id)
         self.principals.pop(connection_id)
-        removed = self.storage.delete_connection(connection_id)
+        removed = self.storage.delete_connection(
+            connection_id, user_id or (known.user_id if known else None))
         if removed is not None and removed.role == "agent":
             self.storage.agent_disconnected(removed.user_id, core.iso_ms(self.clock()))
 
@@ -67,7 +69,7 @@ class ConnectionsMixin(ServiceBase):
         """
         if self.clock() - core.epoch_ms(conn.connected_at) < core.CONNECT_SETTLE_MS:
             return False
-        self.forget_connection(conn.connection_id)
+        self.forget_connection(conn.connection_id, conn.user_id)
         return True
 
     def principal_of(self, connection_id: str) -> Principal:

@@ -117,9 +117,10 @@ class _Batch:
         return self._convs[conversation_id]
 
     def connections_of(self, users: Iterable[str]) -> dict[str, list[ConnectionRecord]]:
-        for user in users:
-            if user not in self._connections:
-                self._connections[user] = self._storage.connections_of(user)
+        users = list(users)
+        missing = [user for user in users if user not in self._connections]
+        if missing:
+            self._connections.update(self._storage.connections_of_users(missing))
         return {user: self._connections[user] for user in users}
 
     def drop(self, connection_id: str) -> None:

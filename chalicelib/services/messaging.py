@@ -234,8 +234,11 @@ class MessagingMixin(ServiceBase):
         """
         data = core.encode(frame)
         pushed = 0
+        users = list(users)
+        unknown = [u for u in users if not known or u not in known]
+        found = self.storage.connections_of_users(unknown) if unknown else {}
         for user in users:
-            conns = known[user] if known and user in known else self.storage.connections_of(user)
+            conns = known[user] if known and user in known else found[user]
             for conn in conns:
                 if conn.connection_id == skip_connection:
                     continue

@@ -35,14 +35,19 @@ class Storage(Protocol):
     def get_connection(self, connection_id: str) -> ConnectionRecord | None:
         """The connection's record, or None."""
 
-    def delete_connection(self, connection_id: str) -> ConnectionRecord | None:
+    def delete_connection(self, connection_id: str, user_id: str | None = None) -> ConnectionRecord | None:
         """Remove a connection record; return what was removed (None when absent).
 
         Idempotent: two concurrent deletes return the record to exactly one caller.
+        ``user_id`` (when the caller knows whose it was) also removes it from
+        the user's connections when the record itself is already gone.
         """
 
     def connections_of(self, user_id: str) -> list[ConnectionRecord]:
-        """Every recorded connection of a user (any order)."""
+        """Every recorded connection of a user, by id (strongly consistent)."""
+
+    def connections_of_users(self, user_ids: Sequence[str]) -> dict[str, list[ConnectionRecord]]:
+        """``connections_of`` for several users at once (one request on DynamoDB)."""
 
     # --------------------------------------------------------------- agents
     def agent_connected(self, agent_id: str, now: str) -> AgentRecord:

@@ -131,6 +131,16 @@ def _commit_attrs(conversation_id: str, now_epoch: int) -> dict[str, int]:
             "committedAt": now_epoch}
 
 
+def _user_key(user_id: str) -> str:
+    """The key of a user's item in the connections table (connection ids never contain '#')."""
+    return f"user#{user_id}"
+
+
+def _conn_attr(connection_id: str) -> str:
+    """The attribute of the user item that holds one of the user's connections."""
+    return f"c#{connection_id}"
+
+
 def _open_holders(conv: Conversation) -> dict[str, str | None]:
     """The keys of the sparse open-conversation indexes (None: out of that index).
 
@@ -229,16 +239,33 @@ class DynamoStorage:
         return reasons
 
     # ---------------------------------------------------------- connections
+    # A user's open connections are also kept on one item per user in the
+    # connections table (key "user#<userId>", one attribute "c#<connectionId>"
+    # per connection, holding the whole record), so the consumer reads every
+    # recipient's connections with one strongly consistent BatchGetItem
+    # instead of a Query per recipient on an eventually consistent index.
+    # The connection's own item stays: frames look their connection up by
+    # id, and its TTL bounds a record whose $disconnect never ran.
+
     def put_connection(self, conn: ConnectionRecord) -> None:
         with _backend("put_connection"):
             self._db.put_item(TableName=self._config.connections_table, Item=_to_item(conn))
+            # Record first, then the user's list: a delivery that reads the list
+            # before this write misses the new connection, which then resumes.
+            self._db.update_item(
+                TableName=self._config.connections_table,
+                Key={"connectionId": _s(_user_key(conn.user_id))},
+                UpdateExpression="SET #c = :conn, expiresAt = :exp",
+                ExpressionAttributeNames={"#c": _conn_attr(conn.connection_id)},
+                ExpressionAttributeValues={":conn": {"M": _to_item(conn)}, ":exp": _n(conn.expires_at)},
+            )
 
     def get_connection(self, connection_id: str) -> ConnectionRecord | None:
         with _backend("get_connection"):
             item = self._get(self._config.connections_table, {"connectionId": _s(connection_id)})
         return _from_item(ConnectionRecord, item) if item else None
 
-    def delete_connection(self, connection_id: str) -> ConnectionRecord | None:
+    def delete_connection(self, connection_id: str, user_id: str | None = None) -> ConnectionRecord | None:
         # ALL_OLD returns the attributes this very delete removed: of two
         # racing deletes ($disconnect and a 410 in the consumer) only the one
         # that actually removed the item gets them; the other gets nothing.
@@ -248,23 +275,45 @@ class DynamoStorage:
                 Key={"connectionId": _s(connection_id)},
                 ReturnValues="ALL_OLD",
             )
-        old = response.get("Attributes")
-        return _from_item(ConnectionRecord, old) if old else None
+            old = response.get("Attributes")
+            removed = _from_item(ConnectionRecord, old) if old else None
+            owner = removed.user_id if removed else user_id
+            if owner is not None:
+                try:
+                    self._db.update_item(
+                        TableName=self._config.connections_table,
+                        Key={"connectionId": _s(_user_key(owner))},
+                        UpdateExpression="REMOVE #c",
+                        # Never create an empty user item.
+                        ConditionExpression="attribute_exists(connectionId)",
+                        ExpressionAttributeNames={"#c": _conn_attr(connection_id)},
+                    )
+                except ClientError as exc:
+                    if _code(exc) != "ConditionalCheckFailedException":
+                        raise
+        return removed
 
     def connections_of(self, user_id: str) -> list[ConnectionRecord]:
-        # GSI byUser is eventually consistent: a connection recorded a moment
-        # ago may be missing (the client then gets it on resume), one deleted
-        # a moment ago may still show (a push to it gets a 410 and is cleaned).
-        with _backend("connections_of"):
-            items = list(
-                self._query_all(
-                    TableName=self._config.connections_table,
-                    IndexName="byUser",
-                    KeyConditionExpression="userId = :u",
-                    ExpressionAttributeValues={":u": _s(user_id)},
-                )
-            )
-        return [_from_item(ConnectionRecord, item) for item in items]
+        return self.connections_of_users([user_id])[user_id]
+
+    def connections_of_users(self, user_ids: Sequence[str]) -> dict[str, list[ConnectionRecord]]:
+        table = self._config.connections_table
+        users = list(dict.fromkeys(user_ids))
+        found: dict[str, list[ConnectionRecord]] = {user: [] for user in users}
+        with _backend("connections_of_users"):
+            for start in range(0, len(users), 100):
+                request: dict[str, Any] = {table: {
+                    "Keys": [{"connectionId": _s(_user_key(u))} for u in users[start:start + 100]],
+                    "ConsistentRead": True}}
+                while request:
+                    answer = self._db.batch_get_item(RequestItems=request)
+                    for item in answer.get("Responses", {}).get(table, []):
+                        conns = [_from_item(ConnectionRecord, value["M"])
+                                 for name, value in item.items() if name.startswith("c#")]
+                        for conn in conns:
+                            found.setdefault(conn.user_id, []).append(conn)
+                    request = answer.get("UnprocessedKeys") or {}
+        return {user: sorted(found[user], key=lambda c: c.connection_id) for user in users}
 
     # --------------------------------------------------------------- agents
     def agent_connected(self, agent_id: str, now: str) -> AgentRecord:

@@ -59,13 +59,17 @@ class MemoryStorage:
         with self._lock:
             return self._connections.get(connection_id)
 
-    def delete_connection(self, connection_id: str) -> ConnectionRecord | None:
+    def delete_connection(self, connection_id: str, user_id: str | None = None) -> ConnectionRecord | None:
         with self._lock:
             return self._connections.pop(connection_id, None)
 
     def connections_of(self, user_id: str) -> list[ConnectionRecord]:
+        return self.connections_of_users([user_id])[user_id]
+
+    def connections_of_users(self, user_ids: Sequence[str]) -> dict[str, list[ConnectionRecord]]:
         with self._lock:
-            return [c for c in self._connections.values() if c.user_id == user_id]
+            return {user: sorted((c for c in self._connections.values() if c.user_id == user),
+                                 key=lambda c: c.connection_id) for user in user_ids}
 
     # --------------------------------------------------------------- agents
     def agent_connected(self, agent_id: str, now: str) -> AgentRecord:

@@ -24,7 +24,7 @@ from chalicelib.errors import (
 from chalicelib.models import Principal
 from chalicelib.storage.base import Storage
 
-from .records import NOW_EPOCH, T0, at, conversation, idem_for, message, store
+from .records import NOW_EPOCH, T0, at, conversation, message, store
 from .test_concurrency import run_together
 
 T_MS = core.epoch_ms(T0) + 3_600_000  # an hour after T0: later than every record's times

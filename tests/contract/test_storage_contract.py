@@ -13,7 +13,6 @@ from chalicelib import core
 from chalicelib.errors import (
     AgentUnavailable,
     Conflict,
-    ConversationClosed,
     DuplicateMessage,
     NotFound,
     ReservationRefused,
@@ -98,8 +97,22 @@ def test_connections_of_lists_every_connection_of_that_user_only(storage: Storag
 
 def test_connections_of_forgets_deleted_connections(storage: Storage) -> None:
     storage.put_connection(connection("a1", "alice"))
+    storage.put_connection(connection("a2", "alice"))
     storage.delete_connection("a1")
+    assert [c.connection_id for c in storage.connections_of("alice")] == ["a2"]
+    storage.delete_connection("a2", "alice")
     assert storage.connections_of("alice") == []
+    assert storage.delete_connection("a2", "alice") is None  # gone already: nothing, no error
+
+
+def test_connections_of_users_reads_several_users_at_once(storage: Storage) -> None:
+    storage.put_connection(connection("a1", "alice"))
+    storage.put_connection(connection("b1", "bob"))
+    storage.put_connection(connection("b2", "bob"))
+    got = storage.connections_of_users(["bob", "carol", "alice"])
+    assert {u: [c for c in cs] for u, cs in got.items()} == {
+        "bob": [connection("b1", "bob"), connection("b2", "bob")], "carol": [],
+        "alice": [connection("a1", "alice")]}
 
 
 # --------------------------------------------------------------------- agents

@@ -82,7 +82,7 @@ EXPECTED_TABLES = {
     ),
     "messages_table": (("conversationId", "seq"), {"byCommitTime": ("commitShard", "committedAt")}),
     "idempotency_table": (("idemKey",), {}),
-    "connections_table": (("connectionId",), {"byUser": ("userId", "connectionId")}),
+    "connections_table": (("connectionId",), {}),
     "participants_table": (("userId", "conversationId"), {"byConversation": ("conversationId", "userId")}),
     "agents_table": (("agentId",), {"byPresence": ("presence", "activeCount")}),
     "limits_table": (("limitKey",), {}),

@@ -9,7 +9,6 @@ from chalicelib.errors import BadRequest, Conflict, ConversationClosed, Forbidde
 from chalicelib.models import (
     ConnectionRecord,
     Conversation,
-    MessageRecord,
     Participant,
     Principal,
     SendFrame,

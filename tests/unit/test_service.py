@@ -400,13 +400,13 @@ def test_a_batch_reads_each_conversations_audience_once(chatting, monkeypatch):
     chat.pusher.gone.add(bob.connection_id)
     chat.clock.t += 31_000
     calls = []
-    real = chat.storage.connections_of
-    monkeypatch.setattr(chat.storage, "connections_of", lambda u: calls.append(u) or real(u))
+    real = chat.storage.connections_of_users
+    monkeypatch.setattr(chat.storage, "connections_of_users", lambda us: calls.append(sorted(us)) or real(us))
     attempts = []
     real_push = chat.pusher.push
     monkeypatch.setattr(chat.pusher, "push", lambda c, *a: attempts.append(c) or real_push(c, *a))
     pump(chat)
-    assert sorted(calls) == ["alice", "bob"]  # once per participant for the 4 messages
+    assert calls == [["alice", "bob"]]  # one read of both participants for the 4 messages
     assert attempts.count(bob.connection_id) == 1  # found gone once, not pushed to again
     assert chat.storage.get_connection(bob.connection_id) is None
 
