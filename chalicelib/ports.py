@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from chalicelib.core import deduplication_id
 from chalicelib.errors import ConnectionGone, OnceChatError
-from chalicelib.models import MessageRecord
+from chalicelib.models import ConnectionRecord, MessageRecord
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,12 @@ class Delivery:
     message: MessageRecord
     origin_connection_id: str | None
     recipients: tuple[str, ...] | None = None
+    #: The sending handler pushed the message to every connection it found
+    #: (its fast path) but those in ``retry``: the consumer pushes to those
+    #: only, and reads nothing. A connection opened since then resumes on
+    #: its own (the message was stored before the fast path read).
+    fast: bool = False
+    retry: tuple[ConnectionRecord, ...] = ()
 
     def to_json(self) -> str:
         """The SQS message body."""
@@ -38,6 +44,9 @@ class Delivery:
                                 "origin": self.origin_connection_id}
         if self.recipients is not None:
             body["to"] = list(self.recipients)
+        if self.fast:
+            body["fast"] = True
+            body["retry"] = [conn.wire() for conn in self.retry]
         return json.dumps(body)
 
     @classmethod
@@ -46,7 +55,8 @@ class Delivery:
         data = json.loads(body)
         to = data.get("to")
         return cls(MessageRecord.model_validate(data["message"]), data.get("origin"),
-                   tuple(to) if isinstance(to, list) else None)
+                   tuple(to) if isinstance(to, list) else None, data.get("fast") is True,
+                   tuple(ConnectionRecord.model_validate(c) for c in data.get("retry") or ()))
 
 
 class DeliveryQueue(Protocol):

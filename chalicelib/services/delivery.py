@@ -64,8 +64,13 @@ class DeliveryService:
                     continue
                 if recipients is None:
                     recipients = tuple(conv.participant_ids())
-            targets = core.delivery_targets(
-                recipients, batch.connections_of(recipients), delivery.origin_connection_id)
+            if delivery.fast and message.event is None:
+                # The sender's handler pushed to every connection it found but
+                # these; a connection opened since then resumes on its own.
+                targets = list(delivery.retry)
+            else:
+                targets = core.delivery_targets(
+                    recipients, batch.connections_of(recipients), delivery.origin_connection_id)
             data = core.encode(message.frame())
             for conn in targets:
                 try:

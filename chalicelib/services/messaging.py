@@ -136,12 +136,46 @@ class MessagingMixin(ServiceBase):
             except SequenceConflict:
                 continue  # our slot was voided (this send outlived the grace): reserve again
             self.accepted.put(append.idem.key, append.idem)
-            self._enqueue(Delivery(append.message, origin_id, tuple(conv.participant_ids())))
+            recipients = tuple(conv.participant_ids())
+            retry = self._push_now(append.message, recipients, origin_id)
+            self._enqueue(Delivery(append.message, origin_id, recipients,
+                                   fast=retry is not None, retry=retry or ()))
             if reopened:
                 self.assign_new_waiting(frame.conversation_id)
             m = append.message
             return core.accepted_frame(m.conversation_id, m.message_id, m.seq, m.sent_at, False)
         raise OnceChatError("conversation too busy, retry the send", message_id=frame.message_id)
+
+    def _push_now(self, message: MessageRecord, recipients: tuple[str, ...],
+                  origin_id: str | None) -> tuple[ConnectionRecord, ...] | None:
+        """The fast path: push a message just stored to its recipients' connections.
+
+        Returns the connections the push failed for (None when the fast path
+        could not run at all). The delivery still goes through the queue (at
+        least once, in FIFO order, whatever happens to this handler), and
+        the consumer then pushes only to those connections, reading nothing;
+        a connection opened after this read resumes on its own, after the
+        message was stored. A 410 prunes, as in the consumer.
+        """
+        data = core.encode(message.frame())
+        try:
+            connections = self.storage.connections_of_users(list(recipients))
+        except OnceChatError as err:
+            log.info("fast path of %s#%d skipped: %s", message.conversation_id, message.seq,
+                     err.message)
+            return None
+        retry: list[ConnectionRecord] = []
+        for conn in core.delivery_targets(recipients, connections, origin_id):
+            try:
+                self.pusher.push(conn.connection_id, conn.domain_name, conn.stage, data)
+            except ConnectionGone:
+                if not self.prune_gone(conn):
+                    retry.append(conn)  # maybe still in its $connect: the consumer tries again
+            except Exception as exc:
+                log.info("fast push of %s#%d to %s failed: %s", message.conversation_id,
+                         message.seq, conn.connection_id, exc)
+                retry.append(conn)
+        return tuple(retry)
 
     def _void(self, conv: Conversation, seq: int, now_ms: int) -> MessageRecord:
         """Make an empty seq void and push it like a message (best effort: resume also has it).
