@@ -312,8 +312,11 @@ class MessagingMixin(ServiceBase):
             conv = requested.get(cid) or held[cid]
             if not core.is_participant(principal, conv):
                 continue  # e.g. a conversation transferred away
-            position, budget = self._replay_after(origin, conv, after, budget)
-            latest[cid] = position if position < conv.last_seq and budget > 0 else conv.last_seq
+            _, budget = self._replay_after(origin, conv, after, budget)
+            # The latest seq, even when the replay stopped short (the budget, or
+            # a seq still being stored): a client behind it resumes again. Its
+            # later seqs may have been pushed to a connection it no longer has.
+            latest[cid] = conv.last_seq
         self.reply(origin, core.resumed_frame(latest))
 
     def _replay_after(self, origin: Origin, conv: Conversation, after: int,

@@ -484,3 +484,21 @@ def test_the_fast_path_pushes_at_once_and_the_consumer_retries_only_what_failed(
     assert reads == []
     assert [f["seq"] for f in chat.pusher.frames(bob2.connection_id, "message")] == [acc["seq"]]
     assert len(chat.pusher.frames(bob.connection_id, "message")) == 1
+
+
+def test_a_resume_stopped_by_a_seq_still_being_stored_says_the_client_is_behind(chatting):
+    """A later seq may have been pushed to a connection the client lost: `resumed`
+    must name the latest seq, so the client resumes again once the hole is filled."""
+    chat, alice, bob, cid = chatting
+    p = chat.principal_of(alice.connection_id)
+    held = chat.storage.reserve_seq(cid, p, chat.clock()).last_seq  # a send still storing
+    later = frame(chat, alice, action="send", conversationId=cid, messageId="m2", body="later")
+    assert later["seq"] == held + 1
+    fresh = connect(chat, "bob", "agent", "bob-new")
+    frame(chat, fresh, action="resume", cursors={cid: held - 1})
+    assert [f["seq"] for f in chat.pusher.frames(fresh.connection_id, "message")] == []
+    assert chat.pusher.frames(fresh.connection_id, "resumed")[-1]["conversations"] == {cid: held + 1}
+    chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000  # that send died
+    frame(chat, fresh, action="resume", cursors={cid: held - 1})
+    replayed = chat.pusher.frames(fresh.connection_id, "message")
+    assert [(f["seq"], f.get("void", False)) for f in replayed] == [(held, True), (held + 1, False)]
