@@ -408,6 +408,8 @@ def test_scheduled_sweeper_recovers_commit_without_enqueue(chat, monkeypatch):
         real(delivery)
 
     monkeypatch.setattr(chat_service.queue, "enqueue", die_once)
+    # The handler dies before its fast path too: only the sweeper can deliver it.
+    monkeypatch.setattr(chat_service, "_push_now", lambda *args: None)
     err = send(cloud, customer, cid, "m1", "orphan")
     assert err["code"] == "internal" and err["messageId"] == "m1"
     cloud.consume()
