@@ -59,6 +59,8 @@ Clock = Callable[[], int]
 #: How often a lifecycle step is re-planned when a message or another step
 #: moved the conversation between the read and the conditional write.
 TRANSITION_ATTEMPTS = 16
+#: How far into the queue `GET /conversations/{id}` looks for a waiting conversation's position.
+QUEUE_POSITION_LIMIT = 100
 
 
 def wall_clock_ms() -> int:
@@ -409,6 +411,10 @@ class ChatService:
             {"userId": p.user_id, "role": p.role, "ackSeq": p.ack_seq, "readSeq": p.read_seq}
             for p in members
         ]
+        if conv.status == "waiting":  # the customer's place in the queue (None beyond the first page)
+            queue = self.storage.waiting_conversations(QUEUE_POSITION_LIMIT)
+            view["position"] = next((i for i, c in enumerate(queue, start=1)
+                                     if c.conversation_id == conv.conversation_id), None)
         return view
 
     def list_conversations(self, principal: Principal, status: str | None, limit: int,
