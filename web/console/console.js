@@ -462,6 +462,7 @@ async function submit() {
   try {
     await chat.send(selected, body);
     $("#input").value = "";
+    wire.typedAt = 0; // the next keystroke is news again
   } catch (err) {
     banner(err.message);
   }

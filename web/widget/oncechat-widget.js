@@ -325,6 +325,7 @@ export class OnceChatWidget extends HTMLElement {
     try {
       await this.chat.send(cid, body);
       input.value = "";
+      this._typedAt = 0; // the next keystroke is news again
     } catch (err) {
       this._banner(err.message);
     }
