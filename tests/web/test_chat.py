@@ -45,3 +45,131 @@ def test_customer_and_agent_chat_with_queue_typing_states_and_read_receipts(clou
     console.page.wait_for_function("() => !/^\\(/.test(document.title)", timeout=TIMEOUT_MS)
     assert console.user_bodies() == ["Hello, my order is late", "Let me check that for you"]
     assert widget.user_bodies() == ["Hello, my order is late", "Let me check that for you"]
+
+
+def active_pair(cloud, contexts, agent=None):
+    """A customer (widget) and an agent (console, showing the conversation), chatting."""
+    agent = agent or uid("agent")
+    console = Console(contexts().new_page(), cloud.web_url).sign_in(agent)
+    customer_context = contexts()
+    widget = Widget(customer_context.new_page(), cloud.web_url).open()
+    widget.wait_status("active")
+    console.open_conversation(widget.conversation_id)
+    return customer_context, widget, console
+
+
+def test_offline_messages_are_delivered_once_in_order_when_back_online(cloud, contexts):
+    customer_context, widget, console = active_pair(cloud, contexts)
+    widget.send("before")
+    console.wait_for_bodies(["before"])
+
+    customer_context.set_offline(True)
+    widget.wait_connection("offline")
+    widget.host.locator(".banner").get_by_text("offline").wait_for(timeout=TIMEOUT_MS)
+    for text in ("one", "two", "three"):
+        widget.send(text)
+    # Kept in the IndexedDB outbox, shown as queued, not on the other side.
+    widget.page.wait_for_function(
+        "() => document.querySelector('oncechat-widget').shadowRoot"
+        ".querySelectorAll('.pending li[data-state=queued]').length === 3", timeout=TIMEOUT_MS)
+    assert console.user_bodies() == ["before"]
+
+    customer_context.set_offline(False)
+    expected = ["before", "one", "two", "three"]
+    console.wait_for_bodies(expected)
+    widget.wait_for_bodies(expected)
+    widget.wait_connection("open")
+    widget.page.wait_for_function(
+        "() => document.querySelector('oncechat-widget').shadowRoot.querySelectorAll('.pending li').length === 0",
+        timeout=TIMEOUT_MS)
+    assert console.user_bodies() == expected
+    assert widget.user_bodies() == expected
+
+
+def test_reload_mid_send_loses_nothing_duplicates_nothing_and_keeps_the_conversation(cloud, contexts):
+    customer_context, widget, console = active_pair(cloud, contexts)
+    cid = widget.conversation_id
+    texts = [f"burst {i}" for i in range(6)]
+    # Into the outbox all at once (one in flight at a time), then reload at once:
+    # most are still unsent, one may be in flight or accepted unseen.
+    widget.page.evaluate(
+        """async texts => {
+            const w = document.querySelector('oncechat-widget');
+            for (const t of texts) await w.chat.send(w.conversationId, t);
+        }""", texts)
+    widget.page.reload()
+    widget.page.wait_for_function(
+        "() => document.querySelector('oncechat-widget')?.dataset.conversationId", timeout=TIMEOUT_MS)
+    assert widget.conversation_id == cid
+    console.wait_for_bodies(texts)
+    widget.wait_for_bodies(texts)
+    # One conversation for this customer, each message stored once.
+    user = widget.host.get_attribute("data-user")
+    from tests.web.browser import rest
+
+    status, convs = rest(cloud, "GET", "/conversations", user, "customer")
+    assert status == 200 and [c["conversationId"] for c in convs["conversations"]] == [cid]
+    status, page = rest(cloud, "GET", f"/conversations/{cid}/messages?limit=100", user, "customer")
+    assert [m["body"] for m in page["messages"] if m["senderRole"] == "customer"] == texts
+
+
+def test_transfer_and_close_in_the_console_show_in_the_widget_and_a_message_reopens(cloud, contexts):
+    second = uid("agent-b")
+    console_b = Console(contexts().new_page(), cloud.web_url).sign_in(second)
+    # Agent B is full (capacity 0), so the conversation goes to agent A.
+    console_b.page.fill("#capacity", "0")
+    console_b.page.press("#capacity", "Tab")
+    console_b.page.locator(".load").get_by_text("of 0 active").wait_for(timeout=TIMEOUT_MS)
+    _, widget, console = active_pair(cloud, contexts)
+    cid = widget.conversation_id
+    widget.send("can you transfer me?")
+    console.wait_for_bodies(["can you transfer me?"])
+    console_b.page.fill("#capacity", "3")
+    console_b.page.press("#capacity", "Tab")
+    console.page.locator(f"#transfer-to option[value='{second}']").wait_for(state="attached", timeout=TIMEOUT_MS)
+    console.page.select_option("#transfer-to", second)
+    console.page.click(".transfer")
+
+    widget.host.locator(".who").get_by_text(f"chatting with {second}").wait_for(timeout=TIMEOUT_MS)
+    console_b.open_conversation(cid)
+    console_b.wait_for_bodies(["can you transfer me?"])
+    console_b.send("agent B here")
+    widget.wait_for_bodies(["can you transfer me?", "agent B here"])
+
+    console_b.page.click(".close")
+    widget.wait_status("closed")
+    widget.host.locator(".closed-note").wait_for(timeout=TIMEOUT_MS)
+    console_b.page.wait_for_function("() => document.querySelector('.view').dataset.status === 'closed'",
+                                     timeout=TIMEOUT_MS)
+    # Within the window the customer's message reopens it (back to the queue, then to an agent).
+    widget.send("one more thing")
+    widget.page.wait_for_function(
+        "() => ['waiting', 'active'].includes(document.querySelector('oncechat-widget').dataset.status)",
+        timeout=TIMEOUT_MS)
+    widget.wait_for_bodies(["can you transfer me?", "agent B here", "one more thing"])
+    assert widget.conversation_id == cid
+
+
+def test_two_tabs_of_one_customer_send_once_and_show_the_same(cloud, contexts):
+    customer_context, first, console = active_pair(cloud, contexts)
+    second = Widget(customer_context.new_page(), cloud.web_url).open()
+    assert second.conversation_id == first.conversation_id
+    sent = []
+    for i in range(3):
+        for tab, name in ((first, "tab1"), (second, "tab2")):
+            text = f"{name} #{i}"
+            tab.send(text)
+            sent.append(text)
+            tab.wait_for_bodies(sent)  # typed one after the other, like a person switching tabs
+    console.wait_for_bodies(sent)
+    first.wait_for_bodies(sent)
+    second.wait_for_bodies(sent)
+    console.send("got all six")
+    first.wait_for_bodies([*sent, "got all six"])
+    second.wait_for_bodies([*sent, "got all six"])
+    # Same states in both tabs (the agent has the conversation open: read).
+    for tab in (first, second):
+        tab.page.wait_for_function(
+            "() => [...document.querySelector('oncechat-widget').shadowRoot.querySelectorAll('.log li.own')]"
+            ".every(li => li.dataset.state === 'read')", timeout=TIMEOUT_MS)
+    assert console.user_bodies() == [*sent, "got all six"]

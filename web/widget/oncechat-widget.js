@@ -93,7 +93,7 @@ export class OnceChatWidget extends HTMLElement {
     if (this._started) return;
     this._started = true;
     this._wire();
-    if (this.hasAttribute("open")) this.toggle(true);
+    if (this.hasAttribute("open") || sessionStorage.getItem("oncechat-widget-open") === "1") this.toggle(true);
     this.start().catch((err) => this._fatal(err));
   }
 
@@ -115,7 +115,8 @@ export class OnceChatWidget extends HTMLElement {
     this._listen();
     await this.chat.start();
     this.dataset.user = this.chat.userId;
-    if (this.isOpen) await this._ensureConversation();
+    // A conversation of this visitor goes on (after a reload, in another tab) even with the panel closed.
+    if (this.isOpen || localStorage.getItem(this._storageKey())) await this._ensureConversation();
   }
 
   _fatal(err) {
@@ -157,6 +158,7 @@ export class OnceChatWidget extends HTMLElement {
     this.$(".panel").hidden = !open;
     this.$(".launcher").setAttribute("aria-expanded", String(open));
     this.toggleAttribute("data-open", open);
+    sessionStorage.setItem("oncechat-widget-open", open ? "1" : "0"); // a reload keeps it as it was
     if (open) {
       this.unseen = 0;
       this._badge();
