@@ -459,11 +459,12 @@ function renderPending() {
 async function submit() {
   const body = $("#input").value.trim();
   if (!body || !selected) return;
+  $("#input").value = ""; // at once: the next reply may be typed while this one is stored
+  wire.typedAt = 0; // the next keystroke is news again
   try {
     await chat.send(selected, body);
-    $("#input").value = "";
-    wire.typedAt = 0; // the next keystroke is news again
   } catch (err) {
+    if (!$("#input").value) $("#input").value = body;
     banner(err.message);
   }
 }

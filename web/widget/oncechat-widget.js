@@ -323,12 +323,13 @@ export class OnceChatWidget extends HTMLElement {
     const input = this.$("#input");
     const body = input.value.trim();
     if (!body) return;
-    const cid = this.conversationId || (await this._ensureConversation());
+    input.value = ""; // at once: the next message may be typed while this one is stored
+    this._typedAt = 0; // the next keystroke is news again
     try {
+      const cid = this.conversationId || (await this._ensureConversation());
       await this.chat.send(cid, body);
-      input.value = "";
-      this._typedAt = 0; // the next keystroke is news again
     } catch (err) {
+      if (!input.value) input.value = body;
       this._banner(err.message);
     }
   }

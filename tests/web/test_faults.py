@@ -1,0 +1,66 @@
+"""Both UIs under the local cloud's fault injection: dropped connections, duplicated frames, failing pushes."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.local_cloud import REPO_ROOT, LocalCloud
+from tests.web.browser import TIMEOUT_MS
+from tests.web.test_chat import active_pair
+
+FAULTS = "drop_connection=0.04,duplicate_frame=0.2,push_fail=0.05,push_lost_ack=0.05,crash_after_commit=0.05"
+
+
+PENDING = "e => [...e.shadowRoot.querySelectorAll('.pending li')].map(l => l.textContent + ' ' + l.dataset.state)"
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[LocalCloud]:
+    with LocalCloud(REPO_ROOT, "--sqs-retry-delay", "1", "--faults", FAULTS, "--fault-seed", "10") as running:
+        yield running
+
+
+def test_every_message_shows_exactly_once_in_order_on_both_sides_under_faults(cloud, contexts):
+    _, widget, console = active_pair(cloud, contexts)
+    customer = [f"c{i}" for i in range(10)]
+    agent = [f"a{i}" for i in range(10)]
+    # Both write at once: the customer through the SDK, the agent by typing.
+    widget.page.evaluate(
+        """texts => { const w = document.querySelector('oncechat-widget');
+                      (async () => { for (const t of texts) await w.chat.send(w.conversationId, t); })(); }""",
+        customer)
+    for text in agent:
+        console.send(text)
+    everything = set(customer + agent)
+    for page, js in (
+        (widget.page, "() => [...document.querySelector('oncechat-widget').shadowRoot"
+                      ".querySelectorAll('.log li:not(.system) .body')].map(b => b.textContent)"),
+        (console.page, "() => [...document.querySelectorAll('.log li:not(.system) .body')].map(b => b.textContent)"),
+    ):
+        try:
+            page.wait_for_function(f"n => ({js})().length >= n", arg=len(everything), timeout=TIMEOUT_MS * 3)
+        except Exception:
+            raise AssertionError(f"widget {widget.user_bodies()} {widget.host.get_attribute('data-connection')}"
+                                 f" pending {widget.page.eval_on_selector('oncechat-widget', PENDING)};"
+                                 f" console {console.user_bodies()} pending "
+                                 f"{console.page.eval_on_selector_all('.pending li', 'e => e.length')}") from None
+    on_widget = widget.user_bodies()
+    on_console = console.user_bodies()
+    # Exactly once each, the same order on both sides (the seq order), each person's in the order typed.
+    assert sorted(on_widget) == sorted(everything) and len(on_widget) == len(everything)
+    assert on_console == on_widget
+    assert [t for t in on_widget if t.startswith("c")] == customer
+    assert [t for t in on_widget if t.startswith("a")] == agent
+    # Nothing left unsent, and the faults did strike.
+    widget.page.wait_for_function(
+        "() => document.querySelector('oncechat-widget').shadowRoot.querySelectorAll('.pending li').length === 0",
+        timeout=TIMEOUT_MS)
+    console.page.wait_for_function("() => document.querySelectorAll('.pending li').length === 0",
+                                   timeout=TIMEOUT_MS)
+    with urllib.request.urlopen(f"http://{cloud.host}:{cloud.ws_port}/_local/faults", timeout=30) as resp:
+        injected = json.loads(resp.read())["injected"]
+    assert injected.get("drop_connection", 0) + injected.get("duplicate_frame", 0) > 0, injected
