@@ -87,6 +87,7 @@ class WebServer:
         app = web.Application(middlewares=[self._headers])
         app.router.add_get("/config.json", self._config)
         app.router.add_post("/dev/token", self._token)
+        app.router.add_route("OPTIONS", "/dev/token", self._preflight)
         app.router.add_get("/{path:.*}", self._static)
         return app
 
@@ -111,10 +112,17 @@ class WebServer:
         response.headers["Referrer-Policy"] = "no-referrer"
         # Development: always the files on disk (CloudFront caches on AWS).
         response.headers["Cache-Control"] = "no-cache"
+        # The widget may be embedded on another origin: its module, styles and
+        # config.json are fetched cross-origin (as CloudFront allows on AWS).
+        response.headers["Access-Control-Allow-Origin"] = "*"
         return response
 
     async def _config(self, request: web.Request) -> web.Response:
         return web.json_response(self.config)
+
+    async def _preflight(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={"Access-Control-Allow-Methods": "POST",
+                                                 "Access-Control-Allow-Headers": "Content-Type"})
 
     async def _token(self, request: web.Request) -> web.Response:
         if not self.jwt_secret:

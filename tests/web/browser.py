@@ -132,6 +132,10 @@ class Console:
 
     def sign_in(self, agent_id: str) -> "Console":
         self.page.goto(self.base_url + "/console")
+        # The page shows the sign-in form once it has read its config, or signs in by itself.
+        self.page.wait_for_function(
+            "() => !document.querySelector('.signin').hidden || document.body.dataset.connection",
+            timeout=TIMEOUT_MS)
         if self.page.locator(".signin").is_visible():
             self.page.fill("#agent-id", agent_id)
             self.page.click(".signin button[type=submit]")

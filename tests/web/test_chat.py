@@ -173,3 +173,29 @@ def test_two_tabs_of_one_customer_send_once_and_show_the_same(cloud, contexts):
             "() => [...document.querySelector('oncechat-widget').shadowRoot.querySelectorAll('.log li.own')]"
             ".every(li => li.dataset.state === 'read')", timeout=TIMEOUT_MS)
     assert console.user_bodies() == [*sent, "got all six"]
+
+
+def test_two_console_tabs_of_one_agent_stay_consistent(cloud, contexts):
+    agent = uid("agent")
+    desk = contexts()
+    first = Console(desk.new_page(), cloud.web_url).sign_in(agent)
+    second = Console(desk.new_page(), cloud.web_url)
+    second.page.goto(cloud.web_url + "/console")  # already signed in: the same agent, the same connection
+    second.page.wait_for_function("a => document.body.dataset.agent === a", arg=agent, timeout=TIMEOUT_MS)
+    widget = Widget(contexts().new_page(), cloud.web_url).open()
+    widget.wait_status("active")
+    widget.send("question for the desk")
+    cid = widget.conversation_id
+    for tab in (first, second):
+        tab.page.locator(f".mine button[data-conversation-id='{cid}'] .unread").wait_for(timeout=TIMEOUT_MS)
+    first.open_conversation(cid)  # reading in one tab clears the unread mark in the other
+    second.page.locator(f".mine button[data-conversation-id='{cid}'] .unread").wait_for(
+        state="detached", timeout=TIMEOUT_MS)
+    second.open_conversation(cid)
+    second.send("answer from tab two")
+    first.wait_for_bodies(["question for the desk", "answer from tab two"])
+    widget.wait_for_bodies(["question for the desk", "answer from tab two"])
+    # Presence set in one tab shows in the other.
+    first.page.select_option("#presence", "away")
+    second.page.locator(".load").get_by_text("away").wait_for(timeout=TIMEOUT_MS)
+    assert first.user_bodies() == second.user_bodies() == ["question for the desk", "answer from tab two"]
