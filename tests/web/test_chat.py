@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from tests.web.browser import TIMEOUT_MS, Console, Widget
+import pytest
+
+from tests.web.browser import TIMEOUT_MS, Console, Widget, rest
+
+# Generous: a busy machine slows the browser and the cloud; every wait is for a condition.
+pytestmark = pytest.mark.timeout(900)
 
 
 def uid(prefix: str) -> str:
@@ -105,8 +110,6 @@ def test_reload_mid_send_loses_nothing_duplicates_nothing_and_keeps_the_conversa
     widget.wait_for_bodies(texts)
     # One conversation for this customer, each message stored once.
     user = widget.host.get_attribute("data-user")
-    from tests.web.browser import rest
-
     status, convs = rest(cloud, "GET", "/conversations", user, "customer")
     assert status == 200 and [c["conversationId"] for c in convs["conversations"]] == [cid]
     status, page = rest(cloud, "GET", f"/conversations/{cid}/messages?limit=100", user, "customer")

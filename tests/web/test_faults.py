@@ -12,6 +12,9 @@ from tests.local_cloud import REPO_ROOT, LocalCloud
 from tests.web.browser import TIMEOUT_MS
 from tests.web.test_chat import active_pair
 
+# Generous: a busy machine slows the browser and the cloud; every wait is for a condition.
+pytestmark = pytest.mark.timeout(900)
+
 FAULTS = "drop_connection=0.04,duplicate_frame=0.2,push_fail=0.05,push_lost_ack=0.05,crash_after_commit=0.05"
 
 

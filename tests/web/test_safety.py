@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.web.browser import TIMEOUT_MS, Console, Widget
 from tests.web.test_chat import active_pair
+
+# Generous: a busy machine slows the browser and the cloud; every wait is for a condition.
+pytestmark = pytest.mark.timeout(900)
 
 XSS = "<img src=x onerror=alert(1)><script>alert(2)</script>"
 
