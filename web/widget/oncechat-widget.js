@@ -400,9 +400,7 @@ export class OnceChatWidget extends HTMLElement {
     li.dataset.state = state;
     const span = li.querySelector(".state");
     if (span) {
-      span.textContent = STATE_MARK[state];
-      span.setAttribute("aria-label", STATE_TEXT[state]);
-      span.title = STATE_TEXT[state];
+      span.textContent = `${STATE_MARK[state]} ${STATE_TEXT[state]}`;
     }
   }
 
