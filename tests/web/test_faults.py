@@ -21,6 +21,15 @@ FAULTS = "drop_connection=0.04,duplicate_frame=0.2,push_fail=0.05,push_lost_ack=
 PENDING = "e => [...e.shadowRoot.querySelectorAll('.pending li')].map(l => l.textContent + ' ' + l.dataset.state)"
 
 
+WATCH_BANNER = """host => {
+    const root = host ? document.querySelector(host).shadowRoot : document;
+    const banner = root.querySelector('.banner');
+    window.banners = [];
+    new MutationObserver(() => window.banners.push(banner.hidden ? '' : banner.textContent))
+        .observe(banner, {childList: true, characterData: true, subtree: true, attributes: true});
+}"""
+
+
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[LocalCloud]:
     with LocalCloud(REPO_ROOT, "--sqs-retry-delay", "1", "--faults", FAULTS, "--fault-seed", "10") as running:
@@ -29,6 +38,9 @@ def cloud() -> Iterator[LocalCloud]:
 
 def test_every_message_shows_exactly_once_in_order_on_both_sides_under_faults(cloud, contexts):
     _, widget, console = active_pair(cloud, contexts)
+    # Record every banner text each page shows from now on.
+    widget.page.evaluate(WATCH_BANNER, "oncechat-widget")
+    console.page.evaluate(WATCH_BANNER, "")
     customer = [f"c{i}" for i in range(10)]
     agent = [f"a{i}" for i in range(10)]
     # Both write at once: the customer through the SDK, the agent by typing.
@@ -67,3 +79,7 @@ def test_every_message_shows_exactly_once_in_order_on_both_sides_under_faults(cl
     with urllib.request.urlopen(f"http://{cloud.host}:{cloud.ws_port}/_local/faults", timeout=30) as resp:
         injected = json.loads(resp.read())["injected"]
     assert injected.get("drop_connection", 0) + injected.get("duplicate_frame", 0) > 0, injected
+    if injected.get("drop_connection", 0):
+        # A dropped connection shows the reconnecting banner (in the page whose socket dropped).
+        banners = widget.page.evaluate("() => window.banners") + console.page.evaluate("() => window.banners")
+        assert any("Reconnecting" in b for b in banners), banners

@@ -115,6 +115,12 @@ export class OnceChatWidget extends HTMLElement {
     this._listen();
     await this.chat.start();
     this.dataset.user = this.chat.userId;
+    window.addEventListener("storage", (e) => {
+      // Another tab started a new conversation: follow it here too.
+      if (e.key !== this._storageKey() || !e.newValue) return;
+      const saved = JSON.parse(e.newValue);
+      if (saved.conversationId && saved.conversationId !== this.conversationId) this._show(saved.conversationId);
+    });
     // A conversation of this visitor goes on (after a reload, in another tab) even with the panel closed.
     if (this.isOpen || localStorage.getItem(this._storageKey())) await this._ensureConversation();
   }
