@@ -12,8 +12,11 @@ from tests.local_cloud import REPO_ROOT, LocalCloud
 from tests.web.browser import launch, reset_desk
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Per module, not per session: Playwright's sync API keeps an event loop
+    # running in this thread while it is open, and other test packages call
+    # asyncio.run() in the same session.
     with sync_playwright() as playwright:
         chromium = launch(playwright)  # fails (never skips) without Chromium
         yield chromium

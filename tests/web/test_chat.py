@@ -202,3 +202,30 @@ def test_two_console_tabs_of_one_agent_stay_consistent(cloud, contexts):
     first.page.select_option("#presence", "away")
     second.page.locator(".load").get_by_text("away").wait_for(timeout=TIMEOUT_MS)
     assert first.user_bodies() == second.user_bodies() == ["question for the desk", "answer from tab two"]
+
+
+def test_a_lost_answer_to_opening_then_a_reload_still_make_one_conversation(cloud, contexts):
+    page = contexts().new_page()
+    lost: list[str] = []
+
+    def lose_the_first_answer(route):
+        if route.request.method == "POST" and not lost:
+            route.fetch()  # the server opens the conversation...
+            lost.append(route.request.headers.get("idempotency-key", ""))
+            route.abort()  # ...and its answer never reaches the page
+        else:
+            route.continue_()
+
+    page.route(f"{cloud.rest_url}/conversations", lose_the_first_answer)
+    widget = Widget(page, cloud.web_url)
+    page.goto(cloud.web_url + "/")
+    widget.host.locator(".launcher").click()
+    widget.host.locator(".banner").get_by_text("Starting the conversation").wait_for(timeout=TIMEOUT_MS)
+    assert lost and lost[0]
+    page.reload()
+    page.wait_for_function("() => document.querySelector('oncechat-widget')?.dataset.conversationId",
+                           timeout=TIMEOUT_MS)
+    user = widget.host.get_attribute("data-user")
+    status, convs = rest(cloud, "GET", "/conversations", user, "customer")
+    assert status == 200
+    assert [c["conversationId"] for c in convs["conversations"]] == [widget.conversation_id]

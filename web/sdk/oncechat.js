@@ -93,6 +93,7 @@ export class OnceChat extends EventTarget {
     ackDelay = 1000,
     ackEvery = 20,
     peerPollInterval = 2500,
+    keepAliveInterval = 240000,
     ordered = true,
     databasePrefix = "oncechat",
   }) {
@@ -110,6 +111,7 @@ export class OnceChat extends EventTarget {
     this.ackDelay = ackDelay;
     this.ackEvery = ackEvery;
     this.peerPollInterval = peerPollInterval;
+    this.keepAliveInterval = keepAliveInterval;
     this.ordered = ordered;
     this.databasePrefix = databasePrefix;
     this.userId = null;
@@ -379,10 +381,27 @@ export class OnceChat extends EventTarget {
     for (const rec of await this.store.conversations()) {
       this._records.set(rec.conversationId, rec);
       if (rec.ownMax) this._ownMax.set(rec.conversationId, rec.ownMax);
+      if (rec.last) this._acked.set(rec.conversationId, rec.last); // stored, so acked or safe to ack
     }
     this._adoptOutbox(await this.store.outbox());
     this._runConnection();
     this._pollPeers();
+    this._keepAlive();
+  }
+
+  /**
+   * API Gateway closes a connection with no client frame for 10 minutes.
+   * Every 4 minutes of quiet the leader repeats an ack it already sent
+   * (the stored cursor only moves forward: the server changes nothing and
+   * answers nothing), so an idle chat keeps its connection.
+   */
+  async _keepAlive() {
+    while (this.leader && !this._stopped) {
+      await sleep(this.keepAliveInterval);
+      if (performance.now() - (this._lastFrameAt || 0) < this.keepAliveInterval) continue;
+      const [cid, seq] = [...this._acked].find(([, s]) => s > 0) || [];
+      if (cid) this._sendFrame({ action: "ack", conversationId: cid, seq });
+    }
   }
 
   _onRequest(msg) {
@@ -546,6 +565,7 @@ export class OnceChat extends EventTarget {
     const ws = this._ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
     ws.send(JSON.stringify(frame));
+    this._lastFrameAt = performance.now();
     return true;
   }
 
