@@ -119,3 +119,17 @@ def test_scroll_back_pages_history_with_before(cloud, contexts):
         pages += 1
     assert pages >= 1
     other.wait_for_bodies(texts)
+
+
+def test_the_console_is_usable_at_360_px(cloud, contexts):
+    _, widget, _ = active_pair(cloud, contexts)
+    narrow = Console(contexts(viewport={"width": 360, "height": 740}).new_page(), cloud.web_url)
+    agent = widget.host.locator(".who").inner_text().rsplit(" ", 1)[-1]
+    narrow.sign_in(agent)  # a second device of the same agent
+    narrow.open_conversation(widget.conversation_id)
+    widget.send("seen on a phone")
+    narrow.wait_for_bodies(["seen on a phone"])
+    assert narrow.page.evaluate("() => document.documentElement.scrollWidth") <= 360
+    for selector in (".mine", ".log", "#input", ".close"):
+        box = narrow.page.locator(selector).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360, selector

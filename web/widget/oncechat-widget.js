@@ -252,6 +252,7 @@ export class OnceChatWidget extends HTMLElement {
   async _show(cid) {
     this.conversationId = cid;
     this.dataset.conversationId = cid;
+    this._readSent = 0;
     this.items.clear();
     this.pendingItems.clear();
     this.$(".log").replaceChildren();
