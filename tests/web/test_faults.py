@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from collections.abc import Iterator
 
@@ -15,6 +16,8 @@ from tests.web.test_chat import active_pair
 # Generous: a busy machine slows the browser and the cloud; every wait is for a condition.
 pytestmark = pytest.mark.timeout(900)
 
+#: Another seed replays another fault pattern: ONCECHAT_WEB_FAULT_SEED=N.
+SEED = os.environ.get("ONCECHAT_WEB_FAULT_SEED", "10")
 FAULTS = "drop_connection=0.04,duplicate_frame=0.2,push_fail=0.05,push_lost_ack=0.05,crash_after_commit=0.05"
 
 
@@ -30,9 +33,15 @@ WATCH_BANNER = """host => {
 }"""
 
 
+def injected(cloud: LocalCloud) -> dict[str, int]:
+    """How many faults of each kind the cloud injected so far."""
+    with urllib.request.urlopen(f"http://{cloud.host}:{cloud.ws_port}/_local/faults", timeout=30) as resp:
+        return dict(json.loads(resp.read())["injected"])
+
+
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[LocalCloud]:
-    with LocalCloud(REPO_ROOT, "--sqs-retry-delay", "1", "--faults", FAULTS, "--fault-seed", "10") as running:
+    with LocalCloud(REPO_ROOT, "--sqs-retry-delay", "1", "--faults", FAULTS, "--fault-seed", SEED) as running:
         yield running
 
 
@@ -41,6 +50,7 @@ def test_every_message_shows_exactly_once_in_order_on_both_sides_under_faults(cl
     # Record every banner text each page shows from now on.
     widget.page.evaluate(WATCH_BANNER, "oncechat-widget")
     console.page.evaluate(WATCH_BANNER, "")
+    drops_before = injected(cloud).get("drop_connection", 0)
     customer = [f"c{i}" for i in range(10)]
     agent = [f"a{i}" for i in range(10)]
     # Both write at once: the customer through the SDK, the agent by typing.
@@ -76,10 +86,9 @@ def test_every_message_shows_exactly_once_in_order_on_both_sides_under_faults(cl
         timeout=TIMEOUT_MS)
     console.page.wait_for_function("() => document.querySelectorAll('.pending li').length === 0",
                                    timeout=TIMEOUT_MS)
-    with urllib.request.urlopen(f"http://{cloud.host}:{cloud.ws_port}/_local/faults", timeout=30) as resp:
-        injected = json.loads(resp.read())["injected"]
-    assert injected.get("drop_connection", 0) + injected.get("duplicate_frame", 0) > 0, injected
-    if injected.get("drop_connection", 0):
+    counts = injected(cloud)
+    assert counts.get("drop_connection", 0) + counts.get("duplicate_frame", 0) > 0, counts
+    if counts.get("drop_connection", 0) > drops_before:
         # A dropped connection shows the reconnecting banner (in the page whose socket dropped).
         banners = widget.page.evaluate("() => window.banners") + console.page.evaluate("() => window.banners")
         assert any("Reconnecting" in b for b in banners), banners
