@@ -120,7 +120,8 @@ class Run:
     def party(self, name: str, role: str) -> Party:
         token = mint_token(LOCAL_JWT_SECRET, name, role, ttl_seconds=6 * 3600)
         sdk = OnceChatClient(self.cloud.websocket_url, token, rest_url=self.cloud.rest_url,
-                             backoff=Backoff(base=0.05, cap=2.0), send_timeout=5.0)
+                             backoff=Backoff(base=0.05, cap=2.0), send_timeout=5.0,
+                             include_void=True)  # the checker accounts for every seq
         party = Party(name, role, sdk)
         self.parties[name] = party
         return party
@@ -128,7 +129,7 @@ class Run:
     async def consume(self, party: Party) -> None:
         async for m in party.sdk.messages():
             party.processed.append(Processed(m.conversation_id, m.seq, m.message_id, m.body,
-                                             m.sender_role == "system"))
+                                             m.sender_role == "system", m.void))
 
     async def setup(self) -> list[tuple[str, Party, Party]]:
         agents = [self.party(f"agent-{i:03d}", "agent") for i in range(max(1, self.args.clients // 2))]
@@ -281,7 +282,8 @@ def table(result: dict[str, Any]) -> str:
             ("delivered", f"{r['delivered']} / {r['expected_deliveries']}"), ("lost", r["lost"]),
             ("duplicated", r["duplicated"]), ("out of order", r["out_of_order"]),
             ("mismatched", r["mismatched"]), ("unaccepted", r["unaccepted"]),
-            ("seq errors", r["seq_errors"]), ("system messages", r["system_messages"])]
+            ("seq errors", r["seq_errors"]), ("system messages", r["system_messages"]),
+            ("void seqs", r["void_seqs"])]
     rows += [(f"fault {k}", v) for k, v in result["faults_injected"].items()]
     rows += [("DLQ redriven", result["dlq_redriven"]), ("wall time", f"{result['wall_seconds']} s"),
              ("accepted msgs/s", result["throughput_msgs_per_s"]),

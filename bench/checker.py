@@ -14,10 +14,12 @@ Per conversation, with N the number of distinct accepted messages:
 - every send was accepted (else ``unaccepted``).
 
 The server's own system messages (lifecycle events such as "assigned")
-take seqs of the same sequence. The checker learns them from what the
-recipients processed (``Processed.system``): every participant must
-process each of them exactly once too, the same one at the same seq, and
-together with the accepted seqs they must make 1..N.
+take seqs of the same sequence, and so do void seqs (a seq reserved by a
+send that stored nothing there: a retry, or a handler that died). The
+checker learns them from what the recipients processed
+(``Processed.system``, ``Processed.void``): every participant must process
+each of them exactly once too, the same one at the same seq, and together
+with the accepted seqs they must make 1..N.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Processed:
     message_id: str
     body: str
     system: bool = False
+    void: bool = False
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Report:
     unaccepted: int = 0
     seq_errors: int = 0
     system_messages: int = 0
+    void_seqs: int = 0
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -121,24 +125,27 @@ def check(
             report.seq_errors += 1
             report.note(f"{cid} seq {seq} given to {by_conv[cid][seq]} and {mid}")
         by_conv[cid][seq] = mid
-    system: dict[str, dict[int, tuple[str, str]]] = defaultdict(dict)
+    system: dict[str, dict[int, tuple[str, str, bool]]] = defaultdict(dict)
     for client_processed in processed.values():
         for p in client_processed:
-            if not p.system:
+            if not (p.system or p.void):
                 continue
-            known = system[p.conversation_id].setdefault(p.seq, (p.message_id, p.body))
-            if known != (p.message_id, p.body):
+            known = system[p.conversation_id].setdefault(p.seq, (p.message_id, p.body, p.void))
+            if known != (p.message_id, p.body, p.void):
                 report.mismatched += 1
                 report.note(f"{p.conversation_id}#{p.seq} is two different system messages")
     for cid, events in system.items():
-        for seq, (mid, body) in events.items():
+        for seq, (mid, body, void) in events.items():
             if seq in by_conv[cid]:
                 report.seq_errors += 1
                 report.note(f"{cid} seq {seq} is both {by_conv[cid][seq]} and system {mid}")
                 continue
             by_conv[cid][seq] = mid
             bodies[(cid, mid)] = body
-            report.system_messages += 1
+            if void:
+                report.void_seqs += 1
+            else:
+                report.system_messages += 1
     for cid, seqs in by_conv.items():
         if sorted(seqs) != list(range(1, len(seqs) + 1)):
             report.seq_errors += 1

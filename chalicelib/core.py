@@ -38,6 +38,7 @@ from chalicelib.models import (
     ResumeFrame,
     SendFrame,
     TypingFrame,
+    idempotency_key,
 )
 
 AnyClientFrame = SendFrame | AckFrame | ResumeFrame | TypingFrame | ReadFrame
@@ -188,6 +189,63 @@ class Append:
     expected_last_seq: int
 
 
+def idempotency_key_of(principal: Principal, frame: SendFrame) -> str:
+    """The idempotency key of a send: one per (sender, conversation, messageId)."""
+    return idempotency_key(principal.user_id, frame.conversation_id, frame.message_id)
+
+
+def replay_of(frame: SendFrame, existing: IdempotencyRecord) -> Replay:
+    """A send whose messageId was stored before: its stored answer, if the payload is the same.
+
+    Raises Conflict when the messageId was used with another body.
+    """
+    if existing.payload_hash != payload_hash(frame.conversation_id, frame.body):
+        raise Conflict("messageId was already used with a different body",
+                       message_id=frame.message_id)
+    return Replay(existing)
+
+
+def new_message(
+    principal: Principal,
+    conversation_id: str,
+    frame: SendFrame,
+    seq: int,
+    now_ms: int,
+    idempotency_ttl_seconds: int,
+    retention_seconds: int = 0,
+) -> Append:
+    """The message (at ``seq``) and idempotency record a new send stores."""
+    sent_at = iso_ms(now_ms)
+    message = MessageRecord(
+        conversation_id=conversation_id,
+        seq=seq,
+        message_id=frame.message_id,
+        sender_id=principal.user_id,
+        sender_role=principal.role,
+        body=frame.body,
+        sent_at=sent_at,
+        expires_at=now_ms // 1000 + retention_seconds if retention_seconds else None,
+    )
+    idem = IdempotencyRecord(
+        sender_id=principal.user_id,
+        conversation_id=conversation_id,
+        message_id=frame.message_id,
+        payload_hash=payload_hash(conversation_id, frame.body),
+        seq=seq,
+        sent_at=sent_at,
+        expires_at=now_ms // 1000 + idempotency_ttl_seconds,
+    )
+    return Append(message=message, idem=idem, expected_last_seq=seq - 1)
+
+
+def void_message(conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
+    """What fills a seq whose send never stored its message: a void, which clients pass over."""
+    return MessageRecord(
+        conversation_id=conversation_id, seq=seq, message_id=f"void-{seq}",
+        sender_id="system", sender_role="system", body="",
+        sent_at=iso_ms(now_epoch * 1000), void=True)
+
+
 def decide_send(
     principal: Principal,
     conv: Conversation,
@@ -203,37 +261,13 @@ def decide_send(
     payload) or ConversationClosed.
     """
     require_participant(principal, conv)
-    digest = payload_hash(frame.conversation_id, frame.body)
     if existing is not None:
-        if existing.payload_hash != digest:
-            raise Conflict("messageId was already used with a different body",
-                           message_id=frame.message_id)
-        return Replay(existing)
+        return replay_of(frame, existing)
     if conv.status == "closed":
         raise ConversationClosed("conversation is closed; the customer may open a new one",
                                  message_id=frame.message_id)
-    seq = conv.last_seq + 1
-    sent_at = iso_ms(now_ms)
-    message = MessageRecord(
-        conversation_id=conv.conversation_id,
-        seq=seq,
-        message_id=frame.message_id,
-        sender_id=principal.user_id,
-        sender_role=principal.role,
-        body=frame.body,
-        sent_at=sent_at,
-        expires_at=now_ms // 1000 + retention_seconds if retention_seconds else None,
-    )
-    idem = IdempotencyRecord(
-        sender_id=principal.user_id,
-        conversation_id=conv.conversation_id,
-        message_id=frame.message_id,
-        payload_hash=digest,
-        seq=seq,
-        sent_at=sent_at,
-        expires_at=now_ms // 1000 + idempotency_ttl_seconds,
-    )
-    return Append(message=message, idem=idem, expected_last_seq=conv.last_seq)
+    return new_message(principal, conv.conversation_id, frame, conv.last_seq + 1, now_ms,
+                       idempotency_ttl_seconds, retention_seconds)
 
 
 # ----------------------------------------------------------------- lifecycle
@@ -376,26 +410,19 @@ def read_frame(conversation_id: str, principal: Principal, seq: int) -> dict[str
 
 
 def delivery_targets(
-    message: MessageRecord,
-    conv: Conversation,
+    recipients: Iterable[str],
     connections: Mapping[str, Iterable[ConnectionRecord]],
-    cursors: Mapping[str, int],
     origin_connection_id: str | None,
 ) -> list[ConnectionRecord]:
     """The connections a message frame goes to.
 
-    Every open connection of every participant, the sender's other devices
-    included, except the connection the message came from, and except
-    participants whose ack cursor already covers the message.
+    Every open connection of every recipient, the sender's other devices
+    included, except the connection the message came from. Acknowledged
+    cursors are not consulted: a copy a client already has is dropped by
+    its seq rule, which costs one push instead of a read per recipient.
     """
-    targets: list[ConnectionRecord] = []
-    for user_id in conv.participant_ids():
-        if cursors.get(user_id, 0) >= message.seq:
-            continue
-        for conn in connections.get(user_id, ()):
-            if conn.connection_id != origin_connection_id:
-                targets.append(conn)
-    return targets
+    return [conn for user_id in recipients for conn in connections.get(user_id, ())
+            if conn.connection_id != origin_connection_id]
 
 
 # --------------------------------------------------------------------- resume

@@ -21,6 +21,8 @@ Storage adapters raise the internal signals at the bottom of this module
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class OnceChatError(Exception):
     """Root of every oncechat error; on its own it means ``internal``."""
@@ -110,7 +112,26 @@ class SequenceConflict(StorageSignal):
 
 
 class DuplicateMessage(StorageSignal):
-    """The idempotency record of this (sender, conversation, messageId) already exists."""
+    """The idempotency record of this (sender, conversation, messageId) already exists.
+
+    ``existing`` is that record when the backend returned it with the failure.
+    """
+
+    def __init__(self, key: str, existing: Any = None) -> None:
+        super().__init__(key)
+        self.existing = existing
+
+
+class ReservationRefused(StorageSignal):
+    """No seq was reserved: the conversation is missing (None), closed, or not the sender's.
+
+    ``conversation`` is the conversation as it stood (None when absent), so
+    the service tells the three apart without reading it again.
+    """
+
+    def __init__(self, conversation: Any) -> None:
+        super().__init__(getattr(conversation, "conversation_id", None))
+        self.conversation = conversation
 
 
 class StaleConversation(StorageSignal):

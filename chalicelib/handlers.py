@@ -91,7 +91,7 @@ class Handlers:
         """The scheduled sweeper: enqueue messages stored but never enqueued."""
         count = self.chat.sweep()
         if count:
-            log.warning("sweeper enqueued %d message(s)", count)
+            log.info("sweeper re-enqueued the %d message(s) of its window", count)
 
     # ----------------------------------------------------------------- REST
 

@@ -118,6 +118,9 @@ class Conversation(_Wire):
     queued_at: str | None = None
     closed_at: str | None = None
     last_seq: int = 0
+    #: Epoch ms of the latest seq reservation (a send moves ``last_seq`` before it
+    #: stores its message); a seq left empty longer than the sweep grace is void.
+    reserved_at: int | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -169,6 +172,10 @@ class MessageRecord(_Wire):
     previous_agent_id: str | None = None
     #: Epoch seconds after which the message is gone (MESSAGE_RETENTION_DAYS); None: kept.
     expires_at: int | None = None
+    #: A seq that was reserved by a send that never stored its message (the
+    #: sender's handler died, or the send turned out to be a retry): it carries
+    #: nothing, and clients pass over it (docs/protocol.md, "Void seqs").
+    void: bool | None = None
 
     def frame(self) -> dict[str, Any]:
         """The ``message`` frame that carries this record."""
@@ -182,6 +189,8 @@ class MessageRecord(_Wire):
             "body": self.body,
             "sentAt": self.sent_at,
         }
+        if self.void:
+            frame["void"] = True
         if self.event is not None:
             frame["event"] = self.event
             frame["status"] = self.status

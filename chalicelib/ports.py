@@ -18,20 +18,35 @@ from chalicelib.models import MessageRecord
 
 @dataclass(frozen=True)
 class Delivery:
-    """What travels through the queue: a stored message and the connection it came from."""
+    """What travels through the queue: a stored message, the connection it came from,
+    and, when the enqueuer knew them, the users to push it to.
+
+    ``recipients`` are the conversation's participants when the message was
+    committed (the send authorised the sender against them), so the
+    consumer need not read the conversation again for every message. A
+    participant who joins later (a transfer) gets the message by resume.
+    None (the sweeper, which only knows the message) means: read them.
+    """
 
     message: MessageRecord
     origin_connection_id: str | None
+    recipients: tuple[str, ...] | None = None
 
     def to_json(self) -> str:
         """The SQS message body."""
-        return json.dumps({"v": 1, "message": self.message.wire(), "origin": self.origin_connection_id})
+        body: dict[str, Any] = {"v": 1, "message": self.message.wire(),
+                                "origin": self.origin_connection_id}
+        if self.recipients is not None:
+            body["to"] = list(self.recipients)
+        return json.dumps(body)
 
     @classmethod
     def from_json(cls, body: str) -> Delivery:
         """Parse an SQS message body written by ``to_json``."""
         data = json.loads(body)
-        return cls(MessageRecord.model_validate(data["message"]), data.get("origin"))
+        to = data.get("to")
+        return cls(MessageRecord.model_validate(data["message"]), data.get("origin"),
+                   tuple(to) if isinstance(to, list) else None)
 
 
 class DeliveryQueue(Protocol):
@@ -39,6 +54,9 @@ class DeliveryQueue(Protocol):
 
     def enqueue(self, delivery: Delivery) -> None:
         """Enqueue a delivery (FIFO per conversation); raise on failure."""
+
+    def enqueue_many(self, deliveries: list[Delivery]) -> None:
+        """Enqueue deliveries in as few requests as the queue allows; raise if any failed."""
 
 
 class Pusher(Protocol):
@@ -82,6 +100,24 @@ class SqsDeliveryQueue:
             )
         except Exception as exc:  # botocore errors: wrapped once, callers catch one type
             raise OnceChatError(f"enqueue failed: {exc}") from exc
+
+    def enqueue_many(self, deliveries: list[Delivery]) -> None:
+        client, url = self._resolve()
+        failed = 0
+        for start in range(0, len(deliveries), 10):  # SendMessageBatch takes 10 entries
+            entries = [{
+                "Id": str(i),
+                "MessageBody": d.to_json(),
+                "MessageGroupId": d.message.conversation_id,
+                "MessageDeduplicationId": deduplication_id(d.message.conversation_id, d.message.seq),
+            } for i, d in enumerate(deliveries[start:start + 10])]
+            try:
+                answer = client.send_message_batch(QueueUrl=url, Entries=entries)
+            except Exception as exc:
+                raise OnceChatError(f"enqueue failed: {exc}") from exc
+            failed += len(answer.get("Failed") or [])
+        if failed:
+            raise OnceChatError(f"enqueue failed for {failed} message(s)")
 
 
 class ChalicePusher:
@@ -129,6 +165,10 @@ class MemoryQueue:
             self.fail_next -= 1
             raise OnceChatError("enqueue failed (injected)")
         self.items.append(delivery)
+
+    def enqueue_many(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            self.enqueue(delivery)
 
     def drain(self) -> list[Delivery]:
         """Take everything enqueued so far."""

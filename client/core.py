@@ -43,6 +43,9 @@ class Message:
     status: str | None = None
     agent_id: str | None = None
     previous_agent_id: str | None = None
+    #: A void seq (docs/protocol.md): it carries nothing; the SDK passes over
+    #: it and never hands it to the app.
+    void: bool = False
 
     @property
     def is_system(self) -> bool:
@@ -65,6 +68,7 @@ class Message:
                 status=frame.get("status"),
                 agent_id=frame.get("agentId"),
                 previous_agent_id=frame.get("previousAgentId"),
+                void=frame.get("void") is True,
             )
         except KeyError as exc:
             raise ProtocolError(f"message frame without {exc}") from exc

@@ -157,6 +157,7 @@ class OnceChatClient:
         ack_every: int = 20,
         ack_delay: float = 1.0,
         auto_commit: bool = True,
+        include_void: bool = False,
         ordered_sends: bool = False,
         on_state: Callable[[ConnectionState], None] | None = None,
         connect_options: dict[str, Any] | None = None,
@@ -171,6 +172,7 @@ class OnceChatClient:
         self.resume_timeout = resume_timeout
         self.gap_delay = gap_delay
         self.auto_commit = auto_commit
+        self.include_void = include_void
         self.on_state = on_state
         self.connect_options: dict[str, Any] = {"open_timeout": 10, "close_timeout": 2,
                                                 **(connect_options or {})}
@@ -396,6 +398,12 @@ class OnceChatClient:
                 return
             assert isinstance(item, Message)
             self._handed[item.conversation_id] = item.seq
+            if item.void and not self.include_void:
+                # Nothing to show: passed over, and committed along with what
+                # the app committed before it.
+                if self.auto_commit or self._committed.get(item.conversation_id, 0) >= item.seq - 1:
+                    self.commit(item)
+                continue
             if self.auto_commit:
                 self.commit(item)
             yield item

@@ -21,6 +21,7 @@ from chalicelib.models import (
     IdempotencyRecord,
     MessageRecord,
     Participant,
+    Principal,
 )
 
 
@@ -34,14 +35,19 @@ class Storage(Protocol):
     def get_connection(self, connection_id: str) -> ConnectionRecord | None:
         """The connection's record, or None."""
 
-    def delete_connection(self, connection_id: str) -> ConnectionRecord | None:
+    def delete_connection(self, connection_id: str, user_id: str | None = None) -> ConnectionRecord | None:
         """Remove a connection record; return what was removed (None when absent).
 
         Idempotent: two concurrent deletes return the record to exactly one caller.
+        ``user_id`` (when the caller knows whose it was) also removes it from
+        the user's connections when the record itself is already gone.
         """
 
     def connections_of(self, user_id: str) -> list[ConnectionRecord]:
-        """Every recorded connection of a user (any order)."""
+        """Every recorded connection of a user, by id (strongly consistent)."""
+
+    def connections_of_users(self, user_ids: Sequence[str]) -> dict[str, list[ConnectionRecord]]:
+        """``connections_of`` for several users at once (one request on DynamoDB)."""
 
     # --------------------------------------------------------------- agents
     def agent_connected(self, agent_id: str, now: str) -> AgentRecord:
@@ -97,6 +103,10 @@ class Storage(Protocol):
     def waiting_conversations(self, limit: int) -> list[Conversation]:
         """Up to ``limit`` conversations with status waiting, oldest ``queued_at`` first, then by id."""
 
+    def open_conversations_of(self, user: Principal) -> list[Conversation]:
+        """What ``user`` holds now, any order: a customer's conversations that are not
+        closed, or an agent's active ones. Its cost does not grow with closed history."""
+
     def conversations_of(
         self, user_id: str, role: str, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[Conversation], str | None]:
@@ -113,7 +123,7 @@ class Storage(Protocol):
 
         One transaction: the conversation becomes ``after`` on condition that
         its status, agent and ``last_seq`` are still those of ``before``; the
-        system message is stored at its seq (pending, like any message); each
+        system message is stored at its seq (in the commit-time index, like any message); each
         agent's ``active_count`` moves by its delta, a +1 on condition that
         the agent is online and below capacity; ``join`` becomes a
         participant (ack 0, kept if already one). On any failed condition
@@ -123,35 +133,53 @@ class Storage(Protocol):
         """
 
     # ------------------------------------------------------------- messages
-    def append_message(
-        self, message: MessageRecord, idem: IdempotencyRecord, expected_last_seq: int, now_epoch: int
-    ) -> None:
-        """Store a message with its idempotency record and move the counter, atomically.
+    def reserve_seq(self, conversation_id: str, sender: Principal, now_ms: int) -> Conversation:
+        """Reserve the conversation's next seq for a message of ``sender``; return the conversation.
 
-        One transaction of three conditional writes:
+        One atomic increment of ``last_seq`` (the returned conversation's
+        ``last_seq`` is the reserved seq; ``reserved_at`` becomes ``now_ms``),
+        on condition that the conversation exists, is not closed, and
+        ``sender`` holds it (its customer, or its assigned agent, by role).
+        Racing senders each get their own seq and nobody retries.
+        Raises ReservationRefused (carrying the conversation, or None when
+        absent) otherwise, reserving nothing.
+        """
+
+    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
+        """Store a message at the seq its sender reserved, with its idempotency record, atomically.
+
+        One transaction of two conditional writes:
         - the idempotency record (condition: absent, or present but expired: ``expires_at < now_epoch``);
-        - the conversation: ``last_seq`` from ``expected_last_seq`` to ``message.seq``
-          (condition: ``last_seq == expected_last_seq`` and status is not closed);
         - the message item keyed (conversation_id, seq) (condition: absent),
-          marked pending since ``now_epoch`` until ``mark_enqueued``.
-        ``message.seq`` must be ``expected_last_seq + 1``.
-
-        Raises DuplicateMessage when the idempotency record exists (and is not
-        expired), SequenceConflict when the counter moved or the message slot
-        is taken, NotFound when the conversation does not exist,
-        ConversationClosed when it is closed. On any raise nothing is written.
+          entered in the commit-time index at ``now_epoch`` (see ``committed_between``).
+        Raises DuplicateMessage (with the stored record) when the idempotency
+        record exists and is not expired, SequenceConflict when the slot was
+        filled (voided by ``fill_hole``). On any raise nothing is written.
         """
 
-    def mark_enqueued(self, conversation_id: str, seq: int) -> None:
-        """Forget that a message is pending: it is on the delivery queue.
+    def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
+        """Make an empty seq void (never overwriting); return what the slot holds now.
 
-        ``append_message`` stores every message as pending (since
-        ``now_epoch``); the sweeper enqueues what stays pending too long.
-        Idempotent; a missing message is ignored.
+        For a seq reserved by a send that never stored its message: the send
+        was a retry (it answers with the first seq), or its handler died.
+        Only a caller sure that no send is still coming calls it (the send
+        itself, or a reader after the sweep grace): a slow send that finds
+        its slot void reserves another seq.
         """
 
-    def pending_messages(self, committed_before: int, limit: int) -> list[MessageRecord]:
-        """Up to ``limit`` pending messages committed before ``committed_before`` (epoch s), oldest first."""
+    def committed_between(self, start: int, end: int, limit: int) -> list[MessageRecord]:
+        """Up to ``limit`` messages committed at epoch seconds in ``[start, end)``, oldest first.
+
+        Every stored message (user or system) is in this index from its
+        commit on; nothing is written when it is enqueued. The sweeper
+        re-enqueues a window of it (chalicelib/services/outbox.py).
+        """
+
+    def get_sweep_mark(self) -> int | None:
+        """Where the last sweep stopped (epoch s), or None before the first sweep."""
+
+    def set_sweep_mark(self, mark: int) -> None:
+        """Record where a sweep stopped; the mark never moves back."""
 
     def get_idempotency(
         self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int

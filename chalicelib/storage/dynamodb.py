@@ -34,16 +34,16 @@ from pydantic import BaseModel
 
 from chalicelib import aws
 from chalicelib.config import Config
-from chalicelib.core import Transition
+from chalicelib.core import Transition, void_message
 from chalicelib.errors import (
     AgentUnavailable,
     BadRequest,
     Conflict,
-    ConversationClosed,
     DuplicateMessage,
     DuplicateRequest,
     NotFound,
     OnceChatError,
+    ReservationRefused,
     SequenceConflict,
     StaleConversation,
 )
@@ -55,6 +55,7 @@ from chalicelib.models import (
     IdempotencyRecord,
     MessageRecord,
     Participant,
+    Principal,
     idempotency_key,
 )
 
@@ -111,13 +112,43 @@ def _from_item(model: type[M], item: Mapping[str, Any]) -> M:
     return model.model_validate({name: _deserialize(value) for name, value in item.items()})
 
 
-#: The byPending index is spread over this many partition keys so that a
-#: busy system does not write all pending messages to one hot GSI partition.
-PENDING_SHARDS = 16
+#: The byCommitTime index is spread over this many partition keys so that a
+#: busy system does not write every new message to one hot GSI partition.
+COMMIT_SHARDS = 16
+
+#: Keys of the sweeper's watermark item in the limits table.
+SWEEP_MARK_KEY = "sweep#mark"
 
 
-def _pending_shard(conversation_id: str) -> int:
-    return zlib.crc32(conversation_id.encode()) % PENDING_SHARDS
+def _commit_attrs(conversation_id: str, now_epoch: int) -> dict[str, int]:
+    """The attributes that put a new message in the KEYS_ONLY ``byCommitTime`` index.
+
+    The message stays there (one index write per message, never an update):
+    the sweeper reads a time window of it, so nothing marks a message
+    enqueued (chalicelib/services/outbox.py).
+    """
+    return {"commitShard": zlib.crc32(conversation_id.encode()) % COMMIT_SHARDS,
+            "committedAt": now_epoch}
+
+
+def _user_key(user_id: str) -> str:
+    """The key of a user's item in the connections table (connection ids never contain '#')."""
+    return f"user#{user_id}"
+
+
+def _conn_attr(connection_id: str) -> str:
+    """The attribute of the user item that holds one of the user's connections."""
+    return f"c#{connection_id}"
+
+
+def _open_holders(conv: Conversation) -> dict[str, str | None]:
+    """The keys of the sparse open-conversation indexes (None: out of that index).
+
+    A customer holds their conversation until it is closed; an agent holds
+    it while it is active and assigned to them.
+    """
+    return {"openCustomerId": conv.customer_id if conv.status != "closed" else None,
+            "openAgentId": conv.agent_id if conv.status == "active" else None}
 
 
 def _n(value: int) -> dict[str, str]:
@@ -184,7 +215,12 @@ class DynamoStorage:
         The codes list has one entry per item ("None" for items that did not
         fail), or is empty when the backend gave no CancellationReasons.
         """
-        codes: list[str] = []
+        reasons = self._transact_reasons(items, operation)
+        return None if reasons is None else [str(r.get("Code", "None")) for r in reasons]
+
+    def _transact_reasons(self, items: list[Item], operation: str) -> list[dict[str, Any]] | None:
+        """``_transact``, returning the cancellation reasons themselves (with ALL_OLD items)."""
+        reasons: list[dict[str, Any]] = []
         for attempt in range(_TRANSACTION_ATTEMPTS):
             try:
                 self._db.transact_write_items(TransactItems=items)
@@ -192,27 +228,44 @@ class DynamoStorage:
             except ClientError as exc:
                 if _code(exc) != "TransactionCanceledException":
                     raise OnceChatError(f"storage operation {operation} failed: {exc}") from exc
-                reasons = exc.response.get("CancellationReasons") or []
-                codes = [str(r.get("Code", "None")) for r in reasons]
+                reasons = list(exc.response.get("CancellationReasons") or [])
             except BotoCoreError as exc:
                 raise OnceChatError(f"storage operation {operation} failed: {exc}") from exc
-            if "ConditionalCheckFailed" in codes or not (set(codes) & _RETRYABLE_REASONS):
-                return codes
+            codes = {str(r.get("Code", "None")) for r in reasons}
+            if "ConditionalCheckFailed" in codes or not (codes & _RETRYABLE_REASONS):
+                return reasons
             if attempt + 1 < _TRANSACTION_ATTEMPTS:
                 _backoff(attempt)
-        return codes
+        return reasons
 
     # ---------------------------------------------------------- connections
+    # A user's open connections are also kept on one item per user in the
+    # connections table (key "user#<userId>", one attribute "c#<connectionId>"
+    # per connection, holding the whole record), so the consumer reads every
+    # recipient's connections with one strongly consistent BatchGetItem
+    # instead of a Query per recipient on an eventually consistent index.
+    # The connection's own item stays: frames look their connection up by
+    # id, and its TTL bounds a record whose $disconnect never ran.
+
     def put_connection(self, conn: ConnectionRecord) -> None:
         with _backend("put_connection"):
             self._db.put_item(TableName=self._config.connections_table, Item=_to_item(conn))
+            # Record first, then the user's list: a delivery that reads the list
+            # before this write misses the new connection, which then resumes.
+            self._db.update_item(
+                TableName=self._config.connections_table,
+                Key={"connectionId": _s(_user_key(conn.user_id))},
+                UpdateExpression="SET #c = :conn, expiresAt = :exp",
+                ExpressionAttributeNames={"#c": _conn_attr(conn.connection_id)},
+                ExpressionAttributeValues={":conn": {"M": _to_item(conn)}, ":exp": _n(conn.expires_at)},
+            )
 
     def get_connection(self, connection_id: str) -> ConnectionRecord | None:
         with _backend("get_connection"):
             item = self._get(self._config.connections_table, {"connectionId": _s(connection_id)})
         return _from_item(ConnectionRecord, item) if item else None
 
-    def delete_connection(self, connection_id: str) -> ConnectionRecord | None:
+    def delete_connection(self, connection_id: str, user_id: str | None = None) -> ConnectionRecord | None:
         # ALL_OLD returns the attributes this very delete removed: of two
         # racing deletes ($disconnect and a 410 in the consumer) only the one
         # that actually removed the item gets them; the other gets nothing.
@@ -222,23 +275,45 @@ class DynamoStorage:
                 Key={"connectionId": _s(connection_id)},
                 ReturnValues="ALL_OLD",
             )
-        old = response.get("Attributes")
-        return _from_item(ConnectionRecord, old) if old else None
+            old = response.get("Attributes")
+            removed = _from_item(ConnectionRecord, old) if old else None
+            owner = removed.user_id if removed else user_id
+            if owner is not None:
+                try:
+                    self._db.update_item(
+                        TableName=self._config.connections_table,
+                        Key={"connectionId": _s(_user_key(owner))},
+                        UpdateExpression="REMOVE #c",
+                        # Never create an empty user item.
+                        ConditionExpression="attribute_exists(connectionId)",
+                        ExpressionAttributeNames={"#c": _conn_attr(connection_id)},
+                    )
+                except ClientError as exc:
+                    if _code(exc) != "ConditionalCheckFailedException":
+                        raise
+        return removed
 
     def connections_of(self, user_id: str) -> list[ConnectionRecord]:
-        # GSI byUser is eventually consistent: a connection recorded a moment
-        # ago may be missing (the client then gets it on resume), one deleted
-        # a moment ago may still show (a push to it gets a 410 and is cleaned).
-        with _backend("connections_of"):
-            items = list(
-                self._query_all(
-                    TableName=self._config.connections_table,
-                    IndexName="byUser",
-                    KeyConditionExpression="userId = :u",
-                    ExpressionAttributeValues={":u": _s(user_id)},
-                )
-            )
-        return [_from_item(ConnectionRecord, item) for item in items]
+        return self.connections_of_users([user_id])[user_id]
+
+    def connections_of_users(self, user_ids: Sequence[str]) -> dict[str, list[ConnectionRecord]]:
+        table = self._config.connections_table
+        users = list(dict.fromkeys(user_ids))
+        found: dict[str, list[ConnectionRecord]] = {user: [] for user in users}
+        with _backend("connections_of_users"):
+            for start in range(0, len(users), 100):
+                request: dict[str, Any] = {table: {
+                    "Keys": [{"connectionId": _s(_user_key(u))} for u in users[start:start + 100]],
+                    "ConsistentRead": True}}
+                while request:
+                    answer = self._db.batch_get_item(RequestItems=request)
+                    for item in answer.get("Responses", {}).get(table, []):
+                        conns = [_from_item(ConnectionRecord, value["M"])
+                                 for name, value in item.items() if name.startswith("c#")]
+                        for conn in conns:
+                            found.setdefault(conn.user_id, []).append(conn)
+                    request = answer.get("UnprocessedKeys") or {}
+        return {user: sorted(found[user], key=lambda c: c.connection_id) for user in users}
 
     # --------------------------------------------------------------- agents
     def agent_connected(self, agent_id: str, now: str) -> AgentRecord:
@@ -453,7 +528,7 @@ class DynamoStorage:
             {
                 "Put": {
                     "TableName": self._config.conversations_table,
-                    "Item": _to_item(conv),
+                    "Item": _to_item(conv, **{k: v for k, v in _open_holders(conv).items() if v}),
                     # Two creates of one id: exactly one succeeds.
                     "ConditionExpression": "attribute_not_exists(conversationId)",
                 }
@@ -484,10 +559,34 @@ class DynamoStorage:
             item = self._get(self._config.conversations_table, {"conversationId": _s(conversation_id)})
         return _from_item(Conversation, item) if item else None
 
+    def _conversations_at(self, keys: list[Item]) -> list[Conversation]:
+        """The conversations named by index items, read from the table (consistent), in order.
+
+        The conversation GSIs do not project ``lastSeq`` (byStatus is
+        KEYS_ONLY, byCustomer/byAgent add only ``status``), so the message
+        counter a send moves never rewrites an index item; a listing reads
+        the page's items from the table instead, one BatchGetItem per 100.
+        """
+        table = self._config.conversations_table
+        found: dict[str, Conversation] = {}
+        ids = list(dict.fromkeys(k["conversationId"]["S"] for k in keys))
+        for start in range(0, len(ids), 100):
+            request: dict[str, Any] = {table: {
+                "Keys": [{"conversationId": _s(cid)} for cid in ids[start:start + 100]],
+                "ConsistentRead": True}}
+            while request:
+                answer = self._db.batch_get_item(RequestItems=request)
+                for item in answer.get("Responses", {}).get(table, []):
+                    conv = _from_item(Conversation, item)
+                    found[conv.conversation_id] = conv
+                request = answer.get("UnprocessedKeys") or {}
+        return [found[cid] for cid in ids if cid in found]
+
     def waiting_conversations(self, limit: int) -> list[Conversation]:
         # GSI byStatus is eventually consistent: a conversation assigned a
-        # moment ago may still be listed as waiting. Harmless: the assignment
-        # transaction re-checks status = waiting.
+        # moment ago may still be listed as waiting. The page is re-read
+        # from the table and what no longer waits is left out; the
+        # assignment transaction re-checks status = waiting anyway.
         if limit <= 0:
             return []
         out: list[Conversation] = []
@@ -503,7 +602,8 @@ class DynamoStorage:
         with _backend("waiting_conversations"):
             while True:
                 page = self._db.query(**kwargs)
-                out.extend(_from_item(Conversation, item) for item in page.get("Items", []))
+                fresh = self._conversations_at(page.get("Items", []))
+                out.extend(c for c in fresh if c.status == "waiting")
                 last = page.get("LastEvaluatedKey")
                 # Stop once `limit` are read and the boundary queuedAt is
                 # passed, so ties at the boundary are ordered by id like the
@@ -514,6 +614,19 @@ class DynamoStorage:
                 kwargs["ExclusiveStartKey"] = last
         out.sort(key=lambda c: c.queue_position_key)
         return out[:limit]
+
+    def open_conversations_of(self, user: Principal) -> list[Conversation]:
+        index, key = (("openByCustomer", "openCustomerId") if user.role == "customer"
+                      else ("openByAgent", "openAgentId"))
+        with _backend("open_conversations_of"):
+            keys = list(self._query_all(
+                TableName=self._config.conversations_table,
+                IndexName=index,  # sparse, KEYS_ONLY: what the user holds now
+                KeyConditionExpression="#k = :u",
+                ExpressionAttributeNames={"#k": key},
+                ExpressionAttributeValues={":u": _s(user.user_id)},
+            ))
+            return self._conversations_at(keys)
 
     def conversations_of(
         self, user_id: str, role: str, status: str | None, limit: int, cursor: str | None
@@ -539,7 +652,7 @@ class DynamoStorage:
         with _backend("conversations_of"):
             while len(out) <= limit:
                 page = self._db.query(**kwargs, Limit=limit + 1 - len(out))
-                out.extend(_from_item(Conversation, i) for i in page.get("Items", []))
+                out.extend(self._conversations_at(page.get("Items", [])))
                 last = page.get("LastEvaluatedKey")
                 if not last:
                     break
@@ -589,6 +702,15 @@ class DynamoStorage:
                 values[placeholder] = _s(value)
         if after.queued_at is None:  # the queue key is kept for the byStatus index
             removes.remove("#queuedAt")
+        # The sparse openByCustomer / openByAgent indexes list what a user
+        # holds now (resume reads them instead of every membership ever).
+        for attr, value in _open_holders(after).items():
+            names[f"#{attr}"] = attr
+            if value is None:
+                removes.append(f"#{attr}")
+            else:
+                sets.append(f"#{attr} = :{attr}")
+                values[f":{attr}"] = _s(value)
         update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         items: list[Item] = [
             {
@@ -604,8 +726,7 @@ class DynamoStorage:
             {
                 "Put": {
                     "TableName": self._config.messages_table,
-                    "Item": _to_item(message, pendingShard=_pending_shard(message.conversation_id),
-                                     pendingSince=now_epoch),
+                    "Item": _to_item(message, **_commit_attrs(message.conversation_id, now_epoch)),
                     "ConditionExpression": "attribute_not_exists(seq)",
                 }
             },
@@ -649,42 +770,65 @@ class DynamoStorage:
         raise OnceChatError(f"apply_transition cancelled: {codes}")
 
     # ------------------------------------------------------------- messages
-    def append_message(
-        self, message: MessageRecord, idem: IdempotencyRecord, expected_last_seq: int, now_epoch: int
-    ) -> None:
-        if message.seq != expected_last_seq + 1:
-            raise ValueError("message.seq must be expected_last_seq + 1")
-        # Three conditional writes in one transaction: all happen or none.
+    def reserve_seq(self, conversation_id: str, sender: Principal, now_ms: int) -> Conversation:
+        # One UpdateItem, never a retry: DynamoDB applies concurrent updates
+        # of one item one after the other, so N racing sends get N distinct
+        # seqs in N requests (an optimistic "lastSeq = :expected" loses all
+        # but one racer per round and collapses under a burst).
+        #
+        # Condition: attribute_exists AND status <> closed AND <sender holds it>
+        #   The sender is checked here, atomically with the reservation: an
+        #   agent transferred away a moment ago cannot reserve a seq. A closed
+        #   conversation reserves nothing (its customer's send reopens it
+        #   first, through a lifecycle step).
+        # reservedAt: the time of the latest reservation; a seq that stays
+        #   empty after the sweep grace belongs to a send that died (fill_hole).
+        holder = "customerId" if sender.role == "customer" else "agentId"
+        with _backend("reserve_seq"):
+            try:
+                answer = self._db.update_item(
+                    TableName=self._config.conversations_table,
+                    Key={"conversationId": _s(conversation_id)},
+                    UpdateExpression="SET lastSeq = lastSeq + :one, reservedAt = :now",
+                    ConditionExpression=(
+                        "attribute_exists(conversationId) AND #status <> :closed"
+                        " AND #holder = :sender"
+                    ),
+                    ExpressionAttributeNames={"#status": "status", "#holder": holder},
+                    ExpressionAttributeValues={
+                        ":one": _n(1), ":now": _n(now_ms), ":closed": _s("closed"),
+                        ":sender": _s(sender.user_id)},
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":
+                    raise
+                old = exc.response.get("Item")
+                raise ReservationRefused(
+                    _from_item(Conversation, old) if old
+                    else self.get_conversation(conversation_id)) from None
+        return _from_item(Conversation, answer["Attributes"])
+
+    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
+        # Two conditional writes in one transaction, at a seq the sender has
+        # reserved (reserve_seq): all happen or none.
         #
         # [0] idempotency: attribute_not_exists(idemKey) OR expiresAt < :now
-        #   Racing duplicates (the client resends after a timeout while the
-        #   first send is still running):
-        #     t0 A reads last_seq=4      t0 B reads last_seq=4
-        #     t1 A commits seq 5         t2 B fails [0] -> DuplicateMessage
-        #   B would fail [1] too, but [0] is what tells "already stored" from
-        #   "retry with a new seq" (and stops B from storing the message again
-        #   as seq 6 after a re-read). An expired record (TTL deletes late, up
+        #   A retry, or a racing duplicate (the client resent after a timeout
+        #   while the first send was still running):
+        #     t0 A reserves 5           t1 B reserves 6
+        #     t2 A stores 5             t3 B fails [0] -> DuplicateMessage
+        #   B answers with A's seq (ALL_OLD returns A's record: no read) and
+        #   leaves 6 void (fill_hole). An expired record (TTL deletes late, up
         #   to ~48 h) counts as absent, as the interface says.
-        #   A handler that dies between this commit and the SQS enqueue: the
-        #   client resends, gets DuplicateMessage with the stored seq (from
-        #   the idempotency record), and the service re-enqueues; delivery
-        #   itself is replayed from the messages table, never from SQS.
         #
-        # [1] conversation: attribute_exists AND lastSeq = :expected AND status <> closed
-        #   Concurrent senders (no gaps, no two messages with one seq):
-        #     t0 A reads last_seq=4      t0 B reads last_seq=4
-        #     t1 A commits 4 -> 5        t2 B fails [1] -> SequenceConflict,
-        #                                   re-reads 5, commits 5 -> 6
-        #   A separate ADD counter would leave a gap whenever the message
-        #   write after it failed. Closing the conversation also moves the
-        #   status, so no message lands after a close.
-        #
-        # [2] message: attribute_not_exists(seq)
-        #   Belt and braces: even if the counter were ever behind the stored
-        #   messages (hand repair, restore), an existing message is never
-        #   overwritten; that is reported as SequenceConflict.
-        conversations = self._config.conversations_table
-        codes = self._transact(
+        # [1] message: attribute_not_exists(seq)
+        #   The slot is this sender's by reservation; it is taken only when a
+        #   reader found it empty past the sweep grace and voided it (this
+        #   send took longer than any send may): SequenceConflict, reserve
+        #   again. Never an overwrite.
+        reasons = self._transact_reasons(
             [
                 {
                     "Put": {
@@ -692,61 +836,52 @@ class DynamoStorage:
                         "Item": _to_item(idem, idemKey=idem.key),
                         "ConditionExpression": "attribute_not_exists(idemKey) OR expiresAt < :now",
                         "ExpressionAttributeValues": {":now": _n(now_epoch)},
-                    }
-                },
-                {
-                    "Update": {
-                        "TableName": conversations,
-                        "Key": {"conversationId": _s(message.conversation_id)},
-                        "UpdateExpression": "SET lastSeq = :new",
-                        "ConditionExpression": (
-                            "attribute_exists(conversationId) AND lastSeq = :expected"
-                            " AND #status <> :closed"
-                        ),
-                        "ExpressionAttributeNames": {"#status": "status"},
-                        "ExpressionAttributeValues": {
-                            ":new": _n(message.seq),
-                            ":expected": _n(expected_last_seq),
-                            ":closed": _s("closed"),
-                        },
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                     }
                 },
                 {
                     "Put": {
                         "TableName": self._config.messages_table,
-                        # pending* put the message in the sparse byPending
-                        # index until mark_enqueued removes them.
                         "Item": _to_item(
-                            message,
-                            pendingShard=_pending_shard(message.conversation_id),
-                            pendingSince=now_epoch,
-                        ),
+                            message, **_commit_attrs(message.conversation_id, now_epoch)),
                         "ConditionExpression": "attribute_not_exists(seq)",
                     }
                 },
             ],
-            "append_message",
+            "store_message",
         )
-        if codes is None:
+        if reasons is None:
             return
+        codes = [str(r.get("Code", "None")) for r in reasons]
         if not codes:
-            raise OnceChatError("append_message cancelled without CancellationReasons")
-        failed = [code == "ConditionalCheckFailed" for code in codes]
-        if failed[0]:
-            raise DuplicateMessage(idem.key)
-        if failed[1]:
-            # The reasons do not say which part of [1] failed: read it back.
-            conv = self.get_conversation(message.conversation_id)
-            if conv is None:
-                raise NotFound(f"conversation {message.conversation_id} not found")
-            if conv.status == "closed":
-                raise ConversationClosed("conversation is closed")
+            raise OnceChatError("store_message cancelled without CancellationReasons")
+        if codes[0] == "ConditionalCheckFailed":
+            old = reasons[0].get("Item")
+            raise DuplicateMessage(idem.key, _from_item(IdempotencyRecord, old) if old else None)
+        if codes[1] == "ConditionalCheckFailed" or set(codes) & _RETRYABLE_REASONS:
             raise SequenceConflict(message.conversation_id)
-        if failed[2] or set(codes) & _RETRYABLE_REASONS:
-            # Slot taken, or still conflicting after our retries: nothing was
-            # written; the caller re-reads the counter and tries again.
-            raise SequenceConflict(message.conversation_id)
-        raise OnceChatError(f"append_message cancelled: {codes}")
+        raise OnceChatError(f"store_message cancelled: {codes}")
+
+    def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
+        # attribute_not_exists(seq): a void never overwrites a message. When
+        # the slot was filled meanwhile (the send was only slow), that
+        # message is what the slot holds, and it is returned.
+        void = void_message(conversation_id, seq, now_epoch)
+        with _backend("fill_hole"):
+            try:
+                self._db.put_item(
+                    TableName=self._config.messages_table,
+                    Item=_to_item(void, **_commit_attrs(conversation_id, now_epoch)),
+                    ConditionExpression="attribute_not_exists(seq)",
+                )
+                return void
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":
+                    raise
+        stored = self.get_message(conversation_id, seq)
+        if stored is None:  # cannot happen: a message is never deleted but by TTL
+            raise OnceChatError(f"slot {conversation_id}#{seq} neither empty nor filled")
+        return stored
 
     def get_idempotency(
         self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int
@@ -760,37 +895,59 @@ class DynamoStorage:
         # TTL deletes late: an expired record may still be stored.
         return None if record.expires_at < now_epoch else record
 
-    def mark_enqueued(self, conversation_id: str, seq: int) -> None:
-        with _backend("mark_enqueued"):
+    def committed_between(self, start: int, end: int, limit: int) -> list[MessageRecord]:
+        # byCommitTime is a KEYS_ONLY GSI (eventually consistent): it names
+        # the messages of the window, which are then read from the table.
+        keys: list[tuple[int, Item]] = []
+        with _backend("committed_between"):
+            for shard in range(COMMIT_SHARDS):
+                for item in self._query_all(
+                    TableName=self._config.messages_table,
+                    IndexName="byCommitTime",
+                    KeyConditionExpression="commitShard = :s AND committedAt BETWEEN :a AND :b",
+                    ExpressionAttributeValues={
+                        ":s": _n(shard), ":a": _n(start), ":b": _n(end - 1)},
+                ):
+                    keys.append((int(item["committedAt"]["N"]), {
+                        "conversationId": item["conversationId"], "seq": item["seq"]}))
+            keys.sort(key=lambda pair: (pair[0], pair[1]["conversationId"]["S"],
+                                        int(pair[1]["seq"]["N"])))
+            return self._batch_get_messages([key for _, key in keys[:limit]])
+
+    def _batch_get_messages(self, keys: list[Item]) -> list[MessageRecord]:
+        """The messages at ``keys``, in that order (missing ones left out), 100 keys a request."""
+        table = self._config.messages_table
+        found: dict[tuple[str, int], MessageRecord] = {}
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {table: {"Keys": keys[start:start + 100]}}
+            while request:
+                answer = self._db.batch_get_item(RequestItems=request)
+                for item in answer.get("Responses", {}).get(table, []):
+                    record = _from_item(MessageRecord, item)
+                    found[(record.conversation_id, record.seq)] = record
+                request = answer.get("UnprocessedKeys") or {}
+        return [found[k] for k in ((key["conversationId"]["S"], int(key["seq"]["N"]))
+                                   for key in keys) if k in found]
+
+    def get_sweep_mark(self) -> int | None:
+        with _backend("get_sweep_mark"):
+            item = self._get(self._config.limits_table, {"limitKey": _s(SWEEP_MARK_KEY)})
+        return int(item["mark"]["N"]) if item else None
+
+    def set_sweep_mark(self, mark: int) -> None:
+        with _backend("set_sweep_mark"):
             try:
                 self._db.update_item(
-                    TableName=self._config.messages_table,
-                    Key={"conversationId": _s(conversation_id), "seq": _n(seq)},
-                    UpdateExpression="REMOVE pendingShard, pendingSince",
-                    # Never create a stub item for a message that is not there.
-                    ConditionExpression="attribute_exists(seq)",
+                    TableName=self._config.limits_table,
+                    Key={"limitKey": _s(SWEEP_MARK_KEY)},
+                    UpdateExpression="SET mark = :m",
+                    # Never back: two sweeps racing leave the later mark.
+                    ConditionExpression="attribute_not_exists(mark) OR mark < :m",
+                    ExpressionAttributeValues={":m": _n(mark)},
                 )
             except ClientError as exc:
                 if _code(exc) != "ConditionalCheckFailedException":
                     raise
-
-    def pending_messages(self, committed_before: int, limit: int) -> list[MessageRecord]:
-        # byPending is a GSI, so eventually consistent: a message enqueued a
-        # moment ago may still be listed and is enqueued again. Harmless:
-        # recipients drop copies by seq, and SQS dedup usually drops it first.
-        due: list[tuple[int, MessageRecord]] = []
-        with _backend("pending_messages"):
-            for shard in range(PENDING_SHARDS):
-                items = self._db.query(
-                    TableName=self._config.messages_table,
-                    IndexName="byPending",
-                    KeyConditionExpression="pendingShard = :s AND pendingSince < :t",
-                    ExpressionAttributeValues={":s": _n(shard), ":t": _n(committed_before)},
-                    Limit=limit,
-                ).get("Items", [])
-                due.extend((int(i["pendingSince"]["N"]), _from_item(MessageRecord, i)) for i in items)
-        due.sort(key=lambda pair: pair[0])
-        return [message for _, message in due[:limit]]
 
     def get_message(self, conversation_id: str, seq: int) -> MessageRecord | None:
         with _backend("get_message"):
@@ -894,12 +1051,23 @@ class DynamoStorage:
             items = list(
                 self._query_all(
                     TableName=self._config.participants_table,
-                    IndexName="byConversation",
+                    IndexName="byConversation",  # KEYS_ONLY: cursor moves never rewrite it
                     KeyConditionExpression="conversationId = :c",
                     ExpressionAttributeValues={":c": _s(conversation_id)},
                 )
             )
-        return sorted((_from_item(Participant, i) for i in items), key=lambda p: p.user_id)
+            table = self._config.participants_table
+            found: list[Participant] = []
+            keys = [{"userId": i["userId"], "conversationId": i["conversationId"]} for i in items]
+            for start in range(0, len(keys), 100):
+                request: dict[str, Any] = {table: {"Keys": keys[start:start + 100],
+                                                   "ConsistentRead": True}}
+                while request:
+                    answer = self._db.batch_get_item(RequestItems=request)
+                    found.extend(_from_item(Participant, i)
+                                 for i in answer.get("Responses", {}).get(table, []))
+                    request = answer.get("UnprocessedKeys") or {}
+        return sorted(found, key=lambda p: p.user_id)
 
     def advance_ack(self, user_id: str, conversation_id: str, seq: int) -> bool:
         return self._advance(user_id, conversation_id, "ackSeq", seq, "advance_ack")

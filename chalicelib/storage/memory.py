@@ -9,15 +9,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from chalicelib.core import Transition
+from chalicelib.core import Transition, void_message
 from chalicelib.errors import (
     AgentUnavailable,
     BadRequest,
     Conflict,
-    ConversationClosed,
     DuplicateMessage,
     DuplicateRequest,
     NotFound,
+    ReservationRefused,
     SequenceConflict,
     StaleConversation,
 )
@@ -29,6 +29,7 @@ from chalicelib.models import (
     IdempotencyRecord,
     MessageRecord,
     Participant,
+    Principal,
     idempotency_key,
 )
 
@@ -44,7 +45,8 @@ class MemoryStorage:
         self._messages: dict[tuple[str, int], MessageRecord] = {}
         self._idempotency: dict[str, IdempotencyRecord] = {}
         self._participants: dict[tuple[str, str], Participant] = {}
-        self._pending: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
+        self._sweep_mark: int | None = None
         self._requests: dict[str, tuple[str, int]] = {}
         self._buckets: dict[str, tuple[int, int]] = {}
 
@@ -57,13 +59,17 @@ class MemoryStorage:
         with self._lock:
             return self._connections.get(connection_id)
 
-    def delete_connection(self, connection_id: str) -> ConnectionRecord | None:
+    def delete_connection(self, connection_id: str, user_id: str | None = None) -> ConnectionRecord | None:
         with self._lock:
             return self._connections.pop(connection_id, None)
 
     def connections_of(self, user_id: str) -> list[ConnectionRecord]:
+        return self.connections_of_users([user_id])[user_id]
+
+    def connections_of_users(self, user_ids: Sequence[str]) -> dict[str, list[ConnectionRecord]]:
         with self._lock:
-            return [c for c in self._connections.values() if c.user_id == user_id]
+            return {user: sorted((c for c in self._connections.values() if c.user_id == user),
+                                 key=lambda c: c.connection_id) for user in user_ids}
 
     # --------------------------------------------------------------- agents
     def agent_connected(self, agent_id: str, now: str) -> AgentRecord:
@@ -165,6 +171,13 @@ class MemoryStorage:
             waiting = [c for c in self._conversations.values() if c.status == "waiting"]
         return sorted(waiting, key=lambda c: c.queue_position_key)[:max(limit, 0)]
 
+    def open_conversations_of(self, user: Principal) -> list[Conversation]:
+        with self._lock:
+            convs = list(self._conversations.values())
+        if user.role == "customer":
+            return [c for c in convs if c.customer_id == user.user_id and c.status != "closed"]
+        return [c for c in convs if c.agent_id == user.user_id and c.status == "active"]
+
     def conversations_of(
         self, user_id: str, role: str, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[Conversation], str | None]:
@@ -210,42 +223,51 @@ class MemoryStorage:
                                 role="agent", joined_at=after.updated_at))
             self._conversations[after.conversation_id] = after
             self._messages[(message.conversation_id, message.seq)] = message
-            self._pending[(message.conversation_id, message.seq)] = now_epoch
+            self._committed[(message.conversation_id, message.seq)] = now_epoch
 
     # ------------------------------------------------------------- messages
-    def append_message(
-        self, message: MessageRecord, idem: IdempotencyRecord, expected_last_seq: int, now_epoch: int
-    ) -> None:
-        if message.seq != expected_last_seq + 1:
-            raise ValueError("message.seq must be expected_last_seq + 1")
+    def reserve_seq(self, conversation_id: str, sender: Principal, now_ms: int) -> Conversation:
+        with self._lock:
+            conv = self._conversations.get(conversation_id)
+            holder = conv and (conv.customer_id if sender.role == "customer" else conv.agent_id)
+            if conv is None or conv.status == "closed" or holder != sender.user_id:
+                raise ReservationRefused(conv)
+            conv = conv.model_copy(update={"last_seq": conv.last_seq + 1, "reserved_at": now_ms})
+            self._conversations[conversation_id] = conv
+            return conv
+
+    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
         with self._lock:
             existing = self._idempotency.get(idem.key)
             if existing is not None and existing.expires_at >= now_epoch:
-                raise DuplicateMessage(idem.key)
-            conv = self._conversations.get(message.conversation_id)
-            if conv is None:
-                raise NotFound(f"conversation {message.conversation_id} not found")
-            if conv.status == "closed":
-                raise ConversationClosed("conversation is closed")
-            if conv.last_seq != expected_last_seq:
-                raise SequenceConflict(message.conversation_id)
+                raise DuplicateMessage(idem.key, existing)
             if (message.conversation_id, message.seq) in self._messages:
                 raise SequenceConflict(message.conversation_id)
             self._idempotency[idem.key] = idem
-            self._conversations[conv.conversation_id] = conv.model_copy(
-                update={"last_seq": message.seq}
-            )
             self._messages[(message.conversation_id, message.seq)] = message
-            self._pending[(message.conversation_id, message.seq)] = now_epoch
+            self._committed[(message.conversation_id, message.seq)] = now_epoch
 
-    def mark_enqueued(self, conversation_id: str, seq: int) -> None:
+    def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
         with self._lock:
-            self._pending.pop((conversation_id, seq), None)
+            key = (conversation_id, seq)
+            if key not in self._messages:
+                self._messages[key] = void_message(conversation_id, seq, now_epoch)
+                self._committed[key] = now_epoch
+            return self._messages[key]
 
-    def pending_messages(self, committed_before: int, limit: int) -> list[MessageRecord]:
+    def committed_between(self, start: int, end: int, limit: int) -> list[MessageRecord]:
         with self._lock:
-            due = sorted((since, key) for key, since in self._pending.items() if since < committed_before)
-            return [self._messages[key] for _, key in due[:limit]]
+            due = sorted((at, key) for key, at in self._committed.items() if start <= at < end)
+            return [self._messages[key] for _, key in due[:limit] if key in self._messages]
+
+    def get_sweep_mark(self) -> int | None:
+        with self._lock:
+            return self._sweep_mark
+
+    def set_sweep_mark(self, mark: int) -> None:
+        with self._lock:
+            if self._sweep_mark is None or self._sweep_mark < mark:
+                self._sweep_mark = mark
 
     def get_idempotency(
         self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int

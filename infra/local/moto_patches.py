@@ -397,6 +397,38 @@ def pace_fifo_long_polls() -> None:
         Queue.wait_for_messages = _wait_for_messages  # type: ignore[method-assign]
 
 
+#: AWS remembers a FIFO deduplication id for five minutes, even after the
+#: message was received and deleted (moto forgets it with the message).
+DEDUP_WINDOW_MS = 5 * 60 * 1000
+
+
+def _remember_dedup_ids(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def add_message(self: Queue, message: Any) -> None:
+        dedup_id = message.deduplication_id if self.fifo_queue else None
+        if dedup_id:
+            now = int(message.sent_timestamp or time.time() * 1000)
+            with self._messages_lock:
+                seen: dict[str, int] = self.__dict__.setdefault("_oncechat_dedup", {})
+                if len(seen) > 10_000:  # forget what left the window
+                    for key in [k for k, t in seen.items() if now - t >= DEDUP_WINDOW_MS]:
+                        del seen[key]
+                first = seen.get(dedup_id)
+                if first is not None and now - first < DEDUP_WINDOW_MS:
+                    return  # for parity: accepted and dropped, as AWS does
+                seen[dedup_id] = now
+        original(self, message)
+    return add_message
+
+
+def remember_dedup_ids() -> None:
+    """FIFO deduplication remembers ids for 5 minutes after a delete, as on AWS."""
+    if not getattr(Queue.add_message, _PATCHED, False):
+        patched = _remember_dedup_ids(Queue.add_message)
+        setattr(patched, _PATCHED, True)
+        Queue.add_message = patched  # type: ignore[method-assign]
+
+
 def cache_module_list() -> None:
     """List moto's service modules once, not on every request.
 
@@ -433,3 +465,4 @@ def apply() -> None:
     index_queries()
     cache_module_list()
     pace_fifo_long_polls()
+    remember_dedup_ids()

@@ -98,3 +98,16 @@ def test_a_system_message_at_an_accepted_seq_is_a_seq_error():
     processed["bob"].insert(0, Processed("c1", 1, "system-1", "bob joined", True))
     report = check(sent, accepted, processed, PARTICIPANTS)
     assert not report.ok and report.seq_errors >= 1
+
+
+def test_void_seqs_complete_the_sequence_and_must_reach_everyone():
+    sent = [Sent("alice", "c1", f"m{i}", f"body {i}") for i in (1, 3)]
+    accepted = [Accepted("alice", "c1", "m1", 1), Accepted("alice", "c1", "m3", 3)]
+    void = Processed("c1", 2, "void-2", "", void=True)
+    both = {who: [Processed("c1", 1, "m1", "body 1"), void, Processed("c1", 3, "m3", "body 3")]
+            for who in ("alice", "bob")}
+    report = check(sent, accepted, both, {"c1": ["alice", "bob"]})
+    assert report.ok and (report.void_seqs, report.delivered) == (1, 6)
+    both["bob"].remove(void)  # bob passed over seq 2 without processing it
+    report = check(sent, accepted, both, {"c1": ["alice", "bob"]})
+    assert not report.ok and report.lost == 1 and report.out_of_order == 1

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from chalicelib.models import (
     ConnectionRecord,
     Conversation,
     IdempotencyRecord,
     MessageRecord,
     Participant,
+    Principal,
     Role,
     Status,
 )
@@ -87,3 +90,23 @@ def participant(user_id: str, conversation_id: str = "c1", *, role: Role = "cust
     return Participant(
         user_id=user_id, conversation_id=conversation_id, role=role, ack_seq=ack_seq, joined_at=T0
     )
+
+
+def reserve(storage: Any, conversation_id: str, sender_id: str = "cust1", *,
+            role: Role = "customer", now_ms: int = NOW_EPOCH * 1000) -> int:
+    """Reserve the next seq as ``sender_id`` (who must hold the conversation); return it."""
+    conv = storage.reserve_seq(conversation_id, Principal(user_id=sender_id, role=role), now_ms)
+    return int(conv.last_seq)
+
+
+def store(storage: Any, msg: MessageRecord, idem: IdempotencyRecord | None = None,
+          now_epoch: int = NOW_EPOCH) -> None:
+    """What a send does: reserve the next seq (which must be ``msg.seq``), then store there.
+
+    A sender other than the conversation's customer reserves as its agent.
+    """
+    conv = storage.get_conversation(msg.conversation_id)
+    role: Role = "customer" if conv is None or conv.customer_id == msg.sender_id else "agent"
+    seq = reserve(storage, msg.conversation_id, msg.sender_id, role=role, now_ms=now_epoch * 1000)
+    assert seq == msg.seq, f"reserved {seq}, the test meant {msg.seq}"
+    storage.store_message(msg, idem or idem_for(msg), now_epoch)

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from chalicelib.errors import SequenceConflict
+from chalicelib.models import Principal
 from chalicelib.storage.base import Storage
 
 from .records import NOW_EPOCH, connection, conversation, idem_for, message
@@ -33,17 +33,12 @@ def run_together(n: int, work: Callable[[int], object]) -> list[object]:
 
 
 def send(storage: Storage, conversation_id: str, sender: str, message_id: str) -> int:
-    """The service's append loop: read the counter, try seq+1, re-read on conflict."""
-    for _ in range(1000):
-        conv = storage.get_conversation(conversation_id)
-        assert conv is not None
-        msg = message(conv.last_seq + 1, conversation_id, message_id=message_id, sender_id=sender)
-        try:
-            storage.append_message(msg, idem_for(msg), conv.last_seq, NOW_EPOCH)
-        except SequenceConflict:
-            continue
-        return msg.seq
-    raise AssertionError("append never won the race")
+    """The service's send: reserve the next seq (never retried), store the message there."""
+    conv = storage.reserve_seq(conversation_id, Principal(user_id="cust1", role="customer"),
+                               NOW_EPOCH * 1000)
+    msg = message(conv.last_seq, conversation_id, message_id=message_id, sender_id=sender)
+    storage.store_message(msg, idem_for(msg), NOW_EPOCH)
+    return msg.seq
 
 
 def test_concurrent_appends_number_messages_gapless_and_unique(concurrent_storage: Storage) -> None:

@@ -24,7 +24,7 @@ from chalicelib.errors import (
 from chalicelib.models import Principal
 from chalicelib.storage.base import Storage
 
-from .records import NOW_EPOCH, T0, at, conversation, idem_for, message
+from .records import NOW_EPOCH, T0, at, conversation, message, store
 from .test_concurrency import run_together
 
 T_MS = core.epoch_ms(T0) + 3_600_000  # an hour after T0: later than every record's times
@@ -69,8 +69,8 @@ def test_assign_activates_stores_the_system_message_counts_load_and_adds_the_age
     assert load(storage, "bob") == 1
     membership = storage.get_participant("bob", "c1")
     assert membership is not None and membership.ack_seq == 0
-    # Pending like any message until enqueued, so the sweeper covers it.
-    assert [m.seq for m in storage.pending_messages(NOW_EPOCH + 1, 10)] == [1]
+    # In the commit-time index like any message, so the sweeper covers it.
+    assert [m.seq for m in storage.committed_between(0, NOW_EPOCH + 1, 10)] == [1]
 
 
 def test_the_same_transition_twice_applies_once(storage: Storage) -> None:
@@ -93,12 +93,11 @@ def test_a_message_appended_after_the_read_makes_the_transition_stale(storage: S
     online(storage, "bob")
     conv = storage.get_conversation("c1")
     assert conv is not None
-    m = message(1)
-    storage.append_message(m, idem_for(m), 0, NOW_EPOCH)
+    store(storage, message(1))
     with pytest.raises(StaleConversation):
         storage.apply_transition(core.plan_assign(conv, "bob", T_MS), NOW_EPOCH)
     assert load(storage, "bob") == 0
-    assert storage.get_message("c1", 1) == m
+    assert storage.get_message("c1", 1) == message(1)
 
 
 @pytest.mark.parametrize("why", ["full", "offline", "away", "unknown"])
@@ -250,8 +249,7 @@ def test_a_cursor_the_storage_did_not_make_is_a_bad_request(storage: Storage) ->
 def test_messages_before_returns_the_latest_ones_below_in_ascending_order(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     for seq in range(1, 11):
-        m = message(seq)
-        storage.append_message(m, idem_for(m), seq - 1, NOW_EPOCH)
+        store(storage, message(seq))
     assert [m.seq for m in storage.messages_before("c1", 11, 3)] == [8, 9, 10]
     assert [m.seq for m in storage.messages_before("c1", 4, 10)] == [1, 2, 3]
     assert storage.messages_before("c1", 1, 10) == []
@@ -362,7 +360,7 @@ def test_racing_close_and_transfer_apply_exactly_one(concurrent_storage: Storage
 def test_a_message_with_a_retention_round_trips_its_expiry(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     m = message(1).model_copy(update={"expires_at": NOW_EPOCH + 86400})
-    storage.append_message(m, idem_for(m), 0, NOW_EPOCH)
+    store(storage, m)
     assert storage.get_message("c1", 1) == m
     assert storage.messages_after("c1", 0, 10)[0].expires_at == NOW_EPOCH + 86400
 

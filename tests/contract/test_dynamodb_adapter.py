@@ -12,7 +12,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import core
-from chalicelib.errors import OnceChatError, SequenceConflict, StaleConversation
+from chalicelib.errors import OnceChatError, ReservationRefused, SequenceConflict, StaleConversation
+from chalicelib.models import Principal
 from chalicelib.storage.dynamodb import DynamoStorage
 
 from .cloud import config_for
@@ -38,6 +39,12 @@ def test_builds_its_own_client_from_the_default_session_on_first_use() -> None:
     assert store.get_conversation("c1") == conversation("c1")
 
 
+def store_via(storage: DynamoStorage, msg: Any) -> None:
+    storage.reserve_seq(msg.conversation_id, Principal(user_id=msg.sender_id, role="customer"),
+                        NOW_EPOCH * 1000)
+    storage.store_message(msg, idem_for(msg), NOW_EPOCH)
+
+
 def test_unassigned_conversation_has_no_agent_id_attribute(store: DynamoStorage, ddb: Any) -> None:
     # agentId is the key of GSI byAgent: a NULL there would be rejected.
     store.create_conversation(conversation("c1"))
@@ -51,18 +58,13 @@ def test_items_carry_camel_case_names_numbers_and_the_idempotency_key(store: Dyn
     config = config_for(STAGE)
     store.create_conversation(conversation("c1"))
     msg = message(1)
-    store.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+    store_via(store, msg)
     stored = ddb.get_item(
         TableName=config.messages_table, Key={"conversationId": {"S": "c1"}, "seq": {"N": "1"}}
     )["Item"]
     fields = {"conversationId", "seq", "messageId", "senderId", "senderRole", "body", "sentAt"}
-    assert set(stored) == fields | {"pendingShard", "pendingSince"}
-    assert stored["pendingSince"] == {"N": str(NOW_EPOCH)}
-    store.mark_enqueued("c1", 1)
-    stored = ddb.get_item(
-        TableName=config.messages_table, Key={"conversationId": {"S": "c1"}, "seq": {"N": "1"}}
-    )["Item"]
-    assert set(stored) == fields  # out of the sparse byPending index
+    assert set(stored) == fields | {"commitShard", "committedAt"}  # in the byCommitTime index
+    assert stored["committedAt"] == {"N": str(NOW_EPOCH)}
     idem = ddb.get_item(TableName=config.idempotency_table, Key={"idemKey": {"S": "cust1#c1#m1"}})["Item"]
     assert idem["expiresAt"]["N"] == str(idem_for(msg).expires_at)
     assert idem["seq"] == {"N": "1"}
@@ -82,13 +84,32 @@ def test_backend_errors_are_wrapped_once_into_oncechat_error(ddb: Any) -> None:
     assert isinstance(caught.value.__cause__, ClientError)
     msg = message(1)
     with pytest.raises(OnceChatError) as caught:
-        store.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+        store.store_message(msg, idem_for(msg), NOW_EPOCH)
     assert isinstance(caught.value.__cause__, ClientError)
     assert type(caught.value) is OnceChatError
 
 
+def test_a_refused_reservation_returns_the_conversation_without_a_read(store: DynamoStorage, ddb: Any) -> None:
+    store.create_conversation(conversation("c1", status="closed"))
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(ddb, name)
+
+        def get_item(self, **kwargs: Any) -> Any:
+            calls.append(kwargs)
+            return ddb.get_item(**kwargs)
+
+    spied = DynamoStorage(config_for(STAGE), Spy())
+    with pytest.raises(ReservationRefused) as refused:
+        spied.reserve_seq("c1", Principal(user_id="cust1", role="customer"), 0)
+    assert refused.value.conversation.status == "closed"
+    assert calls == []  # ReturnValuesOnConditionCheckFailure=ALL_OLD answered it
+
+
 def test_moto_reports_cancellation_reasons_per_item(store: DynamoStorage, ddb: Any) -> None:
-    # append_message relies on these (item 0 = duplicate, 1 = counter, 2 = slot).
+    # store_message relies on these (item 0 = duplicate, 1 = slot).
     config = config_for(STAGE)
     store.create_conversation(conversation("c1"))
     with pytest.raises(ClientError) as caught:
@@ -145,7 +166,7 @@ def test_a_transaction_conflict_is_retried_and_then_commits(ddb: Any) -> None:
     store = DynamoStorage(config_for(STAGE), client)
     store.create_conversation(conversation("c1"))  # third call: commits
     msg = message(1)
-    store.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+    store_via(store, msg)
     assert client.calls == 4
     assert store.get_message("c1", 1) == msg
 
@@ -155,8 +176,9 @@ def test_a_lasting_transaction_conflict_is_reported_as_sequence_conflict(ddb: An
     store.create_conversation(conversation("c1"))
     conflicted = DynamoStorage(config_for(STAGE), _Conflicting(ddb, conflicts=100))
     msg = message(1)
+    assert store.reserve_seq("c1", Principal(user_id="cust1", role="customer"), 0).last_seq == 1
     with pytest.raises(SequenceConflict):
-        conflicted.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
+        conflicted.store_message(msg, idem_for(msg), NOW_EPOCH)
     assert store.get_message("c1", 1) is None
     # a lifecycle step that keeps conflicting is a signal to re-read, and writes nothing
     store.agent_connected("ag1", T0)

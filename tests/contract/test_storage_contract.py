@@ -13,9 +13,9 @@ from chalicelib import core
 from chalicelib.errors import (
     AgentUnavailable,
     Conflict,
-    ConversationClosed,
     DuplicateMessage,
     NotFound,
+    ReservationRefused,
     SequenceConflict,
     StaleConversation,
 )
@@ -31,13 +31,14 @@ from .records import (
     idem_for,
     message,
     participant,
+    reserve,
+    store,
 )
 
 
 def append(storage: Storage, seq: int, conversation_id: str = "c1", **kwargs: object) -> None:
-    """Append message ``seq`` expecting the counter at ``seq - 1``."""
-    msg = message(seq, conversation_id, **kwargs)  # type: ignore[arg-type]
-    storage.append_message(msg, idem_for(msg), seq - 1, NOW_EPOCH)
+    """Reserve seq ``seq`` (the next one) and store message ``seq`` there."""
+    store(storage, message(seq, conversation_id, **kwargs))  # type: ignore[arg-type]
 
 
 def online_agent(storage: Storage, agent_id: str) -> None:
@@ -96,8 +97,22 @@ def test_connections_of_lists_every_connection_of_that_user_only(storage: Storag
 
 def test_connections_of_forgets_deleted_connections(storage: Storage) -> None:
     storage.put_connection(connection("a1", "alice"))
+    storage.put_connection(connection("a2", "alice"))
     storage.delete_connection("a1")
+    assert [c.connection_id for c in storage.connections_of("alice")] == ["a2"]
+    storage.delete_connection("a2", "alice")
     assert storage.connections_of("alice") == []
+    assert storage.delete_connection("a2", "alice") is None  # gone already: nothing, no error
+
+
+def test_connections_of_users_reads_several_users_at_once(storage: Storage) -> None:
+    storage.put_connection(connection("a1", "alice"))
+    storage.put_connection(connection("b1", "bob"))
+    storage.put_connection(connection("b2", "bob"))
+    got = storage.connections_of_users(["bob", "carol", "alice"])
+    assert {u: [c for c in cs] for u, cs in got.items()} == {
+        "bob": [connection("b1", "bob"), connection("b2", "bob")], "carol": [],
+        "alice": [connection("a1", "alice")]}
 
 
 # --------------------------------------------------------------------- agents
@@ -237,12 +252,12 @@ def test_assign_activates_the_conversation_counts_load_and_adds_the_agent(storag
     assert agent is not None and agent.active_count == 1 and agent.presence == "online"
     member = storage.get_participant("ag1", "c1")
     assert member is not None and (member.role, member.ack_seq) == ("agent", 0)
-    # the step is recorded as the "assigned" system message at seq 1, pending like any message
+    # the step is recorded as the "assigned" system message at seq 1, in the commit-time index
     system = storage.get_message("c1", 1)
     assert system is not None
     assert (system.sender_id, system.sender_role, system.message_id) == ("system", "system", "system-1")
     assert (system.event, system.status, system.agent_id, system.sent_at) == ("assigned", "active", "ag1", at(5))
-    assert [(m.conversation_id, m.seq) for m in storage.pending_messages(NOW_EPOCH + 1, 10)] == [("c1", 1)]
+    assert [(m.conversation_id, m.seq) for m in storage.committed_between(0, NOW_EPOCH + 1, 10)] == [("c1", 1)]
 
 
 def test_assign_twice_fails_the_second_and_counts_the_load_once(storage: Storage) -> None:
@@ -277,7 +292,7 @@ def test_assign_to_an_offline_agent_fails_and_writes_nothing(storage: Storage) -
     assert storage.get_agent("ag1") == before
     assert storage.get_participant("ag1", "c1") is None
     assert storage.get_message("c1", 1) is None
-    assert storage.pending_messages(NOW_EPOCH + 1, 10) == []
+    assert storage.committed_between(0, NOW_EPOCH + 1, 10) == []
 
 
 def test_assign_to_an_unknown_agent_fails_and_writes_nothing(storage: Storage) -> None:
@@ -289,7 +304,7 @@ def test_assign_to_an_unknown_agent_fails_and_writes_nothing(storage: Storage) -
     assert storage.get_agent("ghost") is None
     assert storage.get_participant("ghost", "c1") is None
     assert storage.get_message("c1", 1) is None
-    assert storage.pending_messages(NOW_EPOCH + 1, 10) == []
+    assert storage.committed_between(0, NOW_EPOCH + 1, 10) == []
 
 
 def test_assign_to_an_agent_at_capacity_fails_and_writes_nothing(storage: Storage) -> None:
@@ -316,7 +331,7 @@ def test_assign_unknown_conversation_fails_and_writes_nothing(storage: Storage) 
     assert storage.get_agent("ag1") == agent
     assert storage.get_participant("ag1", "nope") is None
     assert storage.get_message("nope", 1) is None
-    assert storage.pending_messages(NOW_EPOCH + 1, 10) == []
+    assert storage.committed_between(0, NOW_EPOCH + 1, 10) == []
 
 
 def test_assign_keeps_the_cursor_of_an_agent_already_participating(storage: Storage) -> None:
@@ -331,18 +346,20 @@ def test_assign_keeps_the_cursor_of_an_agent_already_participating(storage: Stor
 # ------------------------------------------------------------------- messages
 
 
-def test_append_stores_the_message_moves_the_counter_and_records_idempotency(storage: Storage) -> None:
+def test_reserve_moves_the_counter_and_store_records_message_and_idempotency(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
+    assert reserve(storage, "c1") == 1
+    conv = storage.get_conversation("c1")
+    assert conv is not None and (conv.last_seq, conv.reserved_at) == (1, NOW_EPOCH * 1000)
+    assert storage.get_message("c1", 1) is None  # reserved, not yet stored
     msg = message(1, body="first")
     idem = idem_for(msg)
-    storage.append_message(msg, idem, 0, NOW_EPOCH)
+    storage.store_message(msg, idem, NOW_EPOCH)
     assert storage.get_message("c1", 1) == msg
-    conv = storage.get_conversation("c1")
-    assert conv is not None and conv.last_seq == 1
     assert storage.get_idempotency("cust1", "c1", "m1", NOW_EPOCH) == idem
 
 
-def test_appends_number_messages_one_two_three(storage: Storage) -> None:
+def test_reservations_number_messages_one_two_three(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     for seq in (1, 2, 3):
         append(storage, seq)
@@ -350,52 +367,79 @@ def test_appends_number_messages_one_two_three(storage: Storage) -> None:
     assert [m.message_id for m in storage.messages_after("c1", 0, 10)] == ["m1", "m2", "m3"]
 
 
-def test_append_rejects_a_seq_that_does_not_follow_the_expected_counter(storage: Storage) -> None:
+def test_reserve_is_refused_for_a_closed_an_unknown_or_another_users_conversation(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1", status="closed"))
+    storage.create_conversation(conversation("c2"))
+    for cid, who, role, status in (("c1", "cust1", "customer", "closed"),
+                                   ("c2", "cust2", "customer", "waiting"),
+                                   ("c2", "cust1", "agent", "waiting"),  # the id, not the role
+                                   ("ghost", "cust1", "customer", None)):
+        with pytest.raises(ReservationRefused) as refused:
+            reserve(storage, cid, who, role=role)  # type: ignore[arg-type]
+        got = refused.value.conversation
+        assert (got.status if got else None) == status, (cid, who, role)
+        assert got is None or got.last_seq == 0  # nothing reserved
+    assert storage.get_conversation("ghost") is None
+
+
+def test_an_assigned_agent_reserves_and_a_transferred_away_one_does_not(storage: Storage) -> None:
+    online_agent(storage, "ag1")
+    online_agent(storage, "ag2")
     storage.create_conversation(conversation("c1"))
-    msg = message(3)
-    with pytest.raises(ValueError):
-        storage.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
-    assert storage.get_message("c1", 3) is None
+    assign(storage, "c1", "ag1", 1)  # the "assigned" system message is seq 1
+    append(storage, 2, sender_id="ag1")
+    with pytest.raises(ReservationRefused):
+        reserve(storage, "c1", "ag2", role="agent")
+    conv = storage.get_conversation("c1")
+    assert conv is not None and (conv.status, conv.last_seq) == ("active", 2)
+    assert [m.sender_role for m in storage.messages_after("c1", 0, 10)] == ["system", "customer"]
 
 
-def test_duplicate_append_raises_duplicate_and_writes_nothing(storage: Storage) -> None:
+def test_a_duplicate_store_raises_with_the_first_record_and_writes_nothing(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     first = message(1, message_id="m-dup")
-    storage.append_message(first, idem_for(first), 0, NOW_EPOCH)
+    store(storage, first)
+    assert reserve(storage, "c1") == 2  # the retry reserved seq 2 before it knew
     again = message(2, message_id="m-dup", body="resent")
-    with pytest.raises(DuplicateMessage):
-        storage.append_message(again, idem_for(again), 1, NOW_EPOCH)
-    conv = storage.get_conversation("c1")
-    assert conv is not None and conv.last_seq == 1
+    with pytest.raises(DuplicateMessage) as dup:
+        storage.store_message(again, idem_for(again), NOW_EPOCH)
+    assert dup.value.existing in (None, idem_for(first))  # the backend may return it
     assert storage.get_message("c1", 2) is None
     assert storage.get_idempotency("cust1", "c1", "m-dup", NOW_EPOCH) == idem_for(first)
 
 
-def test_resend_with_a_stale_counter_reports_duplicate_not_conflict(storage: Storage) -> None:
-    # A client resends after a timeout; the service read last_seq before the
-    # first attempt committed. The duplicate must win, or a retry loop would
-    # store the message a second time under a new seq.
+def test_fill_hole_voids_an_empty_seq_once_and_never_overwrites(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
-    first = message(1, message_id="m-x")
-    storage.append_message(first, idem_for(first), 0, NOW_EPOCH)
-    with pytest.raises(DuplicateMessage):
-        storage.append_message(first, idem_for(first), 0, NOW_EPOCH)
+    append(storage, 1)
+    assert reserve(storage, "c1") == 2
+    void = storage.fill_hole("c1", 2, NOW_EPOCH)
+    assert (void.seq, void.void, void.sender_role, void.body) == (2, True, "system", "")
+    assert storage.get_message("c1", 2) == void
+    assert storage.fill_hole("c1", 2, NOW_EPOCH + 5) == void  # idempotent
+    assert storage.fill_hole("c1", 1, NOW_EPOCH) == message(1)  # a message stays
+    late = message(2, message_id="m-late")
+    with pytest.raises(SequenceConflict):  # its send outlived the grace: reserve again
+        storage.store_message(late, idem_for(late), NOW_EPOCH)
+    assert storage.get_idempotency("cust1", "c1", "m-late", NOW_EPOCH) is None
+    assert [m.seq for m in storage.committed_between(0, NOW_EPOCH + 10, 10)] == [1, 2]
 
 
 def test_same_message_id_from_another_sender_is_not_a_duplicate(storage: Storage) -> None:
+    online_agent(storage, "ag1")
     storage.create_conversation(conversation("c1"))
-    append(storage, 1, message_id="same")
-    append(storage, 2, message_id="same", sender_id="ag1")
-    assert [m.sender_id for m in storage.messages_after("c1", 0, 10)] == ["cust1", "ag1"]
+    assign(storage, "c1", "ag1", 1)
+    append(storage, 2, message_id="same")
+    append(storage, 3, message_id="same", sender_id="ag1")
+    assert [m.sender_id for m in storage.messages_after("c1", 1, 10)] == ["cust1", "ag1"]
 
 
 def test_expired_idempotency_record_is_reused(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     old = message(1, message_id="m-old")
-    storage.append_message(old, idem_for(old, expires_at=NOW_EPOCH - 1), 0, NOW_EPOCH - 100)
+    store(storage, old, idem_for(old, expires_at=NOW_EPOCH - 1), NOW_EPOCH - 100)
     assert storage.get_idempotency("cust1", "c1", "m-old", NOW_EPOCH) is None
     new = message(2, message_id="m-old", body="again, a day later")
-    storage.append_message(new, idem_for(new), 1, NOW_EPOCH)
+    store(storage, new)
     assert storage.get_idempotency("cust1", "c1", "m-old", NOW_EPOCH) == idem_for(new)
     assert storage.get_message("c1", 2) == new
 
@@ -403,65 +447,17 @@ def test_expired_idempotency_record_is_reused(storage: Storage) -> None:
 def test_idempotency_record_is_valid_through_its_expiry_second(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     msg = message(1)
-    storage.append_message(msg, idem_for(msg, expires_at=NOW_EPOCH), 0, NOW_EPOCH)
+    store(storage, msg, idem_for(msg, expires_at=NOW_EPOCH))
     assert storage.get_idempotency("cust1", "c1", "m1", NOW_EPOCH) == idem_for(msg, expires_at=NOW_EPOCH)
     assert storage.get_idempotency("cust1", "c1", "m1", NOW_EPOCH + 1) is None
+    reserve(storage, "c1")
     again = message(2, message_id="m1")
     with pytest.raises(DuplicateMessage):
-        storage.append_message(again, idem_for(again), 1, NOW_EPOCH)
+        storage.store_message(again, idem_for(again), NOW_EPOCH)
 
 
 def test_get_unknown_idempotency_record_is_none(storage: Storage) -> None:
     assert storage.get_idempotency("cust1", "c1", "nope", NOW_EPOCH) is None
-
-
-def test_append_after_the_counter_moved_raises_sequence_conflict_and_writes_nothing(storage: Storage) -> None:
-    storage.create_conversation(conversation("c1"))
-    append(storage, 1)
-    late = message(1, message_id="m-late")  # read last_seq=0 before m1 committed
-    with pytest.raises(SequenceConflict):
-        storage.append_message(late, idem_for(late), 0, NOW_EPOCH)
-    assert storage.get_idempotency("cust1", "c1", "m-late", NOW_EPOCH) is None
-    assert storage.get_message("c1", 1) == message(1)
-    conv = storage.get_conversation("c1")
-    assert conv is not None and conv.last_seq == 1
-
-
-def test_append_expecting_a_counter_ahead_of_the_stored_one_conflicts(storage: Storage) -> None:
-    storage.create_conversation(conversation("c1"))
-    ahead = message(5)
-    with pytest.raises(SequenceConflict):
-        storage.append_message(ahead, idem_for(ahead), 4, NOW_EPOCH)
-    assert storage.get_message("c1", 5) is None
-    assert storage.get_idempotency("cust1", "c1", "m5", NOW_EPOCH) is None
-
-
-def test_append_to_a_closed_conversation_raises_closed_and_writes_nothing(storage: Storage) -> None:
-    storage.create_conversation(conversation("c1", status="closed"))
-    msg = message(1)
-    with pytest.raises(ConversationClosed):
-        storage.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
-    assert storage.get_message("c1", 1) is None
-    assert storage.get_idempotency("cust1", "c1", "m1", NOW_EPOCH) is None
-
-
-def test_append_to_an_active_conversation_is_allowed(storage: Storage) -> None:
-    online_agent(storage, "ag1")
-    storage.create_conversation(conversation("c1"))
-    assign(storage, "c1", "ag1", 1)  # the "assigned" system message is seq 1
-    append(storage, 2, sender_id="ag1")
-    conv = storage.get_conversation("c1")
-    assert conv is not None and (conv.status, conv.last_seq) == ("active", 2)
-    assert [m.sender_role for m in storage.messages_after("c1", 0, 10)] == ["system", "customer"]
-
-
-def test_append_to_an_unknown_conversation_raises_not_found_and_writes_nothing(storage: Storage) -> None:
-    msg = message(1, "ghost")
-    with pytest.raises(NotFound):
-        storage.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
-    assert storage.get_conversation("ghost") is None
-    assert storage.get_message("ghost", 1) is None
-    assert storage.get_idempotency("cust1", "ghost", "m1", NOW_EPOCH) is None
 
 
 def test_get_unknown_message_is_none(storage: Storage) -> None:
@@ -566,40 +562,37 @@ def test_advance_ack_to_zero_never_moves(storage: Storage) -> None:
 
 def _append_at(storage: Storage, seq: int, conversation_id: str, epoch: int) -> None:
     msg = message(seq, conversation_id, message_id=f"{conversation_id}-{seq}")  # type: ignore[arg-type]
-    storage.append_message(msg, idem_for(msg), seq - 1, epoch)
+    store(storage, msg, now_epoch=epoch)
 
 
-def test_appended_messages_are_pending_until_marked_enqueued(storage: Storage) -> None:
+def test_appended_messages_are_listed_by_commit_time(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     storage.create_conversation(conversation("c2"))
     _append_at(storage, 1, "c1", NOW_EPOCH)
     _append_at(storage, 1, "c2", NOW_EPOCH + 5)
     _append_at(storage, 2, "c1", NOW_EPOCH + 10)
-    due = storage.pending_messages(NOW_EPOCH + 10, 100)
+    due = storage.committed_between(NOW_EPOCH, NOW_EPOCH + 10, 100)  # end excluded
     assert [(m.conversation_id, m.seq) for m in due] == [("c1", 1), ("c2", 1)]  # oldest first
     assert due[0].body == message(1, "c1").body
-    storage.mark_enqueued("c1", 1)
-    assert [(m.conversation_id, m.seq) for m in storage.pending_messages(NOW_EPOCH + 11, 100)] == [
-        ("c2", 1), ("c1", 2)]
-    assert [m.seq for m in storage.pending_messages(NOW_EPOCH + 11, 1)] == [1]
+    assert [(m.conversation_id, m.seq) for m in storage.committed_between(
+        NOW_EPOCH + 1, NOW_EPOCH + 11, 100)] == [("c2", 1), ("c1", 2)]
+    assert [m.seq for m in storage.committed_between(NOW_EPOCH, NOW_EPOCH + 11, 1)] == [1]
+    assert storage.committed_between(NOW_EPOCH + 11, NOW_EPOCH + 100, 10) == []
 
 
-def test_mark_enqueued_is_idempotent_and_ignores_missing_messages(storage: Storage) -> None:
-    storage.create_conversation(conversation("c1"))
-    _append_at(storage, 1, "c1", NOW_EPOCH)
-    storage.mark_enqueued("c1", 1)
-    storage.mark_enqueued("c1", 1)
-    storage.mark_enqueued("c1", 99)
-    storage.mark_enqueued("nope", 1)
-    assert storage.pending_messages(NOW_EPOCH + 100, 10) == []
-    assert storage.get_message("c1", 1) is not None
-    assert storage.get_message("c1", 99) is None
+def test_the_sweep_mark_only_moves_forward(storage: Storage) -> None:
+    assert storage.get_sweep_mark() is None
+    storage.set_sweep_mark(NOW_EPOCH)
+    storage.set_sweep_mark(NOW_EPOCH - 5)
+    assert storage.get_sweep_mark() == NOW_EPOCH
+    storage.set_sweep_mark(NOW_EPOCH + 60)
+    assert storage.get_sweep_mark() == NOW_EPOCH + 60
 
 
-def test_a_failed_append_leaves_nothing_pending(storage: Storage) -> None:
+def test_a_failed_append_adds_nothing_to_the_commit_index(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     _append_at(storage, 1, "c1", NOW_EPOCH)
     msg = message(1, "c1")
     with pytest.raises((DuplicateMessage, SequenceConflict)):
-        storage.append_message(msg, idem_for(msg), 0, NOW_EPOCH)
-    assert [m.seq for m in storage.pending_messages(NOW_EPOCH + 1, 10)] == [1]
+        storage.store_message(msg, idem_for(msg), NOW_EPOCH)
+    assert [m.seq for m in storage.committed_between(0, NOW_EPOCH + 1, 10)] == [1]

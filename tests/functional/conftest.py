@@ -20,6 +20,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from infra.local import moto_patches
+
 from chalicelib.auth import mint_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,6 +171,9 @@ def cloud(monkeypatch):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    # SQS FIFO deduplication as on AWS: ids are remembered for 5 minutes after
+    # a delete (the sweeper's re-enqueues of delivered messages are dropped).
+    moto_patches.remember_dedup_ids()
     with mock_aws():
         cfn = boto3.client("cloudformation", region_name=REGION)
         cfn.create_stack(StackName="oncechat-test", TemplateBody=(ROOT / "infra/template.yaml").read_text(),

@@ -9,7 +9,6 @@ from chalicelib.errors import BadRequest, Conflict, ConversationClosed, Forbidde
 from chalicelib.models import (
     ConnectionRecord,
     Conversation,
-    MessageRecord,
     Participant,
     Principal,
     SendFrame,
@@ -130,17 +129,15 @@ def test_dedup_id_is_stable_and_distinct():
     assert a != core.deduplication_id("c1", 2) and a != core.deduplication_id("c11", 1)
 
 
-def test_delivery_targets_skip_origin_and_acked():
+def test_delivery_targets_are_every_recipient_connection_but_the_origin():
     def cn(cid, user):
         return ConnectionRecord(connection_id=cid, user_id=user, role="customer", connected_at="t",
                                 domain_name="d", stage="s", expires_at=0)
-    msg = MessageRecord(conversation_id="c1", seq=5, message_id="m", sender_id="alice",
-                        sender_role="customer", body="x", sent_at="t")
-    conns = {"alice": [cn("a1", "alice"), cn("a2", "alice")], "bob": [cn("b1", "bob")]}
-    got = core.delivery_targets(msg, conv(), conns, {"bob": 4}, "a1")
+    conns = {"alice": [cn("a1", "alice"), cn("a2", "alice")], "bob": [cn("b1", "bob")],
+             "carol": [cn("c1", "carol")]}
+    got = core.delivery_targets(["alice", "bob"], conns, "a1")
     assert [c.connection_id for c in got] == ["a2", "b1"]
-    got = core.delivery_targets(msg, conv(), conns, {"bob": 5}, "a1")
-    assert [c.connection_id for c in got] == ["a2"]
+    assert [c.connection_id for c in core.delivery_targets(["bob"], conns, None)] == ["b1"]
 
 
 def test_resume_cursors_prefer_client_then_stored():

@@ -4,9 +4,10 @@ import threading
 
 import pytest
 
+
 from chalicelib.auth import mint_token
 from chalicelib.config import Config
-from chalicelib.errors import ConnectionGone, Forbidden, NotFound, Unauthorized
+from chalicelib.errors import ConnectionGone, Forbidden, NotFound, OnceChatError, Unauthorized
 from chalicelib.models import AckFrame, ResumeFrame, SendFrame
 from chalicelib.ports import MemoryPusher, MemoryQueue
 from chalicelib.service import ChatService, DeliveryFailed, DeliveryService, Origin
@@ -155,15 +156,22 @@ def test_concurrent_senders_get_gapless_distinct_seqs(chatting):
             f = SendFrame(action="send", conversation_id=cid, message_id=f"{p.user_id}-{i}", body="b")
             acc = chat.send(p, who, f)
             with lock:
-                results.append(acc["seq"])
+                results.append((acc["messageId"], acc["seq"]))
 
     threads = [threading.Thread(target=worker, args=(w, 30)) for w in (alice, bob, alice, bob)]
     # two threads per user reuse messageIds: racing duplicates must map to one seq
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert sorted(set(results)) == list(range(s + 1, s + 61))
-    assert chat.storage.get_conversation(cid).last_seq == s + 60
     assert len(results) == 120  # every send was answered
+    seq_of = dict(results)
+    assert len(seq_of) == 60 and len(set(seq_of.values())) == 60
+    assert all(seq_of[mid] == seq for mid, seq in results)  # a duplicate got the first seq
+    # Every reserved seq holds the message answered with it, or is void (the
+    # seq a losing duplicate reserved): none is empty, none holds two.
+    last = chat.storage.get_conversation(cid).last_seq
+    stored = chat.storage.messages_after(cid, s, 1000)
+    assert [m.seq for m in stored] == list(range(s + 1, last + 1))
+    assert {m.message_id: m.seq for m in stored if not m.void} == seq_of
 
 
 def test_delivery_reaches_everyone_but_origin(chatting):
@@ -206,14 +214,19 @@ def test_other_push_failure_fails_batch_after_trying_all(chatting):
     assert len(chat.pusher.frames(bob.connection_id, "message")) == 1
 
 
-def test_recipient_who_acked_is_skipped(chatting):
+def test_a_redelivered_batch_pushes_again_and_reads_no_conversation(chatting):
+    """SQS redelivery repeats the push (the client drops it by seq); the queued
+    delivery names its recipients, so the consumer reads only their connections."""
     chat, alice, bob, cid = chatting
-    acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
+    frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
     batch = [d.to_json() for d in chat.queue.drain()]
+    reads = []
+    real = chat.storage.get_conversation
+    chat.storage.get_conversation = lambda c: reads.append(c) or real(c)
     DeliveryService(chat).deliver(batch)
-    frame(chat, bob, action="ack", conversationId=cid, seq=acc["seq"])
     DeliveryService(chat).deliver(batch)  # SQS redelivered it
-    assert len(chat.pusher.frames(bob.connection_id, "message")) == 1
+    assert len(chat.pusher.frames(bob.connection_id, "message")) == 2
+    assert reads == []
 
 
 def test_ack_only_moves_forward(chatting):
@@ -351,18 +364,33 @@ def test_sweeper_enqueues_a_message_whose_sender_never_returned(chatting):
     assert err["code"] == "internal"
     assert chat.sweep() == 0  # within the grace period a retry is still expected
     chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
-    assert chat.sweep() == 1
-    assert chat.sweep() == 0  # marked enqueued: swept once
+    swept = chat.sweep()  # the whole window: the conversation's "assigned" event too
+    assert [d.message.message_id for d in chat.queue.items][-1] == "m1" and swept >= 1
+    assert chat.sweep() == 0  # the watermark moved past it: swept once
     pump(chat)
-    assert [f["body"] for f in chat.pusher.frames(bob.connection_id, "message")] == ["lost?"]
+    assert [f["body"] for f in chat.pusher.frames(bob.connection_id, "message")
+            if f["senderRole"] != "system"] == ["lost?"]
 
 
-def test_enqueued_messages_are_never_swept(chatting):
+def test_each_window_is_swept_once_and_a_failed_sweep_is_repeated(chatting):
     chat, alice, bob, cid = chatting
+    chat.sweep()  # the first sweep sets the watermark
+    sent = []
     for i in range(3):
-        frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body="x")
+        sent.append(frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}",
+                          body="x")["seq"])
+        chat.clock.t += 20_000
+    chat.queue.drain()
+    chat.clock.t += chat.config.sweep_grace_seconds * 1000
+    chat.queue.fail_next = 1
+    with pytest.raises(OnceChatError):
+        chat.sweep()  # SQS down: the watermark stays
+    swept = chat.sweep()  # the window also holds the conversation's "assigned" event
+    again = [d.message.seq for d in chat.queue.drain()]
+    assert swept == len(again) and again[-3:] == sent
     chat.clock.t += 3600 * 1000
     assert chat.sweep() == 0
+    assert chat.queue.drain() == []
 
 
 def test_a_batch_reads_each_conversations_audience_once(chatting, monkeypatch):
@@ -372,13 +400,13 @@ def test_a_batch_reads_each_conversations_audience_once(chatting, monkeypatch):
     chat.pusher.gone.add(bob.connection_id)
     chat.clock.t += 31_000
     calls = []
-    real = chat.storage.connections_of
-    monkeypatch.setattr(chat.storage, "connections_of", lambda u: calls.append(u) or real(u))
+    real = chat.storage.connections_of_users
+    monkeypatch.setattr(chat.storage, "connections_of_users", lambda us: calls.append(sorted(us)) or real(us))
     attempts = []
     real_push = chat.pusher.push
     monkeypatch.setattr(chat.pusher, "push", lambda c, *a: attempts.append(c) or real_push(c, *a))
     pump(chat)
-    assert sorted(calls) == ["alice", "bob"]  # once per participant for the 4 messages
+    assert calls == [["alice", "bob"]]  # one read of both participants for the 4 messages
     assert attempts.count(bob.connection_id) == 1  # found gone once, not pushed to again
     assert chat.storage.get_connection(bob.connection_id) is None
 
@@ -395,3 +423,34 @@ def test_a_410_during_connect_does_not_prune_the_new_connection(chatting):
     assert frame(chat, laptop, action="resume", cursors={cid: 0})["type"] == "resumed"
     replayed = chat.pusher.frames(laptop.connection_id, "message")
     assert [(f["seq"], f["senderRole"]) for f in replayed] == [(1, "system"), (2, "customer")]
+
+
+def test_an_ack_within_the_seen_counter_reads_no_conversation(chatting):
+    chat, alice, bob, cid = chatting
+    acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
+    reads = []
+    real = chat.storage.get_conversation
+    chat.storage.get_conversation = lambda c: reads.append(c) or real(c)
+    frame(chat, bob, action="ack", conversationId=cid, seq=acc["seq"])
+    assert reads == [] and chat.storage.get_participant("bob", cid).ack_seq == acc["seq"]
+    err = frame(chat, bob, action="ack", conversationId=cid, seq=acc["seq"] + 1)
+    assert err["code"] == "bad_request" and reads == [cid]  # unknown: read, and refused
+
+
+def test_a_burst_of_sends_reserves_once_each(chatting):
+    """Racing sends never retry: one reservation and one store per message."""
+    chat, alice, bob, cid = chatting
+    calls = {"reserve": 0, "store": 0}
+    for name in calls:
+        real = getattr(chat.storage, f"{name}_seq" if name == "reserve" else "store_message")
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        setattr(chat.storage, f"{name}_seq" if name == "reserve" else "store_message", counted)
+    p = chat.principal_of(alice.connection_id)
+    threads = [threading.Thread(target=lambda i=i: chat.send(p, alice, SendFrame(
+        action="send", conversation_id=cid, message_id=f"b{i}", body="x"))) for i in range(40)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert calls == {"reserve": 40, "store": 40}

@@ -184,6 +184,7 @@ function listen() {
 // ----------------------------------------------------------------- messages
 
 function addMessage(m, fromLog) {
+  if (m.void) return; // protocol 1.1: a seq that holds no message; nothing to show
   const c = conv(m.conversationId);
   if (c.messages.has(m.seq)) return;
   c.messages.set(m.seq, m);
@@ -479,18 +480,20 @@ function markRead() {
 
 function refreshEarlier() {
   const c = convs.get(selected);
-  const first = c ? Math.min(...c.messages.keys()) : Infinity;
+  const first = c ? Math.min(...c.messages.keys(), c.floor || Infinity) : Infinity;
   $(".earlier").hidden = !(Number.isFinite(first) && first > 1);
 }
 
 /** Scroll back through history with the REST `before` cursor. */
 async function earlier() {
   const c = convs.get(selected);
-  const first = Math.min(...c.messages.keys());
+  const first = Math.min(...c.messages.keys(), c.floor || Infinity);
   try {
     const page = await chat.history(c.id, { before: first, limit: 20 });
+    // The oldest seq fetched, voids included: seq 1 reached when there is no earlier page.
+    c.floor = page.prev == null ? 1 : Math.min(c.floor || Infinity, ...page.messages.map((m) => m.seq));
     for (const m of page.messages) {
-      if (!c.messages.has(m.seq)) {
+      if (!m.void && !c.messages.has(m.seq)) {
         c.messages.set(m.seq, m);
         insertItem(m);
       }

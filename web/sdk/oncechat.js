@@ -74,7 +74,8 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * One user's oncechat client in one tab. Events (all tabs alike):
- * - `message`: a processed message (each (conversationId, seq) once per tab, in seq order);
+ * - `message`: a processed message (each (conversationId, seq) once per tab, in seq order;
+ *   a void seq of protocol 1.1 comes with `void: true` and is for the cursor, not for display);
  * - `outbox`: the unaccepted messages changed (detail: the entries, oldest first);
  * - `accepted` / `rejected`: a message was stored (with its seq) / refused (with the code);
  * - `cursors`: a conversation's cursors moved (detail: its record: last, peerAck, peerRead, myRead);
@@ -949,7 +950,7 @@ function stripMessage(m) {
     conversationId: m.conversationId, seq: m.seq, messageId: m.messageId, senderId: m.senderId,
     senderRole: m.senderRole, body: m.body, sentAt: m.sentAt,
   };
-  for (const k of ["event", "status", "agentId", "previousAgentId"]) if (k in m) out[k] = m[k];
+  for (const k of ["event", "status", "agentId", "previousAgentId", "void"]) if (k in m) out[k] = m[k];
   return out;
 }
 

@@ -253,6 +253,7 @@ export class OnceChatWidget extends HTMLElement {
     this.conversationId = cid;
     this.dataset.conversationId = cid;
     this._readSent = 0;
+    this._floor = null;
     this.items.clear();
     this.pendingItems.clear();
     this.$(".log").replaceChildren();
@@ -350,6 +351,7 @@ export class OnceChatWidget extends HTMLElement {
 
   _onMessage(m, fromLog = false) {
     if (m.conversationId !== this.conversationId || this.items.has(m.seq)) return;
+    if (m.void) return; // protocol 1.1: a seq that holds no message; nothing to show
     const li = this._item(m);
     this._insert(li, m.seq);
     const pending = this.pendingItems.get(m.messageId);
@@ -469,19 +471,21 @@ export class OnceChatWidget extends HTMLElement {
   }
 
   _refreshEarlier() {
-    const first = Math.min(...this.items.keys());
+    const first = Math.min(...this.items.keys(), this._floor || Infinity);
     this.$(".earlier").hidden = !(Number.isFinite(first) && first > 1);
   }
 
   /** Scroll back: the page of history before the oldest message shown (REST `before`). */
   async _earlier() {
-    const first = Math.min(...this.items.keys());
+    const first = Math.min(...this.items.keys(), this._floor || Infinity);
     if (!Number.isFinite(first) || first <= 1) return;
     try {
       const page = await this.chat.history(this.conversationId, { before: first, limit: 20 });
       const scroller = this.$(".scroller");
       const fromBottom = scroller.scrollHeight - scroller.scrollTop;
-      for (const m of page.messages) if (!this.items.has(m.seq)) this._insert(this._item(m), m.seq);
+      for (const m of page.messages) if (!m.void && !this.items.has(m.seq)) this._insert(this._item(m), m.seq);
+      // The oldest seq fetched, voids included: seq 1 reached when there is no earlier page.
+      this._floor = page.prev == null ? 1 : Math.min(this._floor || Infinity, ...page.messages.map((m) => m.seq));
       scroller.scrollTop = scroller.scrollHeight - fromBottom;
     } catch (err) {
       this._banner(`Could not load earlier messages: ${err.message}`);

@@ -1,0 +1,89 @@
+"""Connections: ``$connect``, ``$disconnect``, 410 prunes and who is behind a connection."""
+
+from __future__ import annotations
+
+import logging
+
+from chalicelib import core
+from chalicelib.auth import verify_token
+from chalicelib.errors import (
+    Unauthorized,
+)
+from chalicelib.models import (
+    ConnectionRecord,
+    Principal,
+)
+from chalicelib.services.base import Origin, ServiceBase
+
+log = logging.getLogger("oncechat")
+
+
+class ConnectionsMixin(ServiceBase):
+    """The connection records behind every frame."""
+
+    def connect(self, token: str | None, origin: Origin) -> Principal:
+        """Verify the token and record the connection. Never pushes (AWS answers 410 in $connect)."""
+        principal = verify_token(token, self.config.jwt_secret)
+        now = self.clock()
+        self.storage.put_connection(
+            ConnectionRecord(
+                connection_id=origin.connection_id,
+                user_id=principal.user_id,
+                role=principal.role,
+                connected_at=core.iso_ms(now),
+                domain_name=origin.domain_name,
+                stage=origin.stage,
+                expires_at=now // 1000 + self.config.connection_ttl_seconds,
+            )
+        )
+        self.principals.put(origin.connection_id, principal)
+        if principal.role == "agent":
+            agent = self.storage.agent_connected(principal.user_id, core.iso_ms(now))
+            if agent.has_room:
+                self.assign_waiting()
+        return principal
+
+    def disconnect(self, connection_id: str) -> None:
+        """Forget a connection (``$disconnect``, best-effort on AWS)."""
+        self.forget_connection(connection_id)
+
+    def forget_connection(self, connection_id: str, user_id: str | None = None) -> None:
+        """Remove a connection record once; an agent's last connection takes it offline."""
+        known = self.principals.get(connection_id)
+        self.principals.pop(connection_id)
+        removed = self.storage.delete_connection(
+            connection_id, user_id or (known.user_id if known else None))
+        if removed is not None and removed.role == "agent":
+            self.storage.agent_disconnected(removed.user_id, core.iso_ms(self.clock()))
+
+    def prune_gone(self, conn: ConnectionRecord) -> bool:
+        """A push got 410: forget the connection, unless it may still be in ``$connect``.
+
+        API Gateway answers 410 for a connection whose ``$connect`` has not
+        returned yet, and ``$connect`` writes the record before it returns:
+        a delivery racing a new connection would delete the record of a
+        connection about to open. ``$connect`` cannot run longer than the
+        29 s integration timeout, so only records older than
+        ``core.CONNECT_SETTLE_MS`` are pruned; a younger one that is really
+        gone goes with its ``$disconnect``, a later 410, or its TTL.
+        """
+        if self.clock() - core.epoch_ms(conn.connected_at) < core.CONNECT_SETTLE_MS:
+            return False
+        self.forget_connection(conn.connection_id, conn.user_id)
+        return True
+
+    def principal_of(self, connection_id: str) -> Principal:
+        """The user behind a connection, from the record made at ``$connect``.
+
+        Remembered by the container after the first look-up: the principal
+        of a connection never changes, and frames come only from open ones.
+        """
+        known = self.principals.get(connection_id)
+        if known is not None:
+            return known
+        conn = self.storage.get_connection(connection_id)
+        if conn is None:
+            raise Unauthorized("unknown connection; reconnect with a token")
+        principal = Principal(user_id=conn.user_id, role=conn.role)
+        self.principals.put(connection_id, principal)
+        return principal

@@ -1,0 +1,344 @@
+"""Messaging: the client frames (send, ack, typing, read, resume) and message history."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from chalicelib import core
+from chalicelib.errors import (
+    BadRequest,
+    ConnectionGone,
+    ConversationClosed,
+    DuplicateMessage,
+    NotFound,
+    OnceChatError,
+    RateLimited,
+    ReservationRefused,
+    SequenceConflict,
+)
+from chalicelib.models import (
+    AckFrame,
+    ConnectionRecord,
+    Conversation,
+    IdempotencyRecord,
+    MessageRecord,
+    Principal,
+    ReadFrame,
+    ResumeFrame,
+    SendFrame,
+    TypingFrame,
+)
+from chalicelib.ports import Delivery
+from chalicelib.services.base import Origin, ServiceBase
+
+log = logging.getLogger("oncechat")
+
+
+class MessagingMixin(ServiceBase):
+    """The hot path: every client frame, and the history routes."""
+
+    def on_frame(self, origin: Origin, raw: str | None) -> None:
+        """Handle one client frame; every failure becomes an ``error`` frame."""
+        frame: core.AnyClientFrame | None = None
+        try:
+            principal = self.principal_of(origin.connection_id)
+            frame = core.parse_client_frame(raw, self.config.max_body_bytes)
+            if isinstance(frame, SendFrame):
+                self.reply(origin, self.send(principal, origin, frame))
+            elif isinstance(frame, AckFrame):
+                self.ack(principal, frame)
+            elif isinstance(frame, ResumeFrame):
+                self.resume(principal, origin, frame)
+            elif isinstance(frame, TypingFrame):
+                self.typing(principal, origin, frame)
+            else:
+                self.read(principal, origin, frame)
+        except OnceChatError as err:
+            self.reply(origin, core.error_frame(err))
+        except ConnectionGone:
+            log.info("connection %s left before its reply", origin.connection_id)
+        except Exception:
+            log.exception("frame on %s failed", origin.connection_id)
+            message_id = frame.message_id if isinstance(frame, SendFrame) else None
+            self.reply(origin, core.error_frame(OnceChatError(
+                "internal error; retry with the same messageId", message_id=message_id)))
+
+    def reply(self, origin: Origin, frame: dict[str, Any]) -> None:
+        """Push a frame to the connection a request came from."""
+        self.pusher.push(origin.connection_id, origin.domain_name, origin.stage, core.encode(frame))
+
+    # ------------------------------------------------------------------- send
+
+    def send(self, principal: Principal, origin: Origin | None, frame: SendFrame) -> dict[str, Any]:
+        """Store a message exactly once, enqueue it, and return the ``accepted`` frame.
+
+        Two writes, neither retried under contention: reserve the next seq
+        (an atomic increment that also checks the sender holds the open
+        conversation), then store the message there with its idempotency
+        record. A retry of a stored message fails the second write: it is
+        answered with the first seq, and the seq it reserved is made void.
+        """
+        origin_id = origin.connection_id if origin else None
+        buckets = [(f"send#user#{principal.user_id}", self.config.rate_user_sends)]
+        if origin_id:
+            buckets.append((f"send#conn#{origin_id}", self.config.rate_connection_sends))
+        existing: IdempotencyRecord | None = None
+        try:
+            self._limit_frames(buckets, frame.message_id)
+        except RateLimited:
+            # Over the limit: a retry of a stored message is still answered
+            # (it stores nothing); only a new message is refused.
+            existing = self._idempotency(principal, frame, self.clock())
+            if existing is None:
+                raise
+        if existing is None:
+            # A resend often reaches the container that stored the first copy:
+            # answering from memory spares a reservation that would turn void.
+            existing = self.accepted.get(core.idempotency_key_of(principal, frame))
+            if existing is not None and existing.expires_at < self.clock() // 1000:
+                existing = None
+        reopened = False
+        for _ in range(self.config.append_max_attempts):
+            if existing is not None:
+                return self._replay(principal, origin_id, frame, existing)
+            now = self.clock()
+            try:
+                conv = self.storage.reserve_seq(frame.conversation_id, principal, now)
+            except ReservationRefused as refused:
+                conv = refused.conversation
+                if conv is None:
+                    raise NotFound(f"conversation {frame.conversation_id} not found") from None
+                core.require_participant(principal, conv)  # Forbidden
+                # Closed: a retry of a stored message is still answered;
+                # a new message of the customer reopens it within the
+                # window (ConversationClosed otherwise), then is appended.
+                existing = self._idempotency(principal, frame, now)
+                if existing is None and conv.status == "closed":
+                    reopened = self._commit_once(core.plan_reopen(
+                        principal, conv, now, self.config.reopen_window_seconds,
+                        frame.message_id)) or reopened
+                continue
+            self.last_seqs.raise_to(conv.conversation_id, conv.last_seq)
+            append = core.new_message(
+                principal, conv.conversation_id, frame, conv.last_seq, now,
+                self.config.idempotency_ttl_seconds, self.config.message_retention_days * 86400)
+            try:
+                self.storage.store_message(append.message, append.idem, now // 1000)
+            except DuplicateMessage as dup:
+                # Stored before (a retry), or a concurrent duplicate committed
+                # first: our seq stays empty for good, so void it now, and
+                # answer from the record the first one wrote.
+                self._void(conv, conv.last_seq, now)
+                existing = dup.existing or self._idempotency(principal, frame, now)
+                continue
+            except SequenceConflict:
+                continue  # our slot was voided (this send outlived the grace): reserve again
+            self.accepted.put(append.idem.key, append.idem)
+            self._enqueue(Delivery(append.message, origin_id, tuple(conv.participant_ids())))
+            if reopened:
+                self.assign_new_waiting(frame.conversation_id)
+            m = append.message
+            return core.accepted_frame(m.conversation_id, m.message_id, m.seq, m.sent_at, False)
+        raise OnceChatError("conversation too busy, retry the send", message_id=frame.message_id)
+
+    def _void(self, conv: Conversation, seq: int, now_ms: int) -> MessageRecord:
+        """Make an empty seq void and push it like a message (best effort: resume also has it).
+
+        Recipients that got later seqs are waiting for this one; the push
+        spares them a resume.
+        """
+        filled = self.storage.fill_hole(conv.conversation_id, seq, now_ms // 1000)
+        if filled.void:
+            try:
+                self.queue.enqueue(Delivery(filled, None, tuple(conv.participant_ids())))
+            except OnceChatError as err:
+                log.info("void %s#%d not enqueued: %s", conv.conversation_id, seq, err.message)
+        return filled
+
+    def _replay(self, principal: Principal, origin_id: str | None, frame: SendFrame,
+                existing: IdempotencyRecord) -> dict[str, Any]:
+        """Answer a send of a stored messageId with its first seq, and enqueue it again.
+
+        The first attempt may have died between commit and enqueue: enqueue
+        again. If it did enqueue, SQS dedup (5 min) or the recipients' seq
+        rule drops the copy.
+        """
+        replay = core.replay_of(frame, existing)  # Conflict for another body
+        idem = replay.idem
+        self.accepted.put(idem.key, idem)
+        stored = self.storage.get_message(idem.conversation_id, idem.seq)
+        if stored is not None:
+            self._enqueue(Delivery(stored, origin_id))
+        return core.accepted_frame(idem.conversation_id, idem.message_id, idem.seq, idem.sent_at, True)
+
+    # -------------------------------------------------------------------- ack
+
+    def ack(self, principal: Principal, frame: AckFrame) -> None:
+        """Move the caller's cumulative ack cursor forward (never back).
+
+        The conversation is read only when this container has not yet seen
+        its counter reach ``seq`` (``lastSeq`` only grows): the cursor update
+        is conditioned on the caller's own membership, so a known-valid
+        ``seq`` needs nothing else. A refused update takes the full path.
+        """
+        if frame.seq <= self.last_seqs.get(frame.conversation_id, 0) and self.storage.advance_ack(
+                principal.user_id, frame.conversation_id, frame.seq):
+            return
+        conv = self._conversation(frame.conversation_id)
+        core.require_participant(principal, conv)
+        if frame.seq > conv.last_seq:
+            raise BadRequest(f"seq {frame.seq} is beyond the latest message {conv.last_seq}")
+        if self.storage.advance_ack(principal.user_id, conv.conversation_id, frame.seq):
+            return
+        if self.storage.get_participant(principal.user_id, conv.conversation_id) is None:
+            self._join(principal, conv.conversation_id)
+            self.storage.advance_ack(principal.user_id, conv.conversation_id, frame.seq)
+
+    # ------------------------------------------------------- typing & read
+
+    def typing(self, principal: Principal, origin: Origin, frame: TypingFrame) -> None:
+        """Relay ``typing`` to the other participants' connections; nothing is stored."""
+        conv = self._conversation(frame.conversation_id)
+        core.require_participant(principal, conv)
+        if conv.status == "closed":
+            raise ConversationClosed("conversation is closed")
+        self._limit_frames([(f"typing#conn#{origin.connection_id}",
+                            self.config.rate_connection_typing)])
+        others = [u for u in conv.participant_ids() if u != principal.user_id]
+        self.push_to_users(others, core.typing_frame(conv.conversation_id, principal))
+
+    def read(self, principal: Principal, origin: Origin, frame: ReadFrame) -> None:
+        """Move the caller's read cursor forward and tell the others (and the caller's other devices)."""
+        conv = self._conversation(frame.conversation_id)
+        core.require_participant(principal, conv)
+        if frame.seq > conv.last_seq:
+            raise BadRequest(f"seq {frame.seq} is beyond the latest message {conv.last_seq}")
+        moved = self.storage.advance_read(principal.user_id, conv.conversation_id, frame.seq)
+        if not moved and self.storage.get_participant(principal.user_id, conv.conversation_id) is None:
+            self._join(principal, conv.conversation_id)
+            moved = self.storage.advance_read(principal.user_id, conv.conversation_id, frame.seq)
+        if moved:
+            self.push_to_users(conv.participant_ids(),
+                                core.read_frame(conv.conversation_id, principal, frame.seq),
+                                skip_connection=origin.connection_id)
+
+    def push_to_users(self, users: Iterable[str], frame: dict[str, Any],
+                       skip_connection: str | None = None,
+                       known: dict[str, list[ConnectionRecord]] | None = None) -> int:
+        """Best-effort push of an ephemeral frame to every connection of ``users``.
+
+        ``known`` holds connections the caller already read (by user); the
+        others are looked up.
+        """
+        data = core.encode(frame)
+        pushed = 0
+        users = list(users)
+        unknown = [u for u in users if not known or u not in known]
+        found = self.storage.connections_of_users(unknown) if unknown else {}
+        for user in users:
+            conns = known[user] if known and user in known else found[user]
+            for conn in conns:
+                if conn.connection_id == skip_connection:
+                    continue
+                try:
+                    self.pusher.push(conn.connection_id, conn.domain_name, conn.stage, data)
+                    pushed += 1
+                except ConnectionGone:
+                    self.prune_gone(conn)
+                except Exception as exc:  # ephemeral: a lost one is not retried
+                    log.info("push of %s to %s failed: %s", frame["type"], conn.connection_id, exc)
+        return pushed
+
+    # ----------------------------------------------------------------- resume
+
+    def resume(self, principal: Principal, origin: Origin, frame: ResumeFrame) -> None:
+        """Replay from DynamoDB, in seq order and in pages, then send ``resumed``.
+
+        Listed conversations replay after the client's cursor; the other
+        conversations the user holds now (a customer's open ones, an agent's
+        active ones: a sparse index, so closed history costs nothing) after
+        the stored ack cursor. At most ``resume_max_messages`` frames go out
+        per resume; ``resumed`` tells where each conversation stands, so a
+        client still behind simply resumes again.
+        """
+        requested = {cid: self._conversation(cid) for cid in frame.cursors}
+        for conv in requested.values():
+            core.require_participant(principal, conv)
+        held = {c.conversation_id: c for c in self.storage.open_conversations_of(principal)
+                if c.conversation_id not in requested}
+        cursors = dict(frame.cursors)
+        for cid in held:
+            member = self.storage.get_participant(principal.user_id, cid)
+            cursors[cid] = member.ack_seq if member else 0
+        budget = self.config.resume_max_messages
+        latest: dict[str, int] = {}
+        for cid, after in cursors.items():
+            conv = requested.get(cid) or held[cid]
+            if not core.is_participant(principal, conv):
+                continue  # e.g. a conversation transferred away
+            position, budget = self._replay_after(origin, conv, after, budget)
+            latest[cid] = position if position < conv.last_seq and budget > 0 else conv.last_seq
+        self.reply(origin, core.resumed_frame(latest))
+
+    def _replay_after(self, origin: Origin, conv: Conversation, after: int,
+                      budget: int) -> tuple[int, int]:
+        """Push the messages after ``after`` in seq order; return where it stopped and the budget left.
+
+        A seq with no message is reserved by a send still storing it, or by
+        one that died. Seqs are reserved in order, so once a later message
+        (or, at the tail, the latest reservation) is older than the sweep
+        grace, the send of the empty seq cannot still be running: the seq is
+        made void (``fill_hole``) and replayed as such. A younger hole stops
+        the replay there: its message is on its way, pushed like any other.
+        """
+        cid, position = conv.conversation_id, after
+        now = self.clock()
+        dead_before = now - self.config.sweep_grace_seconds * 1000
+        while budget > 0 and position < conv.last_seq:
+            page = self.storage.messages_after(cid, position, min(self.config.page_size, budget))
+            for message in page:
+                if message.seq > position + 1 and core.epoch_ms(message.sent_at) >= dead_before:
+                    return position, budget  # a hole that may still fill
+                while position + 1 < message.seq and budget > 0:
+                    position += 1
+                    budget -= 1
+                    self.reply(origin, self._void(conv, position, now).frame())
+                if budget <= 0:
+                    return position, budget
+                self.reply(origin, message.frame())
+                position = message.seq
+                budget -= 1
+            if not page or len(page) < self.config.page_size:
+                break
+        # The tail: seqs reserved after the last stored message.
+        if position < conv.last_seq and (conv.reserved_at or 0) < dead_before:
+            while position < conv.last_seq and budget > 0:
+                position += 1
+                budget -= 1
+                self.reply(origin, self._void(conv, position, now).frame())
+        return position, budget
+
+    def list_messages(
+        self, principal: Principal, conversation_id: str, after: int | None = None,
+        limit: int = 50, before: int | None = None,
+    ) -> dict[str, Any]:
+        """A page of messages in seq order, after ``after`` or before ``before``.
+
+        ``next`` is the ``after`` of the following page (None at the latest
+        message); ``prev`` is the ``before`` of the preceding page (None at seq 1).
+        """
+        if after is not None and before is not None:
+            raise BadRequest("give after or before, not both")
+        conv = self._conversation(conversation_id)
+        core.require_participant(principal, conv)
+        if before is not None:
+            page = self.storage.messages_before(conversation_id, before, limit)
+        else:
+            page = self.storage.messages_after(conversation_id, after or 0, limit)
+        return {
+            "messages": [m.frame() for m in page],
+            "next": page[-1].seq if page and page[-1].seq < conv.last_seq else None,
+            "prev": page[0].seq if page and page[0].seq > 1 else None,
+        }

@@ -1,0 +1,51 @@
+"""Agent presence reconciliation against the management API."""
+
+from __future__ import annotations
+
+import logging
+
+from chalicelib import core
+from chalicelib.services.base import ServiceBase
+
+log = logging.getLogger("oncechat")
+
+
+class PresenceMixin(ServiceBase):
+    """Keep agents' presence true to their real connections."""
+
+    def reconcile_presence(self) -> int:
+        """Make agents' presence follow their real connections; return how many fixes.
+
+        ``$disconnect`` is best effort and connection records also expire by
+        TTL, neither of which lowers an agent's connection count: an agent
+        could stay online with no connection and keep being assigned work.
+        For every agent not offline, each recorded connection older than
+        the ``$connect`` settle time is asked for (management API GET): a
+        410 prunes it as a failed push would. Then an agent whose count no
+        longer matches its records (and who has not changed for the settle
+        time) gets the count of its records, and goes offline at 0.
+        """
+        fixed = 0
+        now = self.clock()
+        for agent in self.storage.list_agents():
+            if agent.presence == "offline" and agent.connections == 0:
+                continue
+            live = []
+            pruned = 0
+            for conn in self.storage.connections_of(agent.agent_id):
+                settled = now - core.epoch_ms(conn.connected_at) >= core.CONNECT_SETTLE_MS
+                if settled and not self.pusher.alive(conn.connection_id, conn.domain_name, conn.stage):
+                    pruned += self.prune_gone(conn)
+                else:
+                    live.append(conn)
+            fixed += pruned
+            # A prune moved the count: read it back; otherwise the listing is current.
+            fresh = (self.storage.get_agent(agent.agent_id) or agent) if pruned else agent
+            if (fresh.connections != len(live)
+                    and now - core.epoch_ms(fresh.updated_at) >= core.CONNECT_SETTLE_MS
+                    and self.storage.set_agent_connections(
+                        fresh.agent_id, fresh.updated_at, len(live), core.iso_ms(now))):
+                log.warning("agent %s had %d connection(s) counted, %d open",
+                            fresh.agent_id, fresh.connections, len(live))
+                fixed += 1
+        return fixed
