@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 
 import pytest
@@ -229,3 +231,48 @@ def test_a_lost_answer_to_opening_then_a_reload_still_make_one_conversation(clou
     status, convs = rest(cloud, "GET", "/conversations", user, "customer")
     assert status == 200
     assert [c["conversationId"] for c in convs["conversations"]] == [widget.conversation_id]
+
+
+def test_the_seq_rule_in_the_browser_resumes_a_lost_push_and_drops_a_duplicate(cloud, contexts):
+    """Between the widget and the gateway: one push is lost, the next arrives twice."""
+    agent = uid("agent")
+    console = Console(contexts().new_page(), cloud.web_url).sign_in(agent)
+    page = contexts().new_page()
+    lost: list[dict] = []
+    from_widget: list[dict] = []
+
+    def between(ws):
+        server = ws.connect_to_server()
+
+        def upstream(raw):
+            from_widget.append(json.loads(raw))
+            server.send(raw)
+
+        def downstream(raw):
+            frame = json.loads(raw)
+            if frame.get("type") == "message" and frame.get("body") == "first of two" and not lost:
+                lost.append(frame)  # this push never reaches the page
+                return
+            ws.send(raw)
+            if frame.get("type") == "message" and frame.get("body") == "second of two":
+                ws.send(raw)  # and this one arrives twice
+
+        ws.on_message(upstream)
+        server.on_message(downstream)
+
+    page.route_web_socket(re.compile(r"^wss?://"), between)
+    widget = Widget(page, cloud.web_url).open()
+    widget.wait_status("active")
+    console.open_conversation(widget.conversation_id)
+    widget.send("hello")  # so the cursor before the gap is past any cursor of the first resume
+    console.wait_for_bodies(["hello"])
+    console.send("first of two")
+    console.send("second of two")
+    widget.wait_for_bodies(["hello", "first of two", "second of two"])
+    assert lost, "the first push was not intercepted"
+    # The gap (second before first) made the SDK resume from the seq before the lost one.
+    gap_at = lost[0]["seq"] - 1
+    assert gap_at >= 2
+    resumes = [f["cursors"] for f in from_widget if f.get("action") == "resume"]
+    assert {widget.conversation_id: gap_at} in resumes, resumes
+    assert widget.user_bodies() == ["hello", "first of two", "second of two"]
