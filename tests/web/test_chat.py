@@ -276,3 +276,21 @@ def test_the_seq_rule_in_the_browser_resumes_a_lost_push_and_drops_a_duplicate(c
     resumes = [f["cursors"] for f in from_widget if f.get("action") == "resume"]
     assert {widget.conversation_id: gap_at} in resumes, resumes
     assert widget.user_bodies() == ["hello", "first of two", "second of two"]
+
+
+def test_a_message_left_by_a_closed_tab_is_sent_once_by_the_tab_that_takes_over(cloud, contexts):
+    customer_context, first, console = active_pair(cloud, contexts)
+    second = Widget(customer_context.new_page(), cloud.web_url).open()
+    customer_context.set_offline(True)
+    first.wait_connection("offline")
+    first.send("written just before the tab closed")
+    first.page.wait_for_function(
+        "() => document.querySelector('oncechat-widget').shadowRoot"
+        ".querySelectorAll('.pending li[data-state=queued]').length === 1", timeout=TIMEOUT_MS)
+    first.page.close()  # the tab is gone; its message waits in IndexedDB
+    customer_context.set_offline(False)
+    console.wait_for_bodies(["written just before the tab closed"])
+    second.wait_for_bodies(["written just before the tab closed"])
+    second.send("and this one from the other tab")
+    console.wait_for_bodies(["written just before the tab closed", "and this one from the other tab"])
+    assert console.user_bodies() == ["written just before the tab closed", "and this one from the other tab"]
