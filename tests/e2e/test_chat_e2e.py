@@ -248,11 +248,16 @@ def test_stale_connection_record_is_pruned_on_410(cloud):
         agent, agent_id, customer, customer_id, conv = await pair(cloud)
         cid = conv["conversationId"]
         ddb = cloud.client("dynamodb")
-        ddb.put_item(TableName="oncechat-local-connections", Item={
+        stale = {
             "connectionId": {"S": "stale-conn-1="}, "userId": {"S": agent_id}, "role": {"S": "agent"},
             "connectedAt": {"S": "2026-01-01T00:00:00.000Z"},
             "domainName": {"S": f"127.0.0.1:{cloud.ws_port}"}, "stage": {"S": "api"},
-            "expiresAt": {"N": str(int(time.time()) + 3600)}})
+            "expiresAt": {"N": str(int(time.time()) + 3600)}}
+        ddb.put_item(TableName="oncechat-local-connections", Item=stale)
+        ddb.update_item(TableName="oncechat-local-connections",  # and in the agent's list
+                        Key={"connectionId": {"S": f"user#{agent_id}"}},
+                        UpdateExpression="SET #c = :c", ExpressionAttributeNames={"#c": "c#stale-conn-1="},
+                        ExpressionAttributeValues={":c": {"M": stale}})
         s = conv["lastSeq"]
         await customer.send(cid, "ping")
         assert [m["seq"] for m in await agent.collect(cid, s + 1)] == [s + 1]
@@ -264,6 +269,9 @@ def test_stale_connection_record_is_pruned_on_410(cloud):
                 break
             await asyncio.sleep(0.1)
         assert item is None
+        listed = ddb.get_item(TableName="oncechat-local-connections",
+                              Key={"connectionId": {"S": f"user#{agent_id}"}})["Item"]
+        assert "c#stale-conn-1=" not in listed
         await agent.close()
         await customer.close()
 
