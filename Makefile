@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chaos scale install clean token chat dlq-list dlq-redrive
+.PHONY: run test chaos scale install clean token chat dlq-list dlq-redrive screenshots
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 ## Run the test suite.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## Screenshots of the widget (desktop, 360 px) and the console into docs/img/ (needs Chromium)
+screenshots: $(STAMP)
+	$(PY) -m tests.web.screenshots
 
 ## The CI-sized chaos run (about 2,000 messages, every fault kind on); larger: make chaos ARGS="-C 500 -M 100 -K 60"
 chaos: $(STAMP)

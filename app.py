@@ -1,7 +1,7 @@
 """oncechat: wiring only. Every handler is one call into chalicelib."""
 
 import boto3
-from chalice import Chalice, Rate
+from chalice import Chalice, CORSConfig, Rate
 
 from chalicelib.config import delivery_queue_name
 from chalicelib.handlers import Handlers
@@ -9,6 +9,9 @@ from chalicelib.handlers import Handlers
 app = Chalice(app_name="oncechat")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
 app.websocket_api.session = boto3.session.Session()
+# The browser pages (widget, console; docs/web.md) come from another origin than
+# the REST API and send a Bearer token, never a cookie: any origin may call.
+app.api.cors = CORSConfig(allow_origin="*", allow_headers=["Idempotency-Key"], max_age=600)
 handlers = Handlers(app)
 
 

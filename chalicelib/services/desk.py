@@ -27,6 +27,9 @@ from chalicelib.services.base import TRANSITION_ATTEMPTS, ServiceBase
 
 log = logging.getLogger("oncechat")
 
+#: How far into the queue `GET /conversations/{id}` looks for a waiting conversation's position.
+QUEUE_POSITION_LIMIT = 100
+
 
 class DeskMixin(ServiceBase):
     """Open, view, close, transfer, reopen; agents' status; the waiting queue."""
@@ -80,6 +83,10 @@ class DeskMixin(ServiceBase):
             {"userId": p.user_id, "role": p.role, "ackSeq": p.ack_seq, "readSeq": p.read_seq}
             for p in members
         ]
+        if conv.status == "waiting":  # the customer's place in the queue (None beyond the first page)
+            queue = self.storage.waiting_conversations(QUEUE_POSITION_LIMIT)
+            view["position"] = next((i for i, c in enumerate(queue, start=1)
+                                     if c.conversation_id == conv.conversation_id), None)
         return view
 
     def list_conversations(self, principal: Principal, status: str | None, limit: int,

@@ -8,6 +8,8 @@
 * an SQS event source (pollers that invoke ``@app.on_sqs_message`` handlers);
 * a runner for ``@app.schedule`` handlers;
 * Chalice's own local REST gateway;
+* the project's ``web/`` pages with their ``config.json`` and a development
+  sign-in (``web``);
 * optional fault injection (``--faults``, ``/_local/faults``): dropped and
   duplicated frames, crashes around commits, enqueues and pushes, failing
   pushes and throttling, each at its own rate and counted.
@@ -20,7 +22,7 @@ moto subprocess, stack deployment), ``gateway`` (WebSocket + ``@connections``),
 ``events`` (pure event builders), ``handlers`` (handler strings, Lambda
 context), ``redirect`` (management client -> emulator), ``sqs``
 (event source pollers), ``schedule`` (rate/cron), ``tokens`` (dev JWTs),
-``faults`` (fault injection).
+``faults`` (fault injection), ``web`` (the pages).
 
 Where it knowingly differs from AWS (each is also noted at its code):
 

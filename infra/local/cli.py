@@ -84,6 +84,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
     _flag(parser, environ, "--rest-port", 8000, int, "port of the REST API (Chalice's local gateway)")
     _flag(parser, environ, "--ws-port", 8001, int, "port of the WebSocket API and its @connections API")
     _flag(parser, environ, "--aws-port", 4566, int, "port of the embedded moto server")
+    _flag(parser, environ, "--web-port", 8002, int, "port of the customer widget and agent console (0: off)")
     _flag(
         parser,
         environ,
@@ -165,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         rest_port=args.rest_port,
         ws_port=args.ws_port,
         aws_port=args.aws_port,
+        web_port=args.web_port,
         aws_endpoint=args.aws_endpoint,
         localstack_probe=args.localstack == "auto",
         idle_timeout_s=args.idle_timeout,
@@ -191,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
         _print(f"WebSocket API:   {urls['websocket']}")
         _print(f"Management API:  {urls['management']}")
         _print(f"AWS endpoint:    {urls['aws']}")
+        if "widget" in urls:
+            _print(f"Customer widget: {urls['widget']}")
+            _print(f"Agent console:   {urls['console']}")
         _print("Dev token:       python -m infra.local token --sub alice --role customer   (or: make token)")
         _print(READY_LINE)
         while not stopping.wait(0.5):

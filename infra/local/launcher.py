@@ -75,6 +75,7 @@ class LocalCloud:
         self.rest_port = free_port(host)
         self.ws_port = free_port(host)
         self.aws_port = free_port(host)
+        self.web_port = free_port(host)
         self._extra_env = dict(env or {})
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
@@ -97,6 +98,11 @@ class LocalCloud:
     def management_endpoint(self) -> str:
         """``endpoint_url`` for a boto3 ``apigatewaymanagementapi`` client."""
         return f"http://{self.host}:{self.ws_port}/{self.api_stage}"
+
+    @property
+    def web_url(self) -> str:
+        """Base URL of the pages (the widget demo at ``/``, the console at ``/console``)."""
+        return f"http://{self.host}:{self.web_port}"
 
     @property
     def aws_endpoint(self) -> str:
@@ -129,6 +135,7 @@ class LocalCloud:
             "--rest-port", str(self.rest_port),
             "--ws-port", str(self.ws_port),
             "--aws-port", str(self.aws_port),
+            "--web-port", str(self.web_port),
             "--localstack", "off",
             *self.extra_args,
         ]

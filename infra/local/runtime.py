@@ -38,6 +38,8 @@ class Settings:
     rest_port: int = 8000
     ws_port: int = 8001
     aws_port: int = 4566
+    #: Port of the pages in the project's ``web/`` (widget, console, SDK); 0: do not serve them.
+    web_port: int = 8002
     aws_endpoint: str | None = None
     localstack_probe: bool = True
     idle_timeout_s: float = AWS_IDLE_TIMEOUT_S
@@ -92,6 +94,7 @@ class LocalCloud:
         self._loop: _LoopThread | None = None
         self._rest: Any = None
         self._rest_thread: threading.Thread | None = None
+        self.web: Any = None
         self._pollers: list[SqsPoller] = []
         self._schedules: list[ScheduleRunner] = []
         self._stop_callbacks: list[Callable[[], None]] = []
@@ -110,12 +113,17 @@ class LocalCloud:
         """The endpoints of the running cloud."""
         s = self.settings
         ws_base = f"{s.host}:{s.ws_port}/{self.api_gateway_stage}"
-        return {
+        urls = {
             "rest": f"http://{s.host}:{s.rest_port}",
             "websocket": f"ws://{ws_base}",
             "management": f"http://{ws_base}/@connections",
             "aws": self.aws_endpoint,
         }
+        if self.web is not None:
+            from infra.local.web import describe
+
+            urls.update(describe(self.web))
+        return urls
 
     def start(self) -> None:
         """Start everything; on failure, stop what was started and re-raise."""
@@ -150,6 +158,7 @@ class LocalCloud:
         self._start_sqs_sources()
         self._start_schedules()
         self._start_rest()
+        self._start_web()
 
     def _install_faults(self) -> None:
         """Hook botocore before the app (or anything else) creates a client.
@@ -323,3 +332,18 @@ class LocalCloud:
             server.server_close()
 
         self._stop_callbacks.append(stop_rest)
+
+    def _start_web(self) -> None:
+        """Serve the project's ``web/`` (widget, console, SDK) with its ``config.json``."""
+        from infra.local.web import WebServer
+
+        s = self.settings
+        root = self.project_dir / "web"
+        if not s.web_port or not root.is_dir() or self._loop is None:
+            return
+        urls = self.urls()
+        self.web = WebServer(root, s.host, s.web_port, urls["rest"], urls["websocket"], s.stage,
+                             self.config.environment_variables.get("JWT_SECRET"))
+        loop, server = self._loop, self.web
+        loop.run(server.start(), timeout_s=15)
+        self._stop_callbacks.append(lambda: loop.run(server.stop(), timeout_s=15))
