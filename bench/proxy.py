@@ -22,6 +22,7 @@ import http.client
 import json
 import re
 import threading
+import time
 import zlib
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -176,19 +177,25 @@ class DynamoAccounting:
                         targets.append((table, self.shape(table).key_of(entry["PutRequest"]["Item"]), "write"))
                     else:
                         targets.append((table, entry["DeleteRequest"]["Key"], "write"))
+        started = time.perf_counter()
         locks = self._locks((t, k) for t, k, _ in targets)
         for lock in locks:
             lock.acquire()
         try:
             before = [self._get(t, k) for t, k, _ in targets]
+            forward_started = time.perf_counter()
             status, headers, data = forward()
+            forward_ms = (time.perf_counter() - forward_started) * 1000
             after = [self._get(t, k) for t, k, _ in targets] if status == 200 else before
         finally:
             for lock in reversed(locks):
                 lock.release()
+        # The time this request waited for the accounting (locks and item reads), not for AWS.
+        overhead_ms = (time.perf_counter() - started) * 1000 - forward_ms
         succeeded = status == 200
         error = _error_code(data) if not succeeded else ""
         if not succeeded and error not in ("ConditionalCheckFailedException", "TransactionCanceledException"):
+            self.stats.add("dynamodb", operation, phase, _detail(t for t, _, _ in targets), overhead_ms=overhead_ms)
             return status, headers, data  # not charged (validation errors and the like)
         transactional = operation == "TransactWriteItems"
         wru = 0
@@ -203,7 +210,7 @@ class DynamoAccounting:
                 self.stats.add_index(table, w.index, w.kind, phase, w.writes, w.units)
                 self.stats.add("dynamodb", operation, phase, _detail(tables), index_writes=w.writes, index_wru=w.units)
         self.stats.add("dynamodb", operation, phase, _detail(tables), wru=wru, items=len(targets),
-                       cancelled=0 if succeeded else 1)
+                       cancelled=0 if succeeded else 1, overhead_ms=overhead_ms)
         return status, headers, data
 
     # --- reads -------------------------------------------------------------------------
@@ -212,6 +219,7 @@ class DynamoAccounting:
         """Count the read units of a read that was already forwarded."""
         if status != 200:
             return
+        started = time.perf_counter()
         response = json.loads(data) if data else {}
         rru = 0.0
         tables: list[str] = []
@@ -241,7 +249,8 @@ class DynamoAccounting:
                 tables.append(table)
                 item = self._get(table, entry["Get"]["Key"]) if "ProjectionExpression" in entry["Get"] else got.get("Item")
                 rru += capacity.read_units(capacity.item_size(item), transactional=True)
-        self.stats.add("dynamodb", operation, phase, _detail(tables), rru=rru)
+        overhead_ms = (time.perf_counter() - started) * 1000
+        self.stats.add("dynamodb", operation, phase, _detail(tables), rru=rru, overhead_ms=overhead_ms)
 
     def _evaluated(self, operation: str, request: dict[str, Any]) -> list[dict[str, Any]]:
         """The items a Query/Scan page evaluated: the same page without filter or projection."""
