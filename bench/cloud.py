@@ -55,6 +55,7 @@ class Meters:
             self.frames_in: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
             self.management: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
             self.pushes = defaultdict(float)
+            self.push_types: dict[str, float] = defaultdict(float)
             self.connections = defaultdict(float)
             now = time.monotonic()
             self.open = {k: now for k in getattr(self, "open", {})}
@@ -68,6 +69,7 @@ class Meters:
                 "frames_in": {k: dict(v) for k, v in self.frames_in.items()},
                 "management": {k: dict(v) for k, v in self.management.items()},
                 "pushes": dict(self.pushes),
+                "push_types": dict(self.push_types),
                 "connections": dict(self.connections, open=len(self.open),
                                     seconds=self.connections.get("seconds", 0.0) + open_seconds),
             }
@@ -85,6 +87,18 @@ def _label(function_name: str, event: Any) -> str:
             action = None
         return f"{short}:{action or 'other'}"
     return short
+
+
+def _frame_type(body: bytes) -> str:
+    """``message``, ``accepted``, ``error:rate_limited``... of a pushed frame."""
+    try:
+        frame = json.loads(body)
+    except ValueError:
+        return "not json"
+    if not isinstance(frame, dict):
+        return "other"
+    kind = str(frame.get("type") or ("gateway error" if "message" in frame else "other"))
+    return f"{kind}:{frame['code']}" if kind == "error" and "code" in frame else kind
 
 
 def install() -> None:
@@ -153,6 +167,7 @@ def install() -> None:
                     METERS.pushes["frames"] += 1
                     METERS.pushes["bytes"] += len(body)
                     METERS.pushes["units"] += max(1, math.ceil(len(body) / WS_UNIT_BYTES))
+                    METERS.push_types[_frame_type(body)] += 1
             return response
         if request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
             token = object()

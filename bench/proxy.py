@@ -412,9 +412,22 @@ def make_handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    """A threaded HTTP server that does not print a traceback when a client hangs up."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # a keep-alive connection its client closed
+        super().handle_error(request, client_address)
+
+
 def serve(host: str, port: int, target: str) -> ThreadingHTTPServer:
     """Return a started server (in a daemon thread)."""
-    server = ThreadingHTTPServer((host, port), make_handler(Proxy(target)))
+    server = Server((host, port), make_handler(Proxy(target)))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="bench-proxy", daemon=True).start()
     return server
@@ -427,8 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--target", required=True, help="the real endpoint, e.g. http://127.0.0.1:4566")
     args = parser.parse_args(argv)
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(Proxy(args.target)))
-    server.daemon_threads = True
+    server = Server((args.host, args.port), make_handler(Proxy(args.target)))
     print("bench proxy ready", flush=True)
     try:
         server.serve_forever()
