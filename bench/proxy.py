@@ -210,7 +210,8 @@ class DynamoAccounting:
                 self.stats.add_index(table, w.index, w.kind, phase, w.writes, w.units)
                 self.stats.add("dynamodb", operation, phase, _detail(tables), index_writes=w.writes, index_wru=w.units)
         self.stats.add("dynamodb", operation, phase, _detail(tables), wru=wru, items=len(targets),
-                       cancelled=0 if succeeded else 1, overhead_ms=overhead_ms)
+                       cancelled=0 if succeeded else 1, failed_wru=0 if succeeded else wru,
+                       overhead_ms=overhead_ms)
         return status, headers, data
 
     # --- reads -------------------------------------------------------------------------
