@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (overrides the sizes below)")
     p.add_argument("--messages", type=int, default=200, help="paced 1:1: messages each way")
-    p.add_argument("--pace", type=float, default=0.5, help="paced 1:1: seconds between a side's messages")
+    p.add_argument("--pace", type=float, default=1.0, help="paced 1:1: seconds between a side's messages")
     p.add_argument("--conversations", type=int, default=10, help="closed loop: conversations")
     p.add_argument("--rounds", type=int, default=40, help="closed loop: messages per conversation")
     p.add_argument("--burst", type=int, default=400, help="burst: messages sent at once")
