@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chaos scale install clean token chat dlq-list dlq-redrive screenshots
+.PHONY: run test chaos bench scale install clean token chat dlq-list dlq-redrive screenshots
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ screenshots: $(STAMP)
 ## The CI-sized chaos run (about 2,000 messages, every fault kind on); larger: make chaos ARGS="-C 500 -M 100 -K 60"
 chaos: $(STAMP)
 	$(PY) -m bench.chaos $(ARGS)
+
+## Cost and speed per delivered message against the wschat and relay baselines (docs/performance.md);
+## smoke-sized: make bench ARGS=--quick
+bench: $(STAMP)
+	$(PY) -m bench.perf $(ARGS)
 
 ## How a send, a delivery, a resume and a sweep grow: AWS requests counted (not timed)
 scale: $(STAMP)
