@@ -4,7 +4,7 @@ import boto3
 from chalice import Chalice, CORSConfig, Rate
 
 from chalicelib.config import delivery_queue_name
-from chalicelib.handlers import Handlers
+from chalicelib.entry import LazyHandlers
 
 app = Chalice(app_name="oncechat")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
@@ -12,7 +12,7 @@ app.websocket_api.session = boto3.session.Session()
 # The browser pages (widget, console; docs/web.md) come from another origin than
 # the REST API and send a Bearer token, never a cookie: any origin may call.
 app.api.cors = CORSConfig(allow_origin="*", allow_headers=["Idempotency-Key"], max_age=600)
-handlers = Handlers(app)
+handlers = LazyHandlers(app)  # chalicelib.handlers is imported on the first event
 
 
 @app.on_ws_connect()
