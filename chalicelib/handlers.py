@@ -10,7 +10,6 @@ for REST.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -19,10 +18,11 @@ from typing import Any, TypeVar
 from chalice.app import Chalice, Request, Response, SQSEvent, WebsocketEvent
 from pydantic import BaseModel, ValidationError
 
-from chalicelib.auth import bearer_token, verify_token
+from chalicelib.auth import bearer_token, single_token, verify_token
 from chalicelib.config import Config
-from chalicelib.errors import BadRequest, OnceChatError
-from chalicelib.models import AgentStatusRequest, TransferRequest
+from chalicelib.core import encode, error_frame, load_json, valid_id
+from chalicelib.errors import BadRequest, ConnectionGone, OnceChatError, RateLimited
+from chalicelib.models import MAX_SEQ, AgentStatusRequest, TransferRequest
 from chalicelib.ports import ChalicePusher, SqsDeliveryQueue
 from chalicelib.service import ChatService, DeliveryService, Origin
 
@@ -54,10 +54,12 @@ class Handlers:
     # ------------------------------------------------------------ WebSocket
 
     def ws_connect(self, event: WebsocketEvent) -> Response | None:
-        """``$connect``: 401 for a bad token; never pushes a frame."""
-        query = event.to_dict().get("queryStringParameters") or {}
+        """``$connect``: 401 for a bad token, 429 over the connection cap; never pushes a frame."""
+        raw = event.to_dict()
         try:
-            self.chat.connect(query.get("token"), _origin(event))
+            token = single_token(raw.get("queryStringParameters"),
+                                 raw.get("multiValueQueryStringParameters"))
+            self.chat.connect(token, _origin(event))
         except OnceChatError as err:
             if err.http_status >= 500:
                 log.error("connect failed: %s", err.message)
@@ -65,21 +67,37 @@ class Handlers:
         return None
 
     def ws_message(self, event: WebsocketEvent) -> None:
-        """``$default``: every client frame, dispatched by its ``action``."""
+        """``$default``: every client frame, dispatched by its ``action``.
+
+        Before anything else the connection's in-process frame budget is
+        taken (no AWS request). A reply to a connection that closed meanwhile
+        (410) is the client's loss, not an error: it resumes when it is back.
+        """
         origin = _origin(event)
         try:
-            chat = self.chat
-        except OnceChatError as err:  # misconfigured stage: say so on the socket
-            log.error("handler not configured: %s", err.message)
-            ChalicePusher(self._app.websocket_api).push(
-                origin.connection_id, origin.domain_name, origin.stage,
-                '{"type":"error","code":"internal","message":"service not configured"}')
-            return
-        chat.on_frame(origin, event.body)
+            try:
+                chat = self.chat
+            except OnceChatError as err:  # misconfigured stage: say so on the socket
+                log.error("handler not configured: %s", err.message)
+                self._push_error(origin, err)
+                return
+            try:
+                chat.frame_limits.admit(origin.connection_id, "frame", chat.clock())
+            except RateLimited as err:
+                self._push_error(origin, err)
+                return
+            chat.on_frame(origin, event.body)
+        except ConnectionGone:
+            log.info("connection %s left before its reply", origin.connection_id)
+
+    def _push_error(self, origin: Origin, err: OnceChatError) -> None:
+        ChalicePusher(self._app.websocket_api).push(
+            origin.connection_id, origin.domain_name, origin.stage, encode(error_frame(err)))
 
     def ws_disconnect(self, event: WebsocketEvent) -> None:
         """``$disconnect``: forget the connection."""
         self.chat.disconnect(event.connection_id)
+        self.chat.frame_limits.forget(event.connection_id)
 
     # ------------------------------------------------------------------ SQS
 
@@ -115,26 +133,27 @@ class Handlers:
 
     def get_conversation(self, request: Request, conversation_id: str) -> Response:
         """``GET /conversations/{id}``."""
-        return self._rest(request, lambda chat, who: (
+        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (
             200, chat.get_conversation(who, conversation_id)))
 
     def list_messages(self, request: Request, conversation_id: str) -> Response:
         """``GET /conversations/{id}/messages?after=N|before=N&limit=L``."""
         query = request.query_params or {}
-        return self._rest(request, lambda chat, who: (200, chat.list_messages(
-            who, conversation_id,
-            after=_int_param(query, "after", None, 0, None),
-            limit=_int_param(query, "limit", 50, 1, MAX_PAGE),
-            before=_int_param(query, "before", None, 1, None))))
+        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (
+            200, chat.list_messages(
+                who, conversation_id,
+                after=_int_param(query, "after", None, 0, MAX_SEQ),
+                limit=_int_param(query, "limit", 50, 1, MAX_PAGE),
+                before=_int_param(query, "before", None, 1, MAX_SEQ))))
 
     def close_conversation(self, request: Request, conversation_id: str) -> Response:
         """``POST /conversations/{id}/close``."""
-        return self._rest(request, lambda chat, who: (
+        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (
             200, chat.close(who, conversation_id).rest_view()))
 
     def transfer_conversation(self, request: Request, conversation_id: str) -> Response:
         """``POST /conversations/{id}/transfer`` ``{"agentId": A}``."""
-        return self._rest(request, lambda chat, who: (200, chat.transfer(
+        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (200, chat.transfer(
             who, conversation_id, _body(request, TransferRequest).agent_id).rest_view()))
 
     def set_agent_status(self, request: Request) -> Response:
@@ -162,7 +181,8 @@ class Handlers:
         try:
             chat = self.chat
             who = verify_token(bearer_token(request.headers.get("authorization")),
-                               chat.config.jwt_secret)
+                               chat.config.jwt_secret,
+                               max_lifetime_seconds=chat.config.token_max_lifetime_seconds)
             status, body = call(chat, who)
         except OnceChatError as err:
             if err.http_status >= 500:
@@ -183,10 +203,7 @@ def _error(err: OnceChatError) -> Response:
 def _body(request: Request, model: type[B]) -> B:
     """The JSON body validated by ``model``; BadRequest with the reason otherwise."""
     raw = request.raw_body
-    try:
-        data = json.loads(raw) if raw else None
-    except ValueError:
-        raise BadRequest("body is not valid JSON") from None
+    data = load_json(raw, "body") if raw else None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     try:
@@ -195,6 +212,12 @@ def _body(request: Request, model: type[B]) -> B:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "body"
         raise BadRequest(f"{where}: {err['msg']}") from None
+
+
+def _check_id(conversation_id: str) -> None:
+    """A path id must be an id (``A-Za-z0-9_-``, at most 128): 400 before any lookup."""
+    if not valid_id(conversation_id):
+        raise BadRequest("conversation id must be 1 to 128 characters of A-Z a-z 0-9 _ -")
 
 
 def _origin(event: WebsocketEvent) -> Origin:
@@ -206,6 +229,8 @@ def _int_param(query: dict[str, str], name: str, default: Any, low: int,
     raw = query.get(name)
     if raw is None:
         return default
+    if len(raw) > 20 or not raw.strip().lstrip("-").isdigit():
+        raise BadRequest(f"{name} must be an integer")
     try:
         value = int(raw)
     except ValueError:

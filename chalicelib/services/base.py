@@ -22,6 +22,7 @@ from chalicelib.models import (
     Principal,
     SendFrame,
 )
+from chalicelib.limits import FrameLimiter
 from chalicelib.ports import Delivery, DeliveryQueue, Pusher
 from chalicelib.storage.base import Storage
 
@@ -66,6 +67,14 @@ class ServiceBase:
         self.pusher = pusher
         self.clock = clock
         self.new_id = new_id
+
+    @property
+    def frame_limits(self) -> FrameLimiter:
+        """This container's per-connection token buckets (chalicelib/limits.py)."""
+        limiter: FrameLimiter | None = self.__dict__.get("_frame_limits")
+        if limiter is None:
+            limiter = self.__dict__.setdefault("_frame_limits", FrameLimiter(self.config))
+        return limiter
 
     def _take_tokens(self, buckets: list[tuple[str, int]], message_id: str | None = None) -> None:
         """Count a request in fixed-window buckets; RateLimited (nothing done) when one is full."""
