@@ -11,6 +11,7 @@ for REST.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from chalicelib.service import ChatService, DeliveryService, Origin
 log = logging.getLogger("oncechat")
 
 MAX_PAGE = 100
+_INTEGER = re.compile(r"^-?[0-9]{1,19}$")
 STATUSES = ("waiting", "active", "closed")
 B = TypeVar("B", bound=BaseModel)
 
@@ -229,7 +231,7 @@ def _int_param(query: dict[str, str], name: str, default: Any, low: int,
     raw = query.get(name)
     if raw is None:
         return default
-    if len(raw) > 20 or not raw.strip().lstrip("-").isdigit():
+    if not _INTEGER.match(raw):
         raise BadRequest(f"{name} must be an integer")
     try:
         value = int(raw)
