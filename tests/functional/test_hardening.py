@@ -216,8 +216,8 @@ def test_secret_from_parameter_store_or_secrets_manager_is_cached(cloud, monkeyp
     secret = "a-secret-from-the-store-0123456789abcdef"
     if source == "ssm":
         boto3.client("ssm", region_name=REGION).put_parameter(
-            Name="/oncechat/test/jwt", Value=secret, Type="SecureString")
-        monkeypatch.setenv("JWT_SECRET_PARAMETER", "/oncechat/test/jwt")
+            Name="/oncechat/test/jwt-secret", Value=secret, Type="SecureString")
+        monkeypatch.setenv("JWT_SECRET_PARAMETER", "/oncechat/test/jwt-secret")
     else:
         boto3.client("secretsmanager", region_name=REGION).create_secret(
             Name="oncechat-test-jwt", SecretString=secret)
