@@ -6,10 +6,16 @@ from chalice import Chalice, Rate
 from chalicelib.config import delivery_queue_name
 from chalicelib.handlers import Handlers
 
-app = Chalice(app_name="oncechat")
+# Logging is chalicelib/observability.py's (powertools), not Chalice's.
+app = Chalice(app_name="oncechat", configure_logs=False)
 app.experimental_feature_flags.update(["WEBSOCKETS"])
 app.websocket_api.session = boto3.session.Session()
 handlers = Handlers(app)
+
+
+@app.middleware("all")
+def observe(event, get_response):
+    return handlers.middleware(event, get_response)
 
 
 @app.on_ws_connect()

@@ -92,6 +92,10 @@ class Config:
     max_connections_per_user: int = 10
     #: Longest lifetime (``exp - iat``) of a client token.
     token_max_lifetime_seconds: int = 24 * 3600
+    #: Logging (chalicelib/observability.py): level, ``json`` or ``text``; EMF metrics on or off.
+    log_level: str = "INFO"
+    log_format: str = "json"
+    metrics_enabled: bool = True
     #: 0 keeps messages forever; N > 0 lets a message expire N days after it was sent.
     message_retention_days: int = 0
 
@@ -136,6 +140,15 @@ class Config:
         def name(var: str, suffix: str) -> str:
             return env.get(var) or f"{prefix}-{suffix}"
 
+        local = stage in LOCAL_STAGES
+
+        def choice(var: str, default: str, allowed: tuple[str, ...]) -> str:
+            value = (env.get(var) or default).strip()
+            value = value.upper() if var == "LOG_LEVEL" else value.lower()
+            if value not in allowed:
+                raise ConfigurationError(f"{var} must be one of {', '.join(allowed)}, got {value!r}")
+            return value
+
         def number(var: str, default: int, allow_zero: bool = False) -> int:
             raw = env.get(var)
             if raw is None or raw == "":
@@ -178,6 +191,9 @@ class Config:
             rate_connection_resumes=number("RATE_CONNECTION_RESUMES", 10),
             max_connections_per_user=number("MAX_CONNECTIONS_PER_USER", 10),
             token_max_lifetime_seconds=number("TOKEN_MAX_LIFETIME_SECONDS", 24 * 3600),
+            log_level=choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=choice("LOG_FORMAT", "text" if local else "json", ("json", "text")),
+            metrics_enabled=choice("METRICS", "off" if local else "on", ("on", "off")) == "on",
         )
 
 

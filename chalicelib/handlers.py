@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from chalice.app import Chalice, Request, Response, SQSEvent, WebsocketEvent
 from pydantic import BaseModel, ValidationError
 
+from chalicelib import observability
 from chalicelib.auth import bearer_token, single_token, verify_token
 from chalicelib.config import Config
 from chalicelib.core import encode, error_frame, load_json, valid_id
@@ -108,10 +109,33 @@ class Handlers:
         DeliveryService(self.chat).deliver(record.body for record in event)
 
     def sweep(self, event: Any) -> None:
-        """The scheduled sweeper: enqueue messages stored but never enqueued."""
-        count = self.chat.sweep()
-        if count:
-            log.warning("sweeper enqueued %d message(s)", count)
+        """The scheduled sweeper: enqueue messages stored but never enqueued.
+
+        Then counts the messages still pending past the sweep bound (grace
+        plus two schedule periods): the figure its alarm watches.
+        """
+        chat = self.chat
+        count = 0
+        try:
+            count = chat.sweep()
+            if count:
+                log.warning("sweeper enqueued %d message(s)", count)
+        finally:  # reported even when the sweep itself failed
+            bound = chat.config.sweep_grace_seconds + observability.SWEEP_BOUND_EXTRA_SECONDS
+            stuck = chat.storage.pending_messages(chat.clock() // 1000 - bound, 100)
+            obs = observability.current()
+            if obs is not None:
+                obs.sweep_report(count, len(stuck))
+
+    # ----------------------------------------------------------- middleware
+
+    def middleware(self, event: Any, get_response: Callable[[Any], Any]) -> Any:
+        """Every invocation: correlation ids on the logs, one ``handled`` line, metrics flushed."""
+        try:
+            config = self.chat.config
+        except OnceChatError:  # misconfigured: the handler answers for itself
+            return get_response(event)
+        return observability.setup(config).handle(event, get_response)
 
     # ----------------------------------------------------------------- REST
 
@@ -248,9 +272,12 @@ def build_aws_services(app: Chalice) -> ChatService:
     from chalicelib.storage.dynamodb import DynamoStorage
 
     config = Config.from_env()
-    return ChatService(
+    chat = ChatService(
         config=config,
         storage=DynamoStorage(config),
-        queue=SqsDeliveryQueue(config.delivery_queue_name),
+        queue=observability.ObservedQueue(SqsDeliveryQueue(config.delivery_queue_name),
+                                          observability.current),
         pusher=ChalicePusher(app.websocket_api),
     )
+    chat.pusher = observability.ObservedPusher(chat.pusher, observability.current, chat.clock)
+    return chat
