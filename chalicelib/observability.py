@@ -104,8 +104,9 @@ class Observability:
     def handle(self, event: Any, get_response: Callable[[Any], Any]) -> Any:
         """The middleware body: correlation ids, one ``handled`` line, metrics flushed."""
         keys = correlation(event)
-        self.logger.clear_state()
-        self.logger.append_keys(**keys)
+        # Thread-local keys: the local cloud runs invocations on threads of one process.
+        self.logger.thread_safe_clear_keys()
+        self.logger.thread_safe_append_keys(**keys)
         started = time.monotonic()
         outcome = "ok"
         try:
@@ -233,7 +234,7 @@ def setup(config: Config) -> Observability:
     """Build (once per container) the logger and metrics for ``config``."""
     global _current
     with _current_lock:
-        if _current is None or _current.config is not config:
+        if _current is None or _current.config != config:
             _current = Observability(config)
         return _current
 
