@@ -68,7 +68,8 @@ deploy: $(STAMP)
 ## Black-box protocol check of a deployment: make smoke WS_URL=wss://... REST_URL=https://...
 smoke: $(STAMP)
 	@test -n "$(WS_URL)" -a -n "$(REST_URL)" || { echo "make smoke needs WS_URL and REST_URL"; exit 2; }
-	$(PY) -m infra.smoke --ws-url $(WS_URL) --rest-url $(REST_URL) $(if $(REGION),--region $(REGION))
+	$(PY) -m infra.smoke --ws-url $(WS_URL) --rest-url $(REST_URL) $(if $(REGION),--region $(REGION)) \
+	  $(if $(SMOKE_SECRET_PARAMETER),--secret-parameter $(SMOKE_SECRET_PARAMETER))
 
 ## The smoke check against a local cloud it starts (CI)
 smoke-local: $(STAMP)
