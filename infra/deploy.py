@@ -58,8 +58,7 @@ def deploy(stage: str, region: str, bucket: str, alarm_topic_arn: str,
     body = yaml.safe_dump(template, sort_keys=False)
     template_key = f"oncechat/{stage}/template-{hashlib.sha256(body.encode()).hexdigest()[:16]}.yaml"
     s3.put_object(Bucket=bucket, Key=template_key, Body=body.encode())
-    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": template_key},
-                                    ExpiresIn=3600)
+    url = f"https://{bucket}.s3.{region}.amazonaws.com/{template_key}"
     cfn = session.client("cloudformation")
     name = f"oncechat-{stage}"
     try:

@@ -14,6 +14,7 @@ from chalicelib.errors import (
     NotFound,
     RateLimited,
 )
+from chalicelib.limits import FrameLimiter
 from chalicelib.models import (
     ConnectionRecord,
     Conversation,
@@ -22,7 +23,6 @@ from chalicelib.models import (
     Principal,
     SendFrame,
 )
-from chalicelib.limits import FrameLimiter
 from chalicelib.ports import Delivery, DeliveryQueue, Pusher
 from chalicelib.storage.base import Storage
 
