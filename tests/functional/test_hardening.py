@@ -188,7 +188,7 @@ def test_token_parameter_must_be_single(cloud):
     ({"STAGE": "prod"}, "JWT_SECRET"),
     ({"STAGE": "prod", "JWT_SECRET": "oncechat-local-development-secret"}, None),
     ({"STAGE": "prod", "AWS_LAMBDA_FUNCTION_NAME": "f", "JWT_SECRET": "short"}, None),
-    ({"STAGE": "prod", "JWT_SECRET_PARAMETER": "/oncechat/prod/missing"}, "JWT_SECRET"),
+    ({"STAGE": "prod", "JWT_SECRET_PARAMETER": "/oncechat/test/jwt-secret"}, "JWT_SECRET"),  # absent
 ])
 def test_misconfigured_stage_refuses_to_serve(cloud, monkeypatch, env, drop):
     from chalicelib.handlers import Handlers
