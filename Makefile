@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chaos bench scale install clean token chat dlq-list dlq-redrive screenshots
+.PHONY: run test chaos bench scale install clean token chat dlq-list dlq-redrive screenshots package cfn-lint deploy smoke smoke-local flood
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,5 +63,34 @@ dlq-list: $(STAMP)
 dlq-redrive: $(STAMP)
 	@$(AWS_ENV) $(PY) -m infra.dlq redrive --stage $(STAGE)
 
+## Package STAGE as one CloudFormation template: build/$(STAGE)/sam.yaml + deployment.zip
+package: $(STAMP)
+	$(PY) -m infra.package --stage $(STAGE) $(if $(REGION),--region $(REGION))
+
+## Lint the packaged template of STAGE with cfn-lint (CI: make cfn-lint STAGE=prod)
+cfn-lint: package
+	$(VENV)/bin/cfn-lint build/$(STAGE)/sam.yaml
+
+## Deploy STAGE as the stack oncechat-STAGE: make deploy STAGE=prod REGION=eu-west-1 BUCKET=... ALARM_TOPIC_ARN=...
+deploy: $(STAMP)
+	@test -n "$(REGION)" -a -n "$(BUCKET)" -a -n "$(ALARM_TOPIC_ARN)" || \
+	  { echo "make deploy needs STAGE, REGION, BUCKET and ALARM_TOPIC_ARN (README: Deploying to AWS)"; exit 2; }
+	$(PY) -m infra.deploy --stage $(STAGE) --region $(REGION) --bucket $(BUCKET) \
+	  --alarm-topic-arn $(ALARM_TOPIC_ARN) $(foreach p,$(PARAMS),--parameter $(p))
+
+## Black-box protocol check of a deployment: make smoke WS_URL=wss://... REST_URL=https://...
+smoke: $(STAMP)
+	@test -n "$(WS_URL)" -a -n "$(REST_URL)" || { echo "make smoke needs WS_URL and REST_URL"; exit 2; }
+	$(PY) -m infra.smoke --ws-url $(WS_URL) --rest-url $(REST_URL) $(if $(REGION),--region $(REGION)) \
+	  $(if $(SMOKE_SECRET_PARAMETER),--secret-parameter $(SMOKE_SECRET_PARAMETER))
+
+## The smoke check against a local cloud it starts (CI)
+smoke-local: $(STAMP)
+	$(PY) -m infra.smoke --local
+
+## Measure: one connection floods while 200 others connect and send once (prints p50/p99)
+flood: $(STAMP)
+	$(PY) -m bench.flood $(ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build

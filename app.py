@@ -6,13 +6,19 @@ from chalice import Chalice, CORSConfig, Rate
 from chalicelib.config import delivery_queue_name
 from chalicelib.entry import LazyHandlers
 
-app = Chalice(app_name="oncechat")
+# Logging is chalicelib/observability.py's (powertools), not Chalice's.
+app = Chalice(app_name="oncechat", configure_logs=False)
 app.experimental_feature_flags.update(["WEBSOCKETS"])
 app.websocket_api.session = boto3.session.Session()
 # The browser pages (widget, console; docs/web.md) come from another origin than
 # the REST API and send a Bearer token, never a cookie: any origin may call.
 app.api.cors = CORSConfig(allow_origin="*", allow_headers=["Idempotency-Key"], max_age=600)
 handlers = LazyHandlers(app)  # chalicelib.handlers is imported on the first event
+
+
+@app.middleware("all")
+def observe(event, get_response):
+    return handlers.middleware(event, get_response)
 
 
 @app.on_ws_connect()

@@ -6,13 +6,50 @@ Nothing else in oncechat reads ``os.environ``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from chalicelib.errors import ConfigurationError
 
 #: The documented development secret of the ``local`` stage. Never used elsewhere.
 LOCAL_JWT_SECRET = "oncechat-local-development-secret"
+#: Stages that run only on a laptop or in CI (the local cloud); they may use the public secret.
+LOCAL_STAGES = ("local", "chaos")
+#: Shortest secret a function running on AWS accepts (HS256 wants at least 256 bits).
+MIN_SECRET_LENGTH = 32
+#: How long a secret read from SSM or Secrets Manager is reused before it is read again.
+SECRET_CACHE_SECONDS = 300
+
+SecretFetcher = Callable[[str, str], str]
+_secret_cache: dict[tuple[str, str], tuple[float, str]] = {}
+_secret_lock = threading.Lock()
+
+
+def fetch_secret(kind: str, name: str) -> str:
+    """The JWT secret from SSM Parameter Store (``ssm``) or Secrets Manager (``secretsmanager``).
+
+    Cached in the process for SECRET_CACHE_SECONDS, so a warm Lambda
+    container reads it once (and a rotation is picked up within minutes).
+    """
+    key = (kind, name)
+    with _secret_lock:
+        hit = _secret_cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < SECRET_CACHE_SECONDS:
+            return hit[1]
+    from chalicelib.aws import client
+
+    try:
+        if kind == "ssm":
+            value = client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+        else:
+            value = client("secretsmanager").get_secret_value(SecretId=name)["SecretString"]
+    except Exception as exc:  # never the botocore text to a client: ConfigurationError is 'internal'
+        raise ConfigurationError(f"JWT secret {kind}:{name} could not be read: {exc}") from exc
+    with _secret_lock:
+        _secret_cache[key] = (time.monotonic(), value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -46,27 +83,72 @@ class Config:
     rate_connection_sends: int = 60
     rate_connection_typing: int = 20
     rate_user_requests: int = 30
+    #: In-process, per connection and per Lambda container (chalicelib/limits.py): frames
+    #: of any kind, and acks, reads, resumes, typing per ``rate_window_seconds``.
+    rate_connection_frames: int = 300
+    rate_connection_acks: int = 120
+    rate_connection_reads: int = 60
+    rate_connection_resumes: int = 10
+    #: Open connections one user may hold (checked at ``$connect``).
+    max_connections_per_user: int = 10
+    #: Longest lifetime (``exp - iat``) of a client token.
+    token_max_lifetime_seconds: int = 24 * 3600
+    #: Logging (chalicelib/observability.py): level, ``json`` or ``text``; EMF metrics on or off.
+    log_level: str = "INFO"
+    log_format: str = "json"
+    metrics_enabled: bool = True
     #: 0 keeps messages forever; N > 0 lets a message expire N days after it was sent.
     message_retention_days: int = 0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
-        """Build the config for the stage named by ``STAGE`` (default ``local``).
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 secrets: SecretFetcher | None = None) -> Config:
+        """Build the config for the stage named by ``STAGE`` (default ``local`` off AWS).
 
-        Raises ConfigurationError when a stage other than ``local`` has no
-        ``JWT_SECRET``: such a stage refuses to run its handlers.
+        Fails closed (ConfigurationError, so the handlers refuse to serve):
+        a Lambda function (``AWS_LAMBDA_FUNCTION_NAME`` set) without ``STAGE``;
+        a stage other than ``local``/``chaos`` without a secret, or with the
+        public development secret; on Lambda, a secret shorter than 32
+        characters. The secret comes from ``JWT_SECRET_PARAMETER`` (an SSM
+        SecureString), ``JWT_SECRET_ID`` (a Secrets Manager secret) or
+        ``JWT_SECRET``, in that order.
         """
         env = os.environ if env is None else env
-        stage = env.get("STAGE", "local")
-        secret = env.get("JWT_SECRET", "")
-        if not secret:
-            if stage != "local":
-                raise ConfigurationError(f"JWT_SECRET is not configured for stage {stage!r}")
+        on_lambda = bool(env.get("AWS_LAMBDA_FUNCTION_NAME"))
+        stage = env.get("STAGE", "")
+        if not stage:
+            if on_lambda:
+                raise ConfigurationError("STAGE is not configured")
+            stage = "local"
+        fetch = secrets or fetch_secret
+        if env.get("JWT_SECRET_PARAMETER"):
+            secret = fetch("ssm", env["JWT_SECRET_PARAMETER"])
+        elif env.get("JWT_SECRET_ID"):
+            secret = fetch("secretsmanager", env["JWT_SECRET_ID"])
+        else:
+            secret = env.get("JWT_SECRET", "")
+        if stage not in LOCAL_STAGES:
+            if not secret:
+                raise ConfigurationError(f"no JWT secret is configured for stage {stage!r}")
+            if secret == LOCAL_JWT_SECRET:
+                raise ConfigurationError(f"stage {stage!r} may not use the public development secret")
+        elif not secret:
             secret = LOCAL_JWT_SECRET
+        if on_lambda and stage not in LOCAL_STAGES and len(secret) < MIN_SECRET_LENGTH:
+            raise ConfigurationError(f"the JWT secret must have at least {MIN_SECRET_LENGTH} characters")
         prefix = env.get("RESOURCE_PREFIX", f"oncechat-{stage}")
 
         def name(var: str, suffix: str) -> str:
             return env.get(var) or f"{prefix}-{suffix}"
+
+        local = stage in LOCAL_STAGES
+
+        def choice(var: str, default: str, allowed: tuple[str, ...]) -> str:
+            value = (env.get(var) or default).strip()
+            value = value.upper() if var == "LOG_LEVEL" else value.lower()
+            if value not in allowed:
+                raise ConfigurationError(f"{var} must be one of {', '.join(allowed)}, got {value!r}")
+            return value
 
         def number(var: str, default: int, allow_zero: bool = False) -> int:
             raw = env.get(var)
@@ -104,6 +186,15 @@ class Config:
             rate_connection_typing=number("RATE_CONNECTION_TYPING", 20),
             rate_user_requests=number("RATE_USER_REQUESTS", 30),
             message_retention_days=number("MESSAGE_RETENTION_DAYS", 0, allow_zero=True),
+            rate_connection_frames=number("RATE_CONNECTION_FRAMES", 300),
+            rate_connection_acks=number("RATE_CONNECTION_ACKS", 120),
+            rate_connection_reads=number("RATE_CONNECTION_READS", 60),
+            rate_connection_resumes=number("RATE_CONNECTION_RESUMES", 10),
+            max_connections_per_user=number("MAX_CONNECTIONS_PER_USER", 10),
+            token_max_lifetime_seconds=number("TOKEN_MAX_LIFETIME_SECONDS", 24 * 3600),
+            log_level=choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=choice("LOG_FORMAT", "text" if local else "json", ("json", "text")),
+            metrics_enabled=choice("METRICS", "off" if local else "on", ("on", "off")) == "on",
         )
 
 

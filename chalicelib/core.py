@@ -90,26 +90,64 @@ def deduplication_id(conversation_id: str, seq: int) -> str:
 # --------------------------------------------------------------------- parsing
 
 
+#: Deepest JSON nesting a frame or a REST body may have (frames need 2).
+MAX_JSON_DEPTH = 16
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_id(value: object, max_length: int = 128) -> bool:
+    """A conversation or message id: 1 to ``max_length`` characters of ``A-Za-z0-9_-``."""
+    return isinstance(value, str) and len(value) <= max_length and bool(_ID.match(value))
+
+
+def load_json(raw: str | bytes | None, what: str = "frame") -> Any:
+    """Decode client JSON, or raise BadRequest.
+
+    Refuses what would fail later, deep in a handler: nesting deeper than
+    ``MAX_JSON_DEPTH`` (and anything deep enough to exhaust the decoder's
+    recursion) and strings with lone UTF-16 surrogates (``"\\ud800"``),
+    which no UTF-8 store or socket can carry.
+    """
+    if raw is None or raw == "" or raw == b"":
+        raise BadRequest(f"empty {what}")
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply") from None
+    except ValueError:
+        raise BadRequest(f"{what} is not valid JSON") from None
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise BadRequest(f"{what} holds a string that is not valid Unicode (lone surrogate)")
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+            for key, item in items:
+                if key is not None:
+                    stack.append((key, depth))
+                stack.append((item, depth + 1))
+    return data
+
+
 def parse_client_frame(raw: str | None, max_body_bytes: int) -> AnyClientFrame:
     """Validate one client frame, or raise BadRequest / PayloadTooLarge.
 
-    The raised error carries the frame's messageId when it has a usable one,
+    The raised error carries the frame's messageId when it is a valid id,
     so a client can tell which of its messages was refused.
     """
-    if raw is None or raw == "":
-        raise BadRequest("empty frame")
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise BadRequest("frame is not valid JSON") from None
+    data = load_json(raw, "frame")
     if not isinstance(data, dict):
         raise BadRequest("frame must be a JSON object")
-    message_id = data.get("messageId") if isinstance(data.get("messageId"), str) else None
-    if message_id is not None and len(message_id) > 64:
-        message_id = None
+    message_id = data.get("messageId") if valid_id(data.get("messageId"), 64) else None
     action = data.get("action")
     if action not in ACTIONS:
-        raise BadRequest(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}",
+        shown = action if isinstance(action, str) and len(action) <= 32 else type(action).__name__
+        raise BadRequest(f"unknown action {shown!r}; expected one of {', '.join(ACTIONS)}",
                          message_id=message_id)
     body = data.get("body")
     if action == "send" and isinstance(body, str) and len(body.encode()) > max_body_bytes:
@@ -123,7 +161,7 @@ def parse_client_frame(raw: str | None, max_body_bytes: int) -> AnyClientFrame:
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err["loc"][1:]) or "frame"
+        where = ".".join(str(p)[:64] for p in err["loc"][1:]) or "frame"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
 
@@ -460,7 +498,7 @@ def accepted_frame(conversation_id: str, message_id: str, seq: int, sent_at: str
 
 def error_frame(err: OnceChatError) -> dict[str, Any]:
     """``error`` with the protocol code; messageId when the error concerns one."""
-    frame: dict[str, Any] = {"type": "error", "code": err.code, "message": err.message}
+    frame: dict[str, Any] = {"type": "error", "code": err.code, "message": err.client_message}
     if err.message_id is not None:
         frame["messageId"] = err.message_id
     return frame

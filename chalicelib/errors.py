@@ -35,9 +35,19 @@ class OnceChatError(Exception):
         self.message = message
         self.message_id = message_id
 
+    @property
+    def client_message(self) -> str:
+        """What a client is told. Server-side failures never show their detail
+        (a botocore message, a table name): that stays in ``message`` for the logs."""
+        if self.http_status < 500:
+            return self.message
+        if self.message_id is not None:
+            return "internal error; retry with the same messageId"
+        return "internal error; retry later"
+
     def to_body(self) -> dict[str, str]:
         """The REST error body: ``{"code": ..., "message": ...}``."""
-        return {"code": self.code, "message": self.message}
+        return {"code": self.code, "message": self.client_message}
 
 
 class BadRequest(OnceChatError):
@@ -98,6 +108,10 @@ class ConversationClosed(OnceChatError):
 
 class ConfigurationError(OnceChatError):
     """The function is misconfigured (for example no JWT secret outside the local stage)."""
+
+    @property
+    def client_message(self) -> str:
+        return "service not configured"
 
 
 # --- internal signals between storage and services (never shown to clients) ---

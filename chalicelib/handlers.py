@@ -10,8 +10,8 @@ for REST.
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,16 +19,19 @@ from typing import Any, TypeVar
 from chalice.app import Chalice, Request, Response, SQSEvent, WebsocketEvent
 from pydantic import BaseModel, ValidationError
 
-from chalicelib.auth import bearer_token, verify_token
+from chalicelib import observability
+from chalicelib.auth import bearer_token, single_token, verify_token
 from chalicelib.config import Config
-from chalicelib.errors import BadRequest, OnceChatError
-from chalicelib.models import AgentStatusRequest, TransferRequest
+from chalicelib.core import encode, error_frame, load_json, valid_id
+from chalicelib.errors import BadRequest, ConnectionGone, OnceChatError, RateLimited
+from chalicelib.models import MAX_SEQ, AgentStatusRequest, TransferRequest
 from chalicelib.ports import ChalicePusher, SqsDeliveryQueue
 from chalicelib.service import ChatService, DeliveryService, Origin
 
 log = logging.getLogger("oncechat")
 
 MAX_PAGE = 100
+_INTEGER = re.compile(r"^-?[0-9]{1,19}$")
 STATUSES = ("waiting", "active", "closed")
 B = TypeVar("B", bound=BaseModel)
 
@@ -54,10 +57,12 @@ class Handlers:
     # ------------------------------------------------------------ WebSocket
 
     def ws_connect(self, event: WebsocketEvent) -> Response | None:
-        """``$connect``: 401 for a bad token; never pushes a frame."""
-        query = event.to_dict().get("queryStringParameters") or {}
+        """``$connect``: 401 for a bad token, 429 over the connection cap; never pushes a frame."""
+        raw = event.to_dict()
         try:
-            self.chat.connect(query.get("token"), _origin(event))
+            token = single_token(raw.get("queryStringParameters"),
+                                 raw.get("multiValueQueryStringParameters"))
+            self.chat.connect(token, _origin(event))
         except OnceChatError as err:
             if err.http_status >= 500:
                 log.error("connect failed: %s", err.message)
@@ -65,21 +70,37 @@ class Handlers:
         return None
 
     def ws_message(self, event: WebsocketEvent) -> None:
-        """``$default``: every client frame, dispatched by its ``action``."""
+        """``$default``: every client frame, dispatched by its ``action``.
+
+        Before anything else the connection's in-process frame budget is
+        taken (no AWS request). A reply to a connection that closed meanwhile
+        (410) is the client's loss, not an error: it resumes when it is back.
+        """
         origin = _origin(event)
         try:
-            chat = self.chat
-        except OnceChatError as err:  # misconfigured stage: say so on the socket
-            log.error("handler not configured: %s", err.message)
-            ChalicePusher(self._app.websocket_api).push(
-                origin.connection_id, origin.domain_name, origin.stage,
-                '{"type":"error","code":"internal","message":"service not configured"}')
-            return
-        chat.on_frame(origin, event.body)
+            try:
+                chat = self.chat
+            except OnceChatError as err:  # misconfigured stage: say so on the socket
+                log.error("handler not configured: %s", err.message)
+                self._push_error(origin, err)
+                return
+            try:
+                chat.frame_limits.admit(origin.connection_id, "frame", chat.clock())
+            except RateLimited as err:
+                self._push_error(origin, err)
+                return
+            chat.on_frame(origin, event.body)
+        except ConnectionGone:
+            log.info("connection %s left before its reply", origin.connection_id)
+
+    def _push_error(self, origin: Origin, err: OnceChatError) -> None:
+        ChalicePusher(self._app.websocket_api).push(
+            origin.connection_id, origin.domain_name, origin.stage, encode(error_frame(err)))
 
     def ws_disconnect(self, event: WebsocketEvent) -> None:
         """``$disconnect``: forget the connection."""
         self.chat.disconnect(event.connection_id)
+        self.chat.frame_limits.forget(event.connection_id)
 
     # ------------------------------------------------------------------ SQS
 
@@ -88,10 +109,34 @@ class Handlers:
         DeliveryService(self.chat).deliver(record.body for record in event)
 
     def sweep(self, event: Any) -> None:
-        """The scheduled sweeper: enqueue messages stored but never enqueued."""
-        count = self.chat.sweep()
-        if count:
-            log.info("sweeper re-enqueued the %d message(s) of its window", count)
+        """The scheduled sweeper: re-enqueue the window of messages committed since the last sweep.
+
+        Then counts the messages committed before the sweep bound (grace
+        plus two schedule periods) that no sweep has covered yet (sweeps
+        failing): the figure its alarm watches.
+        """
+        chat = self.chat
+        count = 0
+        try:
+            count = chat.sweep()
+            if count:
+                log.info("sweeper re-enqueued the %d message(s) of its window", count)
+        finally:  # reported even when the sweep itself failed
+            bound = chat.config.sweep_grace_seconds + observability.SWEEP_BOUND_EXTRA_SECONDS
+            stuck = chat.unswept_before(chat.clock() // 1000 - bound, 100)
+            obs = observability.current()
+            if obs is not None:
+                obs.sweep_report(count, len(stuck))
+
+    # ----------------------------------------------------------- middleware
+
+    def middleware(self, event: Any, get_response: Callable[[Any], Any]) -> Any:
+        """Every invocation: correlation ids on the logs, one ``handled`` line, metrics flushed."""
+        try:
+            config = self.chat.config
+        except OnceChatError:  # misconfigured: the handler answers for itself
+            return get_response(event)
+        return observability.setup(config).handle(event, get_response)
 
     # ----------------------------------------------------------------- REST
 
@@ -115,26 +160,27 @@ class Handlers:
 
     def get_conversation(self, request: Request, conversation_id: str) -> Response:
         """``GET /conversations/{id}``."""
-        return self._rest(request, lambda chat, who: (
+        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (
             200, chat.get_conversation(who, conversation_id)))
 
     def list_messages(self, request: Request, conversation_id: str) -> Response:
         """``GET /conversations/{id}/messages?after=N|before=N&limit=L``."""
         query = request.query_params or {}
-        return self._rest(request, lambda chat, who: (200, chat.list_messages(
-            who, conversation_id,
-            after=_int_param(query, "after", None, 0, None),
-            limit=_int_param(query, "limit", 50, 1, MAX_PAGE),
-            before=_int_param(query, "before", None, 1, None))))
+        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (
+            200, chat.list_messages(
+                who, conversation_id,
+                after=_int_param(query, "after", None, 0, MAX_SEQ),
+                limit=_int_param(query, "limit", 50, 1, MAX_PAGE),
+                before=_int_param(query, "before", None, 1, MAX_SEQ))))
 
     def close_conversation(self, request: Request, conversation_id: str) -> Response:
         """``POST /conversations/{id}/close``."""
-        return self._rest(request, lambda chat, who: (
+        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (
             200, chat.close(who, conversation_id).rest_view()))
 
     def transfer_conversation(self, request: Request, conversation_id: str) -> Response:
         """``POST /conversations/{id}/transfer`` ``{"agentId": A}``."""
-        return self._rest(request, lambda chat, who: (200, chat.transfer(
+        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (200, chat.transfer(
             who, conversation_id, _body(request, TransferRequest).agent_id).rest_view()))
 
     def set_agent_status(self, request: Request) -> Response:
@@ -162,7 +208,8 @@ class Handlers:
         try:
             chat = self.chat
             who = verify_token(bearer_token(request.headers.get("authorization")),
-                               chat.config.jwt_secret)
+                               chat.config.jwt_secret,
+                               max_lifetime_seconds=chat.config.token_max_lifetime_seconds)
             status, body = call(chat, who)
         except OnceChatError as err:
             if err.http_status >= 500:
@@ -183,10 +230,7 @@ def _error(err: OnceChatError) -> Response:
 def _body(request: Request, model: type[B]) -> B:
     """The JSON body validated by ``model``; BadRequest with the reason otherwise."""
     raw = request.raw_body
-    try:
-        data = json.loads(raw) if raw else None
-    except ValueError:
-        raise BadRequest("body is not valid JSON") from None
+    data = load_json(raw, "body") if raw else None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     try:
@@ -195,6 +239,12 @@ def _body(request: Request, model: type[B]) -> B:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "body"
         raise BadRequest(f"{where}: {err['msg']}") from None
+
+
+def _check_id(conversation_id: str) -> None:
+    """A path id must be an id (``A-Za-z0-9_-``, at most 128): 400 before any lookup."""
+    if not valid_id(conversation_id):
+        raise BadRequest("conversation id must be 1 to 128 characters of A-Z a-z 0-9 _ -")
 
 
 def _origin(event: WebsocketEvent) -> Origin:
@@ -206,6 +256,8 @@ def _int_param(query: dict[str, str], name: str, default: Any, low: int,
     raw = query.get(name)
     if raw is None:
         return default
+    if not _INTEGER.match(raw):
+        raise BadRequest(f"{name} must be an integer")
     try:
         value = int(raw)
     except ValueError:
@@ -221,9 +273,12 @@ def build_aws_services(app: Chalice) -> ChatService:
     from chalicelib.storage.dynamodb import DynamoStorage
 
     config = Config.from_env()
-    return ChatService(
+    chat = ChatService(
         config=config,
         storage=DynamoStorage(config),
-        queue=SqsDeliveryQueue(config.delivery_queue_name),
+        queue=observability.ObservedQueue(SqsDeliveryQueue(config.delivery_queue_name),
+                                          observability.current),
         pusher=ChalicePusher(app.websocket_api),
     )
+    chat.pusher = observability.ObservedPusher(chat.pusher, observability.current, chat.clock)
+    return chat

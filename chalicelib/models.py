@@ -23,7 +23,10 @@ Event = Literal["assigned", "transferred", "closed", "reopened"]
 ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 MessageId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
 ConversationId = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
-Seq = Annotated[StrictInt, Field(ge=0)]
+#: Largest seq a client may name: 2**53 - 1, exact in every JSON number
+#: implementation (and far inside DynamoDB's 38 digits).
+MAX_SEQ = 2**53 - 1
+Seq = Annotated[StrictInt, Field(ge=0, le=MAX_SEQ)]
 
 
 class _Wire(BaseModel):
@@ -278,4 +281,4 @@ class AgentStatusRequest(_Wire):
 class TransferRequest(_Wire):
     """``POST /conversations/{id}/transfer`` body: ``{"agentId": A}``."""
 
-    agent_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    agent_id: Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^#]+$")]

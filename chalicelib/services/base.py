@@ -14,6 +14,7 @@ from chalicelib.errors import (
     NotFound,
     RateLimited,
 )
+from chalicelib.limits import FrameLimiter
 from chalicelib.models import (
     ConnectionRecord,
     Conversation,
@@ -80,8 +81,16 @@ class ServiceBase:
         self.accepted: BoundedCache[str, IdempotencyRecord] = BoundedCache(ACCEPTED_CACHE_SIZE)
         #: The highest ``lastSeq`` this container has seen per conversation (see local_state).
         self.last_seqs = HighWaterMarks(LAST_SEQ_CACHE_SIZE)
-        #: Frame rate limits counted in this container (see local_state).
-        self.frame_limits = WindowCounter()
+        #: Send and typing limits: fixed windows counted in this container (see local_state).
+        self.window_counts = WindowCounter()
+
+    @property
+    def frame_limits(self) -> FrameLimiter:
+        """This container's per-connection token buckets (chalicelib/limits.py)."""
+        limiter: FrameLimiter | None = self.__dict__.get("_frame_limits")
+        if limiter is None:
+            limiter = self.__dict__.setdefault("_frame_limits", FrameLimiter(self.config))
+        return limiter
 
     def _take_tokens(self, buckets: list[tuple[str, int]], message_id: str | None = None) -> None:
         """Count a request in fixed-window buckets; RateLimited (nothing done) when one is full."""
@@ -102,7 +111,7 @@ class ServiceBase:
         window = self.config.rate_window_seconds
         now_s = self.clock() // 1000
         start = now_s - now_s % window
-        if not self.frame_limits.take([(f"{key}#{start}", limit) for key, limit in buckets]):
+        if not self.window_counts.take([(f"{key}#{start}", limit) for key, limit in buckets]):
             raise RateLimited(f"rate limit reached; retry in {start + window - now_s} s",
                               message_id=message_id)
 

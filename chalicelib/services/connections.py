@@ -7,6 +7,7 @@ import logging
 from chalicelib import core
 from chalicelib.auth import verify_token
 from chalicelib.errors import (
+    RateLimited,
     Unauthorized,
 )
 from chalicelib.models import (
@@ -23,8 +24,10 @@ class ConnectionsMixin(ServiceBase):
 
     def connect(self, token: str | None, origin: Origin) -> Principal:
         """Verify the token and record the connection. Never pushes (AWS answers 410 in $connect)."""
-        principal = verify_token(token, self.config.jwt_secret)
+        principal = verify_token(token, self.config.jwt_secret,
+                                 max_lifetime_seconds=self.config.token_max_lifetime_seconds)
         now = self.clock()
+        self._check_connection_cap(principal, now)
         self.storage.put_connection(
             ConnectionRecord(
                 connection_id=origin.connection_id,
@@ -42,6 +45,30 @@ class ConnectionsMixin(ServiceBase):
             if agent.has_room:
                 self.assign_waiting()
         return principal
+
+    def _check_connection_cap(self, principal: Principal, now: int) -> None:
+        """RateLimited (429 at ``$connect``) when the user already holds the most connections.
+
+        Records whose ``$disconnect`` was lost would count forever (until
+        their TTL), so when the cap is reached the settled ones are probed
+        through the management API and the gone ones forgotten first. Two
+        racing ``$connect``s may both pass: the cap is soft by one or two.
+        """
+        cap = self.config.max_connections_per_user
+        conns = self.storage.connections_of(principal.user_id)
+        if len(conns) < cap:
+            return
+        live = len(conns)
+        for conn in sorted(conns, key=lambda c: c.connected_at):
+            if live < cap:
+                break
+            if now - core.epoch_ms(conn.connected_at) < core.CONNECT_SETTLE_MS:
+                continue
+            if not self.pusher.alive(conn.connection_id, conn.domain_name, conn.stage):
+                self.forget_connection(conn.connection_id)
+                live -= 1
+        if live >= cap:
+            raise RateLimited(f"too many open connections (at most {cap} per user)")
 
     def disconnect(self, connection_id: str) -> None:
         """Forget a connection (``$disconnect``, best-effort on AWS)."""

@@ -45,6 +45,7 @@ class MessagingMixin(ServiceBase):
         try:
             principal = self.principal_of(origin.connection_id)
             frame = core.parse_client_frame(raw, self.config.max_body_bytes)
+            self.frame_limits.admit(origin.connection_id, frame.action, self.clock())
             if isinstance(frame, SendFrame):
                 self.reply(origin, self.send(principal, origin, frame))
             elif isinstance(frame, AckFrame):

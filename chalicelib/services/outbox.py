@@ -70,7 +70,8 @@ class OutboxMixin(ServiceBase):
             if len(due) == self.config.sweep_batch:
                 # A full batch: stop at its last second (resent next time, harmlessly).
                 end = max(start + 1, core.epoch_ms(due[-1].sent_at) // 1000)
-            self.queue.enqueue_many([Delivery(m, None) for m in due])
+            if due:
+                self.queue.enqueue_many([Delivery(m, None) for m in due])
             self.storage.set_sweep_mark(end)
         self.reconcile_presence()
         # The queue runs on every trigger (a conversation waits, an agent comes
@@ -80,3 +81,15 @@ class OutboxMixin(ServiceBase):
         if assigned:
             log.warning("sweeper assigned %d waiting conversation(s)", assigned)
         return len(due)
+
+    def unswept_before(self, before: int, limit: int) -> list[MessageRecord]:
+        """Up to ``limit`` messages committed before ``before`` (epoch s) that no sweep has covered.
+
+        Empty while sweeps succeed (the watermark is at ``now - grace``); it
+        grows when they fail, which is what the sweep-bound alarm watches.
+        Costs no request unless the watermark lags behind ``before``.
+        """
+        mark = self.storage.get_sweep_mark()
+        if mark is None or mark >= before:
+            return []
+        return self.storage.committed_between(mark, before, limit)

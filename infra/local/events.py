@@ -192,7 +192,7 @@ def select_route(body: str | bytes, route_keys: Sequence[str] | Mapping[str, Any
     if isinstance(body, str):
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # a frame nested too deep for the decoder: $default
             parsed = None
         if isinstance(parsed, dict):
             action = parsed.get("action")

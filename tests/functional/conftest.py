@@ -191,3 +191,90 @@ def cloud(monkeypatch):
         monkeypatch.setattr(api, "_endpoint", None)
         monkeypatch.setattr(app_module, "handlers", Handlers(app_module.app))
         yield Cloud(app_module, pushes)
+
+
+# ------------------------------------------------------- AWS calls of the code
+
+
+class AwsCalls:
+    """Every AWS operation oncechat's own code performs, as (IAM action, resource).
+
+    A ``before-parameter-build`` hook on every botocore session records the
+    calls made from ``chalicelib/`` or ``app.py`` (not the tests' own
+    scans and receives). tests/functional/test_least_privilege.py compares
+    them with the IAM policies.
+    """
+
+    CODE = (str(ROOT / "chalicelib"), str(ROOT / "app.py"))
+
+    def __init__(self) -> None:
+        self.calls: set[tuple[str, str]] = set()
+
+    def from_code(self) -> bool:
+        import sys
+
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_code.co_filename.startswith(self.CODE):
+                return True
+            frame = frame.f_back
+        return False
+
+    def hook(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        if not self.from_code():
+            return
+        service = model.service_model.service_name
+        self.calls.update(iam_requests(service, model.name, params))
+
+
+def iam_requests(service: str, op: str, params: dict[str, Any]) -> set[tuple[str, str]]:
+    """The IAM (action, resource) pairs one API call needs; resources without region/account."""
+    if service == "dynamodb":
+        if op == "TransactWriteItems":
+            out = set()
+            for item in params["TransactItems"]:
+                [(kind, spec)] = item.items()
+                action = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+                          "ConditionCheck": "ConditionCheckItem"}[kind]
+                out.add((f"dynamodb:{action}", f"table/{spec['TableName']}"))
+            return out
+        if op == "TransactGetItems":
+            return {("dynamodb:GetItem", f"table/{i['Get']['TableName']}") for i in params["TransactItems"]}
+        if op in ("BatchGetItem", "BatchWriteItem"):
+            return {(f"dynamodb:{op}", f"table/{t}") for t in params["RequestItems"]}
+        resource = f"table/{params['TableName']}"
+        if params.get("IndexName"):
+            resource += f"/index/{params['IndexName']}"
+        return {(f"dynamodb:{op}", resource)}
+    if service == "sqs":
+        name = params.get("QueueName") or params["QueueUrl"].rsplit("/", 1)[1]
+        return {(f"sqs:{op}", name)}
+    if service == "apigatewaymanagementapi":
+        method = {"PostToConnection": "POST", "GetConnection": "GET", "DeleteConnection": "DELETE"}[op]
+        return {("execute-api:ManageConnections", f"{method}/@connections/*")}
+    if service == "ssm":
+        return {(f"ssm:{op}", f"parameter{params['Name']}")}
+    if service == "secretsmanager":
+        return {(f"secretsmanager:{op}", f"secret:{params['SecretId']}")}
+    return {(f"{service}:{op}", "*")}
+
+
+AWS_CALLS = AwsCalls()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def record_aws_calls():
+    """Register the recorder on every botocore session created during the tests."""
+    import botocore.session
+
+    original = botocore.session.Session.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.register("before-parameter-build", AWS_CALLS.hook)
+
+    botocore.session.Session.__init__ = init
+    try:
+        yield AWS_CALLS
+    finally:
+        botocore.session.Session.__init__ = original

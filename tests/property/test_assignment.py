@@ -24,6 +24,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from chalicelib.auth import mint_token
 from chalicelib.config import Config
+
+#: The model checks exactly-once and the desk, not the per-connection limits
+#: (tests/unit/test_limits.py, tests/functional/test_hardening.py): out of its way.
+NO_FRAME_LIMITS = {"MAX_CONNECTIONS_PER_USER": "100000", "RATE_CONNECTION_FRAMES": "100000",
+                   "RATE_CONNECTION_ACKS": "100000", "RATE_CONNECTION_READS": "100000",
+                   "RATE_CONNECTION_RESUMES": "100000", "RATE_CONNECTION_TYPING": "100000"}
 from chalicelib.errors import Conflict, Forbidden, OnceChatError
 from chalicelib.models import Principal
 from chalicelib.ports import MemoryPusher, MemoryQueue
@@ -48,7 +54,7 @@ class Desk(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         config = Config.from_env({"STAGE": "test", "JWT_SECRET": SECRET,
-                                  "REOPEN_WINDOW_SECONDS": "3600"})
+                                  "REOPEN_WINDOW_SECONDS": "3600", **NO_FRAME_LIMITS})
         ids = iter(f"conv{i:03d}" for i in range(10_000))
         self.chat = ChatService(config, MemoryStorage(), MemoryQueue(), MemoryPusher(),
                                 clock=Clock(), new_id=lambda: next(ids))

@@ -19,6 +19,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from chalicelib.auth import mint_token
 from chalicelib.config import Config
+
+#: The model checks exactly-once and the desk, not the per-connection limits
+#: (tests/unit/test_limits.py, tests/functional/test_hardening.py): out of its way.
+NO_FRAME_LIMITS = {"MAX_CONNECTIONS_PER_USER": "100000", "RATE_CONNECTION_FRAMES": "100000",
+                   "RATE_CONNECTION_ACKS": "100000", "RATE_CONNECTION_READS": "100000",
+                   "RATE_CONNECTION_RESUMES": "100000", "RATE_CONNECTION_TYPING": "100000"}
 from chalicelib.ports import Delivery, MemoryPusher, MemoryQueue
 from chalicelib.service import ChatService, DeliveryFailed, DeliveryService, Origin
 from chalicelib.storage.memory import MemoryStorage
@@ -52,7 +58,7 @@ class ExactlyOnce(RuleBasedStateMachine):
         super().__init__()
         self.clock_ms = 1_800_000_000_000
         config = Config.from_env({"STAGE": "prop", "JWT_SECRET": SECRET, "PAGE_SIZE": "3",
-                                  "RESUME_MAX_MESSAGES": "4"})
+                                  "RESUME_MAX_MESSAGES": "4", **NO_FRAME_LIMITS})
         self.queue = MemoryQueue()
         self.pusher = MemoryPusher()
         self.chat = ChatService(config, MemoryStorage(), self.queue, self.pusher,
