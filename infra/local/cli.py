@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from infra.local import faults, tokens
-from infra.local.gateway import AWS_IDLE_TIMEOUT_S, AWS_MAX_CONNECTION_DURATION_S, AWS_MAX_MESSAGE_BYTES
+from infra.local.gateway import (
+    AWS_IDLE_TIMEOUT_S,
+    AWS_MAX_CONNECTION_DURATION_S,
+    AWS_MAX_MESSAGE_BYTES,
+    DEFAULT_FRAME_CONCURRENCY,
+    DEFAULT_MAX_QUEUED_FRAMES,
+)
 
 READY_LINE = "oncechat local cloud ready"
 ENV_PREFIX = "ONCECHAT_LOCAL_"
@@ -118,6 +124,10 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
           "concurrent batches per SQS event source (Lambda runs several; FIFO groups stay in order)")
     _flag(parser, environ, "--schedule-speed", 1.0, float, "run schedules this many times faster")
     _flag(parser, environ, "--workers", 32, int, "threads for handler invocations")
+    _flag(parser, environ, "--max-queued-frames", DEFAULT_MAX_QUEUED_FRAMES, int,
+          "frames one WebSocket connection may have waiting; more are answered 'Too Many Requests'")
+    _flag(parser, environ, "--frame-concurrency", DEFAULT_FRAME_CONCURRENCY, int,
+          "frames of one WebSocket connection invoked at once")
     _flag(parser, environ, "--log-level", "INFO", str, "DEBUG, INFO, WARNING or ERROR")
     parser.add_argument(
         "--faults",
@@ -174,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
         sqs_concurrency=args.sqs_concurrency,
         schedule_speed=args.schedule_speed,
         workers=args.workers,
+        max_queued_frames=args.max_queued_frames,
+        frame_concurrency=args.frame_concurrency,
         faults=args.faults,
         fault_seed=args.fault_seed,
     )
@@ -191,7 +203,9 @@ def run(args: argparse.Namespace) -> int:
         _print(f"WebSocket API:   {urls['websocket']}")
         _print(f"Management API:  {urls['management']}")
         _print(f"AWS endpoint:    {urls['aws']}")
-        _print("Dev token:       python -m infra.local token --sub alice --role customer   (or: make token)")
+        if cloud.is_oncechat():
+            # The token command mints oncechat's tokens; other projects have their own auth.
+            _print("Dev token:       python -m infra.local token --sub alice --role customer   (or: make token)")
         _print(READY_LINE)
         while not stopping.wait(0.5):
             pass

@@ -7,9 +7,9 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Mapping
 
-from infra.local import faults
+from infra.local import environ, faults
 from infra.local.events import DEFAULT_ACCOUNT_ID, DEFAULT_REGION
 
 Handler = Callable[[Dict[str, Any], Any], Any]
@@ -77,6 +77,8 @@ class LambdaFunction:
     name: str
     handler: Handler
     timeout_s: float = 60.0
+    #: This function's own variables (``lambda_functions.NAME.environment_variables``).
+    environment: Mapping[str, str] | None = None
 
     def invoke(self, event: Dict[str, Any]) -> Any:
         """Call the handler with ``event`` and a fresh context; exceptions propagate.
@@ -92,7 +94,7 @@ class LambdaFunction:
         context = LambdaContext(self.name, timeout_s=self.timeout_s)
         started = time.monotonic()
         try:
-            with faults.invocation(self.name, event):
+            with environ.function_scope(self.environment), faults.invocation(self.name, event):
                 return self.handler(event, context)
         except faults.InjectedCrash as crash:
             raise InvocationCrashed(f"{self.name}: {crash}") from None

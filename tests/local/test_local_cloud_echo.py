@@ -102,16 +102,6 @@ def test_handler_exception_sends_internal_server_error_and_keeps_the_connection(
     run(scenario())
 
 
-def test_binary_frames_reach_the_handler_base64_encoded(cloud):
-    async def scenario():
-        async with websockets.connect(cloud.websocket_url) as ws:
-            await ws.send(b"\x00\x01binary")
-            # The echo handler sends event.body back: the base64 text of the frame.
-            assert await ws.recv() == "AAFiaW5hcnk="
-
-    run(scenario())
-
-
 def test_frames_of_one_connection_are_handled_concurrently(cloud):
     async def scenario():
         async with websockets.connect(cloud.websocket_url) as ws:
