@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chaos install clean token chat dlq-list dlq-redrive
+.PHONY: run test chaos install clean token chat dlq-list dlq-redrive bench-flood
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 ## The CI-sized chaos run (about 2,000 messages, every fault kind on); larger: make chaos ARGS="-C 500 -M 100 -K 60"
 chaos: $(STAMP)
 	$(PY) -m bench.chaos $(ARGS)
+
+## Gateway isolation benchmark: one client floods 2,000 frames while 200 new connections each send one (prints p99 connect time)
+bench-flood: $(STAMP)
+	$(PY) -m bench.flood $(ARGS)
 
 SUB ?= alice
 ROLE ?= customer
