@@ -144,7 +144,6 @@ def test_vanished_recipient_gets_message_on_resume(cloud):
         await agent.ack(cid, s + 1)
         # the customer's network dies: no close frame
         customer.ws.transport.abort()
-        await asyncio.sleep(0.3)
         await agent.send(cid, "are you there?")
         await agent.send(cid, "hello?")
         back = await connect(cloud.websocket_url, token(customer_id))
@@ -169,7 +168,6 @@ def test_message_sent_while_agent_offline_arrives_on_resume(cloud):
         await agent.ack(cid, s + 1)
         await wait_ack(cloud, agent_id, cid, s + 1)  # acks have no reply; one racing a close may be lost
         await agent.close()
-        await asyncio.sleep(0.2)
         await customer.send(cid, "while you were away")
         agent2 = await connect(cloud.websocket_url, token(agent_id, "agent"))
         resumed = await agent2.resume()  # no cursors: from the stored ack cursor

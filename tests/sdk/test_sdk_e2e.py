@@ -247,10 +247,9 @@ def test_refused_token_raises_auth_error_without_retrying(cloud):
     async def scenario():
         client = OnceChatClient(cloud.websocket_url, bad_token, backoff=Backoff(base=0.5, cap=5))
         fut = client.send("any-conversation", "queued before connecting")
-        started = time.monotonic()
         with pytest.raises(AuthError):
             await client.connect()
-        assert time.monotonic() - started < 3 and len(calls) == 1
+        assert len(calls) == 1  # refused once, never retried
         with pytest.raises(AuthError):
             await fut
         with pytest.raises(AuthError):
