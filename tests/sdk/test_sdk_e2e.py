@@ -7,7 +7,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 
