@@ -139,6 +139,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
             "all=RATE sets every kind, later pairs override, e.g. all=0.01,push_fail=0; "
             "all=0 installs the hooks with every rate 0, for PUT /_local/faults to raise later. Kinds: "
             + ", ".join(faults.KINDS)
+            + "; and lose_push, a real loss that all= does not include (only to check the chaos checker)"
             + " (env ONCECHAT_LOCAL_FAULTS; default: off)"
         ),
     )

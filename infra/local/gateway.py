@@ -482,6 +482,8 @@ class WebSocketGateway:
         cid = conn.info.connection_id
         if self.faults.inject(faults.PUSH_FAIL, f"POST @connections/{cid} answered 500, nothing delivered"):
             return _internal_error()
+        if self.faults.inject(faults.LOSE_PUSH, f"POST @connections/{cid} answered 200, nothing delivered (a loss)"):
+            return web.Response(status=200)
         try:
             payload: str | bytes = data.decode("utf-8")
         except UnicodeDecodeError:

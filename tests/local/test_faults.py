@@ -52,7 +52,7 @@ def cloud():
 def rates(cloud):
     """Set fault rates for one test; every rate goes back to 0 afterwards."""
     yield lambda **r: put_faults(cloud, r)
-    put_faults(cloud, dict.fromkeys(faults.KINDS, 0))
+    put_faults(cloud, dict.fromkeys(faults.ALL_KINDS, 0))
 
 
 def faults_url(cloud: LocalCloud) -> str:
@@ -149,7 +149,7 @@ def is_internal_error(frame: Any) -> bool:
 def test_get_shows_every_kind_and_put_is_a_partial_update(cloud, rates):
     state = get_faults(cloud)
     assert set(state) == {"rates", "injected"}
-    assert set(state["rates"]) == set(state["injected"]) == set(faults.KINDS)
+    assert set(state["rates"]) == set(state["injected"]) == set(faults.ALL_KINDS)
     updated = rates(push_fail=0.25, throttle=1)
     assert updated["rates"]["push_fail"] == 0.25 and updated["rates"]["throttle"] == 1.0
     assert updated["rates"]["duplicate_frame"] == 0.0
@@ -242,6 +242,22 @@ def test_push_fail_delivers_nothing_and_the_caller_sees_a_500(cloud, rates):
     assert run(scenario()) == []
     assert eventually(lambda: item(cloud, "push#" + push_id))["outcome"] == "InternalServerErrorException"
     assert injected(cloud, "push_fail") == before + ATTEMPTS  # botocore retried the 500
+
+
+def test_lose_push_answers_200_and_delivers_nothing(cloud, rates):
+    """The one real loss (to check the chaos checker): the caller is told "sent", the client gets nothing."""
+    push_id = new_id()
+
+    async def scenario() -> list[Any]:
+        async with websockets.connect(cloud.websocket_url) as ws:
+            rates(lose_push=1)
+            await ws.send(json.dumps({"action": "push", "id": push_id}))
+            assert eventually(lambda: item(cloud, "push#" + push_id))["outcome"] == "ok"
+            return await frames_within(ws, 0.5)
+
+    before = injected(cloud, "lose_push")
+    assert run(scenario()) == []
+    assert injected(cloud, "lose_push") == before + 1
 
 
 def test_push_lost_ack_delivers_and_the_caller_sees_a_500(cloud, rates):
@@ -421,7 +437,7 @@ def test_the_local_clouds_own_calls_are_never_injected(in_process, no_backoff):
     # the hooks do nothing: the only answer is the stand-in registered above.
     with pytest.raises(ClientError):
         sqs.get_queue_url(QueueName="q")
-    assert injector.counts() == dict.fromkeys(faults.KINDS, 0)
+    assert injector.counts() == dict.fromkeys(faults.ALL_KINDS, 0)
 
 
 # --- crashes in process -----------------------------------------------------------------------
@@ -505,6 +521,8 @@ def test_hooks_at_rate_0_draw_nothing_and_take_no_lock(in_process):
 def test_spec_all_then_overrides():
     rates = faults.parse_spec("all=0.1,push_fail=0")
     assert rates == dict(dict.fromkeys(faults.KINDS, 0.1), push_fail=0.0)
+    assert faults.LOSE_PUSH not in rates  # all= is what AWS does; a real loss must be named
+    assert faults.parse_spec("lose_push=0.5") == {"lose_push": 0.5}
     assert faults.parse_spec(" throttle=1 , ") == {"throttle": 1.0}
     assert faults.parse_spec("") == {}
 
@@ -532,7 +550,8 @@ def test_fault_flags_and_their_environment_variables():
 def test_faults_are_off_by_default_and_nothing_changes():
     with LocalCloud(FAULTS_APP) as plain:
         state = get_faults(plain)
-        assert state == {"rates": dict.fromkeys(faults.KINDS, 0.0), "injected": dict.fromkeys(faults.KINDS, 0)}
+        assert state == {"rates": dict.fromkeys(faults.ALL_KINDS, 0.0),
+                         "injected": dict.fromkeys(faults.ALL_KINDS, 0)}
         status, error = put_error(plain, b'{"rates": {"throttle": 1}}')
         assert status == 409 and "--faults" in error["message"]
         frame_id = new_id()
@@ -549,4 +568,4 @@ def test_the_counts_are_summarised_when_the_cloud_stops():
         assert get_faults(running)["rates"]["duplicate_frame"] == 1.0
     summary = [line for line in running.log().splitlines() if "faults injected:" in line]
     assert len(summary) == 1
-    assert all(f"{kind}=0" in summary[0] for kind in faults.KINDS)
+    assert all(f"{kind}=0" in summary[0] for kind in faults.ALL_KINDS)
