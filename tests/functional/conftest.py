@@ -193,6 +193,14 @@ def cloud(monkeypatch):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    # The local cloud's DynamoDB transactions (infra/local/moto_patches.py, held to the
+    # storage contract in tests/contract): moto's own copy every table on each
+    # transaction, which made a long backlog quadratic.
+    from moto.dynamodb.models import DynamoDBBackend
+
+    from infra.local import moto_patches
+
+    monkeypatch.setattr(DynamoDBBackend, "transact_write_items", moto_patches.transact_write_items)
     with mock_aws():
         cfn = boto3.client("cloudformation", region_name=REGION)
         cfn.create_stack(StackName="oncechat-test", TemplateBody=(ROOT / "infra/template.yaml").read_text(),
