@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chaos install clean token chat dlq-list dlq-redrive bench-flood
+.PHONY: run test test-fast chaos install clean token chat dlq-list dlq-redrive bench-flood
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 ## Run the test suite.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## The fast loop: pure core, services, property tests, storage contract on memory (no moto, no sockets)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m fast
 
 ## The CI-sized chaos run (about 2,000 messages, every fault kind on); larger: make chaos ARGS="-C 500 -M 100 -K 60"
 chaos: $(STAMP)
