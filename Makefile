@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast chaos install clean token chat dlq-list dlq-redrive bench-flood
+.PHONY: run test test-fast lint chaos install clean token chat dlq-list dlq-redrive bench-flood
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: $(STAMP)
 ## Run the test suite.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## Lint and type-check: ruff over the repo, mypy --strict over the Lambda code (configuration in pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict chalicelib app.py
 
 ## The fast loop: pure core, services, property tests, storage contract on memory (no moto, no sockets)
 test-fast: $(STAMP)

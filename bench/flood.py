@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=200, help="new connections opened during the flood")
     p.add_argument("--parallel", type=int, default=50, help="new connections opening at once")
     p.add_argument("--timeout", type=float, default=120.0, help="give up on one new connection after this")
-    p.add_argument("--app", choices=sorted(APPS), default="bare", help="bare: echo only; echo: a DynamoDB write per flood frame")
+    p.add_argument("--app", choices=sorted(APPS), default="bare",
+                   help="bare: echo only; echo: a DynamoDB write per flood frame")
     p.add_argument("--json", default=None, help="also write the figures here")
     p.add_argument("cloud_args", nargs="*", help="more flags for the local cloud (after --)")
     return p.parse_args(argv)
@@ -54,7 +55,7 @@ def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))
     return ordered[index]
 
 

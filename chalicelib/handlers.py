@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from chalice.app import Chalice, Request, Response, SQSEvent, WebsocketEvent
@@ -97,7 +97,8 @@ class Handlers:
 
     def create_conversation(self, request: Request) -> Response:
         """``POST /conversations`` (``Idempotency-Key`` honoured): 201 created, 200 replayed."""
-        key = (request.headers or {}).get("idempotency-key")
+        headers: Mapping[str, str] = request.headers or {}
+        key = headers.get("idempotency-key")
 
         def call(chat: ChatService, who: Any) -> tuple[int, Any]:
             conv, created = chat.open_conversation(who, key)
@@ -106,7 +107,7 @@ class Handlers:
 
     def list_conversations(self, request: Request) -> Response:
         """``GET /conversations?status=S&limit=L&cursor=C``: the caller's, newest first."""
-        query = request.query_params or {}
+        query: Mapping[str, str] = request.query_params or {}
         status = query.get("status")
         if status is not None and status not in STATUSES:
             return _error(BadRequest(f"status must be one of {', '.join(STATUSES)}"))
@@ -120,7 +121,7 @@ class Handlers:
 
     def list_messages(self, request: Request, conversation_id: str) -> Response:
         """``GET /conversations/{id}/messages?after=N|before=N&limit=L``."""
-        query = request.query_params or {}
+        query: Mapping[str, str] = request.query_params or {}
         return self._rest(request, lambda chat, who: (200, chat.list_messages(
             who, conversation_id,
             after=_int_param(query, "after", None, 0, None),
@@ -153,7 +154,7 @@ class Handlers:
 
     def waiting_queue(self, request: Request) -> Response:
         """``GET /queue?limit=L`` (agents only): waiting conversations, oldest first."""
-        query = request.query_params or {}
+        query: Mapping[str, str] = request.query_params or {}
         return self._rest(request, lambda chat, who: (
             200, chat.waiting_queue(who, _int_param(query, "limit", 50, 1, MAX_PAGE))))
 
@@ -201,7 +202,7 @@ def _origin(event: WebsocketEvent) -> Origin:
     return Origin(event.connection_id, event.domain_name, event.stage)
 
 
-def _int_param(query: dict[str, str], name: str, default: Any, low: int,
+def _int_param(query: Mapping[str, str], name: str, default: Any, low: int,
                high: int | None) -> Any:
     raw = query.get(name)
     if raw is None:

@@ -27,7 +27,6 @@ from chalicelib.errors import (
     ConversationClosed,
     DuplicateMessage,
     DuplicateRequest,
-    Forbidden,
     NotFound,
     OnceChatError,
     RateLimited,
@@ -336,6 +335,7 @@ class ChatService:
         simply resumes again.
         """
         requested = {cid: self._conversation(cid) for cid in frame.cursors}
+        conv: Conversation | None
         for conv in requested.values():
             core.require_participant(principal, conv)
         memberships = self.storage.participants_of_user(principal.user_id)

@@ -9,7 +9,8 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from infra.local import faults, tokens
 from infra.local.gateway import (
@@ -80,7 +81,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     token.add_argument("--sub", required=True, help="the subject (user id)")
     token.add_argument("--role", required=True, help="the role claim, e.g. customer or agent")
     token.add_argument("--name", default=None, help="the display name claim (optional)")
-    token.add_argument("--ttl", type=int, default=tokens.DEFAULT_TTL_S, help="lifetime in seconds (default: %(default)s)")
+    token.add_argument("--ttl", type=int, default=tokens.DEFAULT_TTL_S,
+                       help="lifetime in seconds (default: %(default)s)")
     return parser
 
 
@@ -108,9 +110,12 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
             "at the localstack_client edge URL; off: never look (env ONCECHAT_LOCAL_LOCALSTACK; default: auto)"
         ),
     )
-    _flag(parser, environ, "--idle-timeout", AWS_IDLE_TIMEOUT_S, float, "seconds without a client frame before the gateway closes a connection")
-    _flag(parser, environ, "--max-connection-duration", AWS_MAX_CONNECTION_DURATION_S, float, "maximum seconds a connection stays open")
-    _flag(parser, environ, "--max-message-bytes", AWS_MAX_MESSAGE_BYTES, int, "largest message in bytes; larger ones close the connection with 1009")
+    _flag(parser, environ, "--idle-timeout", AWS_IDLE_TIMEOUT_S, float,
+          "seconds without a client frame before the gateway closes a connection")
+    _flag(parser, environ, "--max-connection-duration", AWS_MAX_CONNECTION_DURATION_S, float,
+          "maximum seconds a connection stays open")
+    _flag(parser, environ, "--max-message-bytes", AWS_MAX_MESSAGE_BYTES, int,
+          "largest message in bytes; larger ones close the connection with 1009")
     _flag(
         parser,
         environ,
@@ -143,7 +148,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
             + " (env ONCECHAT_LOCAL_FAULTS; default: off)"
         ),
     )
-    _flag(parser, environ, "--fault-seed", None, int, "seed of the fault injection's random source, for reproducible runs")
+    _flag(parser, environ, "--fault-seed", None, int,
+          "seed of the fault injection's random source, for reproducible runs")
 
 
 def _fault_spec(value: str) -> dict[str, float]:

@@ -65,7 +65,7 @@ def install() -> None:
     current: Any = os.environ
     if isinstance(current, ScopedEnviron):
         return
-    os.environ = ScopedEnviron(  # os.getenv reads this module global too
+    os.environ = ScopedEnviron(  # noqa: B003 (same data, not a new environment; os.getenv reads it too)
         current._data, current.encodekey, current.decodekey, current.encodevalue, current.decodevalue
     )
 

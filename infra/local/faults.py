@@ -396,7 +396,7 @@ class _ClientHooks:
         running = _current.get()
         if running is None:
             return None
-        _, service, operation = (event_name.split(".") + ["?"])[:3]
+        _, service, operation = [*event_name.split("."), "?"][:3]
         if not self.injector.inject(THROTTLE, f"{running.function}: {service}.{operation} throttled"):
             return None
         return throttling_response(service, request.url)

@@ -35,7 +35,8 @@ import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
@@ -44,7 +45,7 @@ from infra.local import events, faults
 from infra.local.events import ApiInfo, ConnectionInfo
 from infra.local.handlers import InvocationCrashed
 
-Route = Callable[[Dict[str, Any]], Any]
+Route = Callable[[dict[str, Any]], Any]
 
 log = logging.getLogger("infra.local.gateway")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from chalice.app import UnauthorizedError
 from chalice.local import (

@@ -9,7 +9,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from infra.local import aws, environ, faults, redirect, rest
 from infra.local.gateway import (
@@ -302,8 +303,8 @@ class LocalCloud:
             # handing out a group's next messages while earlier ones are in flight.
             for index in range(max(1, self.settings.sqs_concurrency)):
                 poller = SqsPoller(
-                    lambda: boto3.session.Session().client("sqs", endpoint_url=endpoint), config,
-                    region, index,
+                    lambda endpoint=endpoint: boto3.session.Session().client("sqs", endpoint_url=endpoint),
+                    config, region, index,
                 )
                 self._pollers.append(poller)
                 self._stop_callbacks.append(poller.stop)

@@ -10,7 +10,8 @@ import asyncio
 import json
 import time
 import urllib.request
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import pytest
 import websockets

@@ -139,7 +139,7 @@ def test_a_conversation_transferred_away_and_back_is_processed_exactly_once(clou
         await asyncio.wait_for(until(bob_id, 4), 20)
         # amy's connection drops while the conversation is bob's: her SDK
         # reconnects and resumes without it (the server would refuse it).
-        await amy._ws.close()  # noqa: SLF001
+        await amy._ws.close()
         await asyncio.sleep(0.5)
         await amy.connect()
         await bob.transfer(cid, amy_id)
