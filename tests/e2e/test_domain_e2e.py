@@ -47,7 +47,7 @@ def rest(cloud: Any, method: str, path: str, user: str, role: str = "customer",
     data = json.dumps(body).encode() if body is not None else (b"{}" if method != "GET" else None)
     req = urllib.request.Request(cloud.rest_url + path, method=method, headers=hdrs, data=data)
     try:
-        with urllib.request.urlopen(req, timeout=20) as resp:
+        with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
@@ -58,7 +58,7 @@ def uid(prefix: str) -> str:
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 90))
+    return asyncio.run(asyncio.wait_for(coro, 180))
 
 
 async def online_agent(cloud: Any, capacity: int | None = None) -> tuple[Any, str]:
@@ -96,7 +96,7 @@ async def until_acked(cloud: Any, user: str, cid: str, seq: int, timeout: float 
     raise AssertionError(f"ack {seq} of {user} not stored within {timeout} s")
 
 
-async def events_until(ws: Any, event: str, cid: str, timeout: float = 20.0) -> list[str]:
+async def events_until(ws: Any, event: str, cid: str, timeout: float = 60.0) -> list[str]:
     """The ``conversation`` events of ``cid`` received until ``event``."""
     seen: list[str] = []
     while event not in seen:
@@ -257,7 +257,7 @@ def test_terminal_chat_follows_events_and_runs_commands(cloud):
 
         async def line_with(text: str) -> str:
             while True:
-                raw = await asyncio.wait_for(proc.stdout.readline(), 30)
+                raw = await asyncio.wait_for(proc.stdout.readline(), 60)
                 assert raw, f"the terminal chat ended before printing {text!r}"
                 if text in raw.decode():
                     return raw.decode()
@@ -289,7 +289,7 @@ def test_terminal_chat_follows_events_and_runs_commands(cloud):
             await customer.close()
         finally:
             proc.stdin.close()
-            await asyncio.wait_for(proc.wait(), 15)
+            await asyncio.wait_for(proc.wait(), 60)
 
     run(scenario())
 

@@ -31,7 +31,7 @@ def cloud():
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
+    return asyncio.run(asyncio.wait_for(coro, 120))
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any] | None]:
@@ -44,7 +44,7 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str,
         return error.code, json.loads(body) if body else None
 
 
-def disconnect_code(cloud: LocalCloud, connection_id: str, timeout_s: float = 20.0) -> int:
+def disconnect_code(cloud: LocalCloud, connection_id: str, timeout_s: float = 60.0) -> int:
     """Wait for the ``$disconnect`` of ``connection_id`` and return its status code."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -60,7 +60,7 @@ def faults_url(cloud: LocalCloud) -> str:
 
 
 def get_faults(cloud: LocalCloud) -> dict[str, Any]:
-    with urllib.request.urlopen(faults_url(cloud), timeout=5) as response:
+    with urllib.request.urlopen(faults_url(cloud), timeout=30) as response:
         return json.loads(response.read())
 
 
@@ -69,14 +69,14 @@ def put_faults(cloud: LocalCloud, rates: dict[str, Any]) -> dict[str, Any]:
         faults_url(cloud), data=json.dumps({"rates": rates}).encode(), method="PUT",
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=5) as response:
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 
 def put_error(cloud: LocalCloud, body: bytes) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(faults_url(cloud), data=body, method="PUT")
     try:
-        urllib.request.urlopen(request, timeout=5)
+        urllib.request.urlopen(request, timeout=30)
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
     raise AssertionError("the PUT was accepted")
@@ -87,10 +87,10 @@ def injected(cloud: LocalCloud, kind: str) -> int:
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
+    return asyncio.run(asyncio.wait_for(coro, 120))
 
 
-def eventually(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+def eventually(check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while not (value := check()):
         if time.monotonic() > deadline:
@@ -336,11 +336,11 @@ def test_consumer_crash_after_a_push_leaves_the_batch_for_redelivery(cloud, rate
             frames = []
             # Visibility timeout 1 s: the crashed batch comes back.
             while {"pushed": frame_id, "attempt": 2} not in frames:
-                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
             assert item(cloud, "consumed#" + frame_id) is None  # it died right after each push
             rates(consumer_crash=0)
             while not any(f.get("pushed") == frame_id and f["attempt"] >= 3 for f in frames):
-                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
             return frames
 
     frames = run(scenario())
@@ -367,7 +367,10 @@ def test_throttle_at_rate_1_fails_after_botocores_retries(cloud, rates):
         "dynamodb": {"ok": False, "code": "ProvisionedThroughputExceededException", "retries": ATTEMPTS - 1},
         "sqs": {"ok": False, "code": "ThrottlingException", "retries": ATTEMPTS - 1},
     }
-    assert after == before + 2 * ATTEMPTS
+    # At least: the $disconnect of an earlier test's connection may still be running
+    # (it is late on a busy machine) and be throttled too. The reply above already
+    # shows each call's attempts exactly.
+    assert after >= before + 2 * ATTEMPTS
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from tests.local_cloud import free_port
 def post(url: str, data: bytes) -> int:
     request = urllib.request.Request(url, data=data, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
@@ -66,7 +66,7 @@ def test_management_errors_carry_the_aws_error_type():
         def call() -> tuple[int, str | None, dict[str, Any]]:
             request = urllib.request.Request(url, data=b"x", method="POST")
             with pytest.raises(urllib.error.HTTPError) as caught:
-                urllib.request.urlopen(request, timeout=5)
+                urllib.request.urlopen(request, timeout=30)
             error = caught.value
             return error.code, error.headers.get("x-amzn-ErrorType"), json.loads(error.read())
 
@@ -81,7 +81,7 @@ def test_plain_http_on_the_stage_url_is_refused():
     async def scenario(config: GatewayConfig) -> int:
         def call() -> int:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{config.port}/dev", timeout=5)
+                urllib.request.urlopen(f"http://127.0.0.1:{config.port}/dev", timeout=30)
             except urllib.error.HTTPError as error:
                 return error.code
             return 200

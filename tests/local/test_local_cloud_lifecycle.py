@@ -33,15 +33,15 @@ def cloud():
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
+    return asyncio.run(asyncio.wait_for(coro, 120))
 
 
 def disconnects(cloud: LocalCloud) -> dict[str, dict[str, Any]]:
-    with urllib.request.urlopen(cloud.rest_url + "/disconnects", timeout=5) as response:
+    with urllib.request.urlopen(cloud.rest_url + "/disconnects", timeout=30) as response:
         return {d["connection_id"]: d for d in json.loads(response.read())["disconnects"]}
 
 
-def wait_for_disconnect(cloud: LocalCloud, known: set[str], timeout_s: float = 5.0) -> dict[str, Any]:
+def wait_for_disconnect(cloud: LocalCloud, known: set[str], timeout_s: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         new = {k: v for k, v in disconnects(cloud).items() if k not in known}
@@ -151,7 +151,7 @@ def test_sigint_stops_everything_and_exits_0(cloud):
             return caught.value.rcvd.code
 
     assert run(open_connection_sees_going_away()) == 1001
-    assert process.wait(20) == 0
+    assert process.wait(60) == 0
     deadline = time.monotonic() + 5
     while _alive(moto[0]) and time.monotonic() < deadline:
         time.sleep(0.1)

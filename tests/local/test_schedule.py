@@ -76,7 +76,7 @@ def test_runner_fires_faster_with_speed():
     runner = ScheduleRunner(LambdaFunction("f", handler), "rate(1 minute)", "rule", speed=120)
     runner.start()
     try:
-        assert fired.wait(5)
+        assert fired.wait(60)
     finally:
         runner.stop()
     assert calls[0]["detail-type"] == "Scheduled Event"
