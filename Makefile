@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chaos bench scale install clean token chat dlq-list dlq-redrive screenshots package cfn-lint deploy smoke smoke-local flood
+.PHONY: run test test-fast lint chaos bench scale bench-flood install clean token chat dlq-list dlq-redrive screenshots package cfn-lint deploy smoke smoke-local flood
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: $(STAMP)
 screenshots: $(STAMP)
 	$(PY) -m tests.web.screenshots
 
+## Lint and type-check: ruff over the repo, mypy --strict over the Lambda code (configuration in pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict chalicelib app.py
+
+## The fast loop: pure core, services, property tests, storage contract on memory (no moto, no sockets)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m fast
+
 ## The CI-sized chaos run (about 2,000 messages, every fault kind on); larger: make chaos ARGS="-C 500 -M 100 -K 60"
 chaos: $(STAMP)
 	$(PY) -m bench.chaos $(ARGS)
@@ -37,6 +46,10 @@ bench: $(STAMP)
 ## How a send, a delivery, a resume and a sweep grow: AWS requests counted (not timed)
 scale: $(STAMP)
 	$(PY) -m bench.scale $(ARGS)
+
+## Gateway isolation benchmark: one client floods 2,000 frames while 200 new connections each send one (prints p99 connect time)
+bench-flood: $(STAMP)
+	$(PY) -m bench.gateway_flood $(ARGS)
 
 SUB ?= alice
 ROLE ?= customer

@@ -33,7 +33,7 @@ from chalicelib.auth import mint_token
 from chalicelib.config import LOCAL_JWT_SECRET
 from client import Backoff, OnceChatClient
 from infra import dlq
-from infra.local.faults import KINDS
+from infra.local.faults import ALL_KINDS, KINDS
 from infra.local.launcher import REPO_ROOT, LocalCloud
 
 STAGE = "chaos"  # its own tables (oncechat-chaos-*) and a short sweeper grace
@@ -68,7 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="hold new sends while the delivery queue holds more than this (0: never);"
                         " a consumer far behind finds every message already fetched by the"
                         " recipients' gap resumes, so its pushes (and consumer_crash) never happen")
-    p.add_argument("--drain-timeout", type=float, default=120.0)
+    p.add_argument("--drain-timeout", type=float, default=180.0,
+                   help="give up draining after this many seconds in which no recipient processed anything")
+    p.add_argument("--stall-timeout", type=float, default=600.0,
+                   help="give up sending after this many seconds in which no send was accepted;"
+                        " a single send is never given up on while others make progress")
     p.add_argument("--json", default="chaos-report.json", help="where to write the report")
     p.add_argument("--workers", type=int, default=32, help="local cloud handler threads")
     p.add_argument("--sqs-concurrency", type=int, default=4,
@@ -79,13 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def fault_rates(spec: str) -> dict[str, float]:
-    """``all=0.02,push_fail=0.05`` -> a rate for every kind."""
-    rates = {kind: 0.0 for kind in KINDS}
+    """``all=0.02,push_fail=0.05`` -> a rate for every kind (``all`` leaves out ``lose_push``, a real loss)."""
+    rates = {kind: 0.0 for kind in ALL_KINDS}
     for part in filter(None, (x.strip() for x in spec.split(","))):
         kind, _, value = part.partition("=")
         for k in (KINDS if kind == "all" else [kind]):
             if k not in rates:
-                raise SystemExit(f"unknown fault kind {k!r}; kinds: {', '.join(KINDS)}")
+                raise SystemExit(f"unknown fault kind {k!r}; kinds: {', '.join(ALL_KINDS)}")
             rates[k] = float(value)
     return rates
 
@@ -173,8 +177,13 @@ class Run:
                 mid = f"{tag}-{cid[:12]}-{i}"  # the SDK wants messageIds unique per client
                 body = f"{sender.name} {cid[:8]} #{i} {self.rng.random():.6f}"
                 self.sent.append(Sent(sender.name, cid, mid, body))
+                # No deadline of its own: like an app, wait until the SDK hears
+                # `accepted` (it resends until then) or gives up with an error.
+                # A busy machine makes answers slow, not lost; only a run in
+                # which nothing is accepted for --stall-timeout is abandoned
+                # (execute), and what was pending then counts as unaccepted.
                 try:
-                    acc = await asyncio.wait_for(sender.sdk.send(cid, body, message_id=mid), 300)
+                    acc = await sender.sdk.send(cid, body, message_id=mid)
                 except Exception as exc:  # counted as unaccepted by the checker
                     self.failures.append(f"{sender.name} {cid} {mid}: {exc!r}")
                     return
@@ -230,6 +239,37 @@ class Run:
                     return False
         return True
 
+    def processed_count(self) -> int:
+        return sum(len(p.processed) for p in self.parties.values())
+
+    async def send_all(self, talks: list[Any]) -> None:
+        """Run every sender to the end; abandon them only when no send was accepted for ``--stall-timeout``."""
+        loop = asyncio.get_running_loop()
+        sending = asyncio.gather(*talks)
+        seen, last_progress = -1, loop.time()
+        while not sending.done():
+            if len(self.accepted) != seen:
+                seen, last_progress = len(self.accepted), loop.time()
+            elif loop.time() - last_progress > self.args.stall_timeout:
+                self.failures.append(f"no send accepted for {self.args.stall_timeout:.0f} s: stalled")
+                sending.cancel()
+                break
+            await asyncio.wait([sending], timeout=0.25)
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+
+    async def drain(self) -> None:
+        """Wait until every recipient processed every accepted message, as long as they make progress."""
+        loop = asyncio.get_running_loop()
+        seen, last_progress = -1, loop.time()
+        while not self.drained():
+            if self.processed_count() != seen:
+                seen, last_progress = self.processed_count(), loop.time()
+            elif loop.time() - last_progress > self.args.drain_timeout:
+                break  # nothing processed for --drain-timeout: what is missing is lost
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(1.0)  # late duplicates, if any, would show up now
+
     async def execute(self) -> dict[str, Any]:
         started = time.monotonic()
         conversations = await self.setup()
@@ -243,23 +283,20 @@ class Run:
 
         tick = asyncio.create_task(ticker("sending"))
         gate = asyncio.create_task(self.gate()) if self.args.max_backlog > 0 else None
-        await asyncio.gather(*(
+        await self.send_all([
             coro for cid, customer, agent in conversations
             for coro in (self.talk(cid, customer, self.args.messages - half, "c"),
-                         self.talk(cid, agent, half, "a"))))
+                         self.talk(cid, agent, half, "a"))])
         tick.cancel()
         if gate is not None:
             gate.cancel()
-        faults_call(self.cloud, {kind: 0.0 for kind in KINDS})
+        faults_call(self.cloud, {kind: 0.0 for kind in ALL_KINDS})
         # A batch that failed maxReceiveCount times sits in the DLQ (its
         # messages are in DynamoDB; recipients would get them on their next
         # resume): the operator's redrive, as docs/reliability.md says.
         redriven = await asyncio.to_thread(self.redrive_dlq)
         tick = asyncio.create_task(ticker("draining"))
-        deadline = time.monotonic() + self.args.drain_timeout
-        while not self.drained() and time.monotonic() < deadline:
-            await asyncio.sleep(0.25)
-        await asyncio.sleep(1.0)  # late duplicates, if any, would show up now
+        await self.drain()
         tick.cancel()
         self.progress("done", started, final=True)
         wall = time.monotonic() - started

@@ -7,7 +7,7 @@ code never reads ``os.environ`` for them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -24,4 +24,4 @@ RETRY_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 5})
 def client(service: str, session: boto3.session.Session | None = None) -> Any:
     """A low-level client of ``service`` with oncechat's retry policy."""
     session = session or boto3.session.Session()
-    return session.client(service, config=RETRY_CONFIG)
+    return cast(Any, session).client(service, config=RETRY_CONFIG)  # any service name, typed by the caller

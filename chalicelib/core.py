@@ -359,7 +359,7 @@ def _transition(conv: Conversation, event: str, actor: str, now_ms: int,
         sender_role="system",
         body=_EVENT_TEXT[event].format(agent=after.agent_id, previous=previous, actor=actor),
         sent_at=now,
-        event=event,  # type: ignore[arg-type]
+        event=event,
         status=after.status,
         agent_id=after.agent_id,
         previous_agent_id=previous,

@@ -60,7 +60,7 @@ class Client:
     # ------------------------------------------------------------- actions
 
     async def send(self, conversation_id: str, body: str, message_id: str | None = None,
-                   timeout: float = 10.0) -> dict[str, Any]:
+                   timeout: float = 60.0) -> dict[str, Any]:
         """Send a message and wait for its ``accepted`` frame (ErrorFrame on ``error``)."""
         message_id = message_id or uuid.uuid4().hex
         fut = self._pending.setdefault(message_id, asyncio.get_running_loop().create_future())
@@ -77,7 +77,7 @@ class Client:
         await self.send_raw({"action": "ack", "conversationId": conversation_id, "seq": seq})
 
     async def resume(self, cursors: dict[str, int] | None = None,
-                     timeout: float = 30.0) -> dict[str, Any]:
+                     timeout: float = 60.0) -> dict[str, Any]:
         """Ask for a replay; return the ``resumed`` frame once the replay is over."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._resumes.append(fut)
@@ -98,15 +98,15 @@ class Client:
 
     # ------------------------------------------------------------ receiving
 
-    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+    async def recv(self, timeout: float = 60.0) -> dict[str, Any]:
         """The next ``message`` frame as received (duplicates and gaps included)."""
         return await asyncio.wait_for(self._inbox.get(), timeout)
 
-    async def next_error(self, timeout: float = 10.0) -> dict[str, Any]:
+    async def next_error(self, timeout: float = 60.0) -> dict[str, Any]:
         """The next ``error`` frame that no pending send was waiting for."""
         return await asyncio.wait_for(self._errors.get(), timeout)
 
-    async def next_event(self, type_: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    async def next_event(self, type_: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
         """The next ``typing``, ``read`` or ``conversation`` frame (of ``type_`` if given)."""
         async def wanted() -> dict[str, Any]:
             while True:
@@ -144,7 +144,7 @@ class Client:
             self.last[cid] += 1
             own.discard(self.last[cid])
 
-    async def collect(self, conversation_id: str, upto: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+    async def collect(self, conversation_id: str, upto: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Process messages of one conversation under the client rule until ``upto`` is reached."""
         out: list[dict[str, Any]] = []
 

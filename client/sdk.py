@@ -204,6 +204,7 @@ class OnceChatClient:
         self._resume_progress = -1  # sum of cursors when the last resume was sent
         self._probes: list[str] = []  # conversations to resume one by one after a refused resume
         self._healthy = False
+        self._closer: asyncio.Task[None] | None = None  # a close the client asked for
 
     # ------------------------------------------------------------- lifecycle
 
@@ -737,7 +738,7 @@ class OnceChatClient:
         now = time.monotonic()
         if code == "unauthorized":
             # The server does not know this connection: only a new one helps.
-            asyncio.create_task(ws.close(1000, "reconnecting"))
+            self._closer = asyncio.create_task(ws.close(1000, "reconnecting"))  # held until done
             return
         if isinstance(mid, str) and mid in self._outbox:
             entry = self._outbox.get(mid)

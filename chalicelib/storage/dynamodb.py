@@ -762,7 +762,7 @@ class DynamoStorage:
             raise StaleConversation(before.conversation_id)
         if failed[1]:
             raise SequenceConflict(before.conversation_id)
-        for change, agent_failed in zip(transition.agents, failed[2:]):
+        for change, agent_failed in zip(transition.agents, failed[2:], strict=False):
             if agent_failed:
                 raise AgentUnavailable(change.agent_id)
         if set(codes) & _RETRYABLE_REASONS:

@@ -344,8 +344,8 @@ class MemoryStorage:
     def take_tokens(self, buckets: Sequence[tuple[str, int]], expires_at: int) -> bool:
         with self._lock:
             counts = [self._buckets.get(key, (0, 0))[0] for key, _ in buckets]
-            if any(count >= limit for count, (_, limit) in zip(counts, buckets)):
+            if any(count >= limit for count, (_, limit) in zip(counts, buckets, strict=False)):
                 return False
-            for count, (key, _) in zip(counts, buckets):
+            for count, (key, _) in zip(counts, buckets, strict=False):
                 self._buckets[key] = (count + 1, expires_at)
             return True

@@ -9,10 +9,17 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from infra.local import faults, tokens
-from infra.local.gateway import AWS_IDLE_TIMEOUT_S, AWS_MAX_CONNECTION_DURATION_S, AWS_MAX_MESSAGE_BYTES
+from infra.local.gateway import (
+    AWS_IDLE_TIMEOUT_S,
+    AWS_MAX_CONNECTION_DURATION_S,
+    AWS_MAX_MESSAGE_BYTES,
+    DEFAULT_FRAME_CONCURRENCY,
+    DEFAULT_MAX_QUEUED_FRAMES,
+)
 
 READY_LINE = "oncechat local cloud ready"
 ENV_PREFIX = "ONCECHAT_LOCAL_"
@@ -74,7 +81,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     token.add_argument("--sub", required=True, help="the subject (user id)")
     token.add_argument("--role", required=True, help="the role claim, e.g. customer or agent")
     token.add_argument("--name", default=None, help="the display name claim (optional)")
-    token.add_argument("--ttl", type=int, default=tokens.DEFAULT_TTL_S, help="lifetime in seconds (default: %(default)s)")
+    token.add_argument("--ttl", type=int, default=tokens.DEFAULT_TTL_S,
+                       help="lifetime in seconds (default: %(default)s)")
     return parser
 
 
@@ -103,9 +111,12 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
             "at the localstack_client edge URL; off: never look (env ONCECHAT_LOCAL_LOCALSTACK; default: auto)"
         ),
     )
-    _flag(parser, environ, "--idle-timeout", AWS_IDLE_TIMEOUT_S, float, "seconds without a client frame before the gateway closes a connection")
-    _flag(parser, environ, "--max-connection-duration", AWS_MAX_CONNECTION_DURATION_S, float, "maximum seconds a connection stays open")
-    _flag(parser, environ, "--max-message-bytes", AWS_MAX_MESSAGE_BYTES, int, "largest message in bytes; larger ones close the connection with 1009")
+    _flag(parser, environ, "--idle-timeout", AWS_IDLE_TIMEOUT_S, float,
+          "seconds without a client frame before the gateway closes a connection")
+    _flag(parser, environ, "--max-connection-duration", AWS_MAX_CONNECTION_DURATION_S, float,
+          "maximum seconds a connection stays open")
+    _flag(parser, environ, "--max-message-bytes", AWS_MAX_MESSAGE_BYTES, int,
+          "largest message in bytes; larger ones close the connection with 1009")
     _flag(
         parser,
         environ,
@@ -119,6 +130,10 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
           "concurrent batches per SQS event source (Lambda runs several; FIFO groups stay in order)")
     _flag(parser, environ, "--schedule-speed", 1.0, float, "run schedules this many times faster")
     _flag(parser, environ, "--workers", 32, int, "threads for handler invocations")
+    _flag(parser, environ, "--max-queued-frames", DEFAULT_MAX_QUEUED_FRAMES, int,
+          "frames one WebSocket connection may have waiting; more are answered 'Too Many Requests'")
+    _flag(parser, environ, "--frame-concurrency", DEFAULT_FRAME_CONCURRENCY, int,
+          "frames of one WebSocket connection invoked at once")
     _flag(parser, environ, "--log-level", "INFO", str, "DEBUG, INFO, WARNING or ERROR")
     parser.add_argument(
         "--faults",
@@ -130,10 +145,12 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
             "all=RATE sets every kind, later pairs override, e.g. all=0.01,push_fail=0; "
             "all=0 installs the hooks with every rate 0, for PUT /_local/faults to raise later. Kinds: "
             + ", ".join(faults.KINDS)
+            + "; and lose_push, a real loss that all= does not include (only to check the chaos checker)"
             + " (env ONCECHAT_LOCAL_FAULTS; default: off)"
         ),
     )
-    _flag(parser, environ, "--fault-seed", None, int, "seed of the fault injection's random source, for reproducible runs")
+    _flag(parser, environ, "--fault-seed", None, int,
+          "seed of the fault injection's random source, for reproducible runs")
 
 
 def _fault_spec(value: str) -> dict[str, float]:
@@ -176,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
         sqs_concurrency=args.sqs_concurrency,
         schedule_speed=args.schedule_speed,
         workers=args.workers,
+        max_queued_frames=args.max_queued_frames,
+        frame_concurrency=args.frame_concurrency,
         faults=args.faults,
         fault_seed=args.fault_seed,
     )
@@ -196,7 +215,9 @@ def run(args: argparse.Namespace) -> int:
         if "widget" in urls:
             _print(f"Customer widget: {urls['widget']}")
             _print(f"Agent console:   {urls['console']}")
-        _print("Dev token:       python -m infra.local token --sub alice --role customer   (or: make token)")
+        if cloud.is_oncechat():
+            # The token command mints oncechat's tokens; other projects have their own auth.
+            _print("Dev token:       python -m infra.local token --sub alice --role customer   (or: make token)")
         _print(READY_LINE)
         while not stopping.wait(0.5):
             pass

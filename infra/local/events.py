@@ -17,8 +17,9 @@ import string
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from datetime import datetime, UTC
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 # API Gateway identifiers look like base64 of random bytes ("L0SM9cOFvHcCIhw=").
 # We draw from the URL-safe alphabet so that ids can sit in a URL path unquoted,
@@ -47,14 +48,14 @@ def now_ms() -> int:
 
 def request_time(epoch_ms: int) -> str:
     """Format ``epoch_ms`` like API Gateway's ``requestTime`` (CLF format)."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
     return moment.strftime("%d/%b/%Y:%H:%M:%S +0000")
 
 
 def iso8601(epoch_ms: int) -> str:
     """Format ``epoch_ms`` as ISO 8601 UTC with milliseconds, like AWS APIs do."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (epoch_ms % 1000)
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ def scheduled_event(
     """Build the "Scheduled Event" EventBridge sends to a rule's target."""
     fired_at_ms = now_ms() if fired_at_ms is None else fired_at_ms
     # For parity: AWS stamps scheduled events with whole seconds.
-    stamp = datetime.fromtimestamp(fired_at_ms // 1000, tz=timezone.utc)
+    stamp = datetime.fromtimestamp(fired_at_ms // 1000, tz=UTC)
     return {
         "version": "0",
         "id": str(uuid.uuid4()),

@@ -25,7 +25,14 @@ push_fail             gateway @connections POST: 500, nothing delivered   each H
 push_lost_ack         gateway @connections POST: delivered, then 500      each HTTP request
 throttle              app, any invocation: ``before-send.dynamodb`` /     each HTTP attempt
                       ``before-send.sqs`` answers the throttling error
+lose_push             gateway @connections POST: 200, nothing delivered   each HTTP request
+                      (a real loss, see below)
 ====================  ==================================================  ===================
+
+``lose_push`` is no failure AWS has: API Gateway does not answer 200 for a
+frame it then drops on an open connection. It is a real loss, there only to
+prove that ``make chaos``'s checker fails a run that loses messages. ``all``
+does not include it; it must be named (``--faults lose_push=0.2``).
 
 "Dies" means :class:`InjectedCrash`, a ``BaseException`` so the app's
 ``except Exception`` cannot swallow it (nor could it swallow a real Lambda
@@ -82,6 +89,7 @@ CONSUMER_CRASH = "consumer_crash"
 PUSH_FAIL = "push_fail"
 PUSH_LOST_ACK = "push_lost_ack"
 THROTTLE = "throttle"
+LOSE_PUSH = "lose_push"
 
 KINDS: tuple[str, ...] = (
     DROP_CONNECTION,
@@ -94,6 +102,9 @@ KINDS: tuple[str, ...] = (
     PUSH_LOST_ACK,
     THROTTLE,
 )
+#: Kinds that lose messages for real (only to check the checker); not part of ``all``.
+LOSS_KINDS: tuple[str, ...] = (LOSE_PUSH,)
+ALL_KINDS: tuple[str, ...] = KINDS + LOSS_KINDS
 
 # Invocation kinds, read from the event the way the Lambda runtime cannot
 # (it does not care), but an event source mapping or API Gateway would know.
@@ -146,10 +157,10 @@ def parse_spec(spec: str) -> dict[str, float]:
         rate = _rate(kind, value.strip())
         if kind == "all":
             rates.update(dict.fromkeys(KINDS, rate))
-        elif kind in KINDS:
+        elif kind in ALL_KINDS:
             rates[kind] = rate
         else:
-            raise FaultSpecError(f"unknown fault kind {kind!r}; kinds: all, {', '.join(KINDS)}")
+            raise FaultSpecError(f"unknown fault kind {kind!r}; kinds: all, {', '.join(ALL_KINDS)}")
     return rates
 
 
@@ -171,8 +182,8 @@ class FaultInjector:
     def __init__(self, rates: Mapping[str, float] | None = None, seed: int | None = None, enabled: bool = True) -> None:
         #: False for a cloud started without ``--faults``: no hooks, rates stay 0.
         self.enabled = enabled
-        self._rates = dict.fromkeys(KINDS, 0.0)
-        self._counts = dict.fromkeys(KINDS, 0)
+        self._rates = dict.fromkeys(ALL_KINDS, 0.0)
+        self._counts = dict.fromkeys(ALL_KINDS, 0)
         self._lock = threading.Lock()
         self._random = random.Random(seed)
         if rates:
@@ -184,8 +195,8 @@ class FaultInjector:
         """Set some rates; all or nothing: raise FaultSpecError on any bad pair."""
         checked = {}
         for kind, value in rates.items():
-            if kind not in KINDS:
-                raise FaultSpecError(f"unknown fault kind {kind!r}; kinds: {', '.join(KINDS)}")
+            if kind not in ALL_KINDS:
+                raise FaultSpecError(f"unknown fault kind {kind!r}; kinds: {', '.join(ALL_KINDS)}")
             checked[kind] = _rate(kind, value)
         with self._lock:
             self._rates.update(checked)
@@ -385,7 +396,7 @@ class _ClientHooks:
         running = _current.get()
         if running is None:
             return None
-        _, service, operation = (event_name.split(".") + ["?"])[:3]
+        _, service, operation = [*event_name.split("."), "?"][:3]
         if not self.injector.inject(THROTTLE, f"{running.function}: {service}.{operation} throttled"):
             return None
         return throttling_response(service, request.url)

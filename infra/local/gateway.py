@@ -9,7 +9,17 @@ plain callables ``route(event) -> response``, one per route key, so it knows
 nothing about Chalice and custom route keys work.
 
 Every frame is its own invocation on a thread pool, so frames of one
-connection may be handled in parallel, as on AWS.
+connection may be handled in parallel, as on AWS. Connections are isolated
+from each other as on AWS, where each frame is its own Lambda invocation:
+each connection queues its frames in a bounded queue and runs at most
+``frame_concurrency`` of them at once; the invocation slots go round-robin
+over the connections with frames waiting, so one connection flooding frames
+delays every other connection by at most one frame per slot; ``$connect`` and
+``$disconnect`` run on their own threads and never wait behind frames. A
+frame that arrives while its connection's queue is full is not invoked: the
+client gets API Gateway's throttling answer, an error frame
+``{"message": "Too Many Requests", ...}``, and the connection stays open
+(docs/local-cloud.md).
 
 The gateway's share of fault injection (:mod:`infra.local.faults`) is here:
 dropped connections, duplicated frames and failing ``@connections`` POSTs,
@@ -22,9 +32,11 @@ import asyncio
 import json
 import logging
 import time
-from concurrent.futures import Executor
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
@@ -33,7 +45,7 @@ from infra.local import events, faults
 from infra.local.events import ApiInfo, ConnectionInfo
 from infra.local.handlers import InvocationCrashed
 
-Route = Callable[[Dict[str, Any]], Any]
+Route = Callable[[dict[str, Any]], Any]
 
 log = logging.getLogger("infra.local.gateway")
 
@@ -45,6 +57,14 @@ AWS_MAX_MESSAGE_BYTES = 128 * 1024
 _CLOSE_NO_STATUS = 1005  # RFC 6455 7.4.1: close frame without a status code
 _CLOSE_ABNORMAL = 1006  # RFC 6455 7.4.1: connection dropped without a close frame
 _ABNORMAL_REASON = "Connection closed abnormally"
+# API Gateway closes a connection that sends a binary frame with 1003 (unsupported data).
+_CLOSE_UNSUPPORTED_DATA = 1003
+_BINARY_REASON = "Binary frames are not supported"
+THROTTLED_MESSAGE = "Too Many Requests"
+
+DEFAULT_MAX_QUEUED_FRAMES = 1000
+DEFAULT_FRAME_CONCURRENCY = 8
+_LIFECYCLE_WORKERS = 8
 
 FAULTS_PATH = "/_local/faults"
 
@@ -60,6 +80,10 @@ class GatewayConfig:
     idle_timeout_s: float = AWS_IDLE_TIMEOUT_S
     max_connection_duration_s: float = AWS_MAX_CONNECTION_DURATION_S
     max_message_bytes: int = AWS_MAX_MESSAGE_BYTES
+    #: Frames one connection may have waiting for an invocation; more are throttled.
+    max_queued_frames: int = DEFAULT_MAX_QUEUED_FRAMES
+    #: Frames of one connection invoked at once (the rest wait in its queue).
+    frame_concurrency: int = DEFAULT_FRAME_CONCURRENCY
 
     @property
     def domain_name(self) -> str:
@@ -84,6 +108,9 @@ class _Connection:
     close_cause: tuple[int, str] | None = None
     disconnected: bool = False
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: deque[str | bytes] = field(default_factory=deque)
+    inflight: int = 0
+    scheduled: bool = False  # in the gateway's round-robin of connections with frames waiting
 
 
 def _status_of(response: Any) -> int:
@@ -124,11 +151,19 @@ class WebSocketGateway:
         config: GatewayConfig,
         executor: Executor,
         injector: faults.FaultInjector | None = None,
+        slots: int | None = None,
     ) -> None:
+        """:param slots: frames invoked at once over all connections (default: the executor's threads)."""
         self.routes = dict(routes)
         self.config = config
         self.faults = injector if injector is not None else faults.FaultInjector(enabled=False)
         self._executor = executor
+        # $connect and $disconnect never wait behind frames.
+        self._lifecycle_executor = ThreadPoolExecutor(_LIFECYCLE_WORKERS, thread_name_prefix="lambda-connect")
+        self._slots = max(1, slots or getattr(executor, "_max_workers", 0) or 1)
+        self._running = 0
+        self._ready: deque[_Connection] = deque()
+        self.throttled = 0
         self._connections: dict[str, _Connection] = {}
         self._runner: web.AppRunner | None = None
         # asyncio keeps only weak references to tasks: hold them until done.
@@ -146,6 +181,8 @@ class WebSocketGateway:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         stage = self.config.stage
         app.router.add_get(f"/{stage}", self._handle_websocket)
+        # For parity: API Gateway accepts the stage URL with a trailing slash too.
+        app.router.add_get(f"/{stage}/", self._handle_websocket)
         management = f"/{stage}/@connections/{{connection_id}}"
         app.router.add_post(management, self._handle_post)
         app.router.add_get(management, self._handle_get)
@@ -168,6 +205,7 @@ class WebSocketGateway:
             await self._server_close(conn, WSCloseCode.GOING_AWAY, "Going away")
         if self._runner is not None:
             await self._runner.cleanup()
+        self._lifecycle_executor.shutdown(wait=False, cancel_futures=True)
 
     # --- WebSocket endpoint -----------------------------------------------------
 
@@ -241,7 +279,7 @@ class WebSocketGateway:
             return None
         event = events.websocket_connect_event(self.config.api, conn.info, list(request.query.items()))
         try:
-            response = await asyncio.get_running_loop().run_in_executor(self._executor, route, event)
+            response = await asyncio.get_running_loop().run_in_executor(self._lifecycle_executor, route, event)
         except Exception:
             log.exception("$connect of %s raised; rejecting with 500", conn.info.connection_id)
             return _aws_error(500, "InternalServerErrorException", "Internal server error")
@@ -265,7 +303,12 @@ class WebSocketGateway:
             except TimeoutError:
                 await self._server_close(conn, WSCloseCode.GOING_AWAY, "Going away")
                 return
-            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            if msg.type == WSMsgType.BINARY:
+                # For parity: API Gateway does not take binary frames; it closes
+                # the connection with 1003 and invokes nothing for the frame.
+                await self._server_close(conn, _CLOSE_UNSUPPORTED_DATA, _BINARY_REASON)
+                return
+            if msg.type == WSMsgType.TEXT:
                 last_client_frame = time.monotonic()
                 conn.last_active_ms = events.now_ms()
                 self._receive_frame(conn, msg.data)
@@ -298,14 +341,54 @@ class WebSocketGateway:
             what = "after dispatching" if dispatched else "losing"
             self.faults.record(faults.DROP_CONNECTION, f"gateway dropped {cid} {what} a client frame")
             if dispatched:
-                self._spawn(self._dispatch(conn, data))
+                self._enqueue(conn, data)
             self._drop(conn)
             return
-        self._spawn(self._dispatch(conn, data))
+        self._enqueue(conn, data)
         if self.faults.inject(faults.DUPLICATE_FRAME, f"gateway dispatched a frame of {cid} twice"):
             # Two independent invocations, each with its own requestId and
             # messageId, as an at-least-once gateway would make them.
-            self._spawn(self._dispatch(conn, data))
+            self._enqueue(conn, data)
+
+    # --- isolation: bounded per-connection queues, round-robin invocation slots ----
+
+    def _enqueue(self, conn: _Connection, data: str | bytes) -> None:
+        """Queue one frame of ``conn`` for invocation, or throttle it when the queue is full."""
+        if len(conn.pending) >= self.config.max_queued_frames:
+            self.throttled += 1
+            log.warning("throttled a frame of %s: %d frames waiting", conn.info.connection_id, len(conn.pending))
+            self._spawn(self._send_error(conn, THROTTLED_MESSAGE, events.new_aws_id()))
+            return
+        conn.pending.append(data)
+        self._schedule(conn)
+        self._pump()
+
+    def _schedule(self, conn: _Connection) -> None:
+        if conn.pending and not conn.scheduled and conn.inflight < self.config.frame_concurrency:
+            conn.scheduled = True
+            self._ready.append(conn)
+
+    def _pump(self) -> None:
+        """Start frames while slots are free, one per connection per turn."""
+        while self._running < self._slots and self._ready:
+            conn = self._ready.popleft()
+            conn.scheduled = False
+            if not conn.pending or conn.inflight >= self.config.frame_concurrency:
+                continue
+            data = conn.pending.popleft()
+            conn.inflight += 1
+            self._running += 1
+            self._schedule(conn)  # to the back of the line, behind every other connection
+            self._spawn(self._run_frame(conn, data))
+
+    async def _run_frame(self, conn: _Connection, data: str | bytes) -> None:
+        try:
+            await self._dispatch(conn, data)
+        finally:
+            conn.inflight -= 1
+            self._running -= 1
+            self._schedule(conn)
+            self._pump()
 
     def _drop(self, conn: _Connection) -> None:
         """Abort the TCP connection with no close frame; ``$disconnect`` follows (1006).
@@ -377,7 +460,7 @@ class WebSocketGateway:
             return
         event = events.websocket_disconnect_event(self.config.api, conn.info, code, reason)
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, route, event)
+            await asyncio.get_running_loop().run_in_executor(self._lifecycle_executor, route, event)
         except Exception:
             # For parity: $disconnect is best effort, its failure reaches no one.
             log.exception("$disconnect of %s raised", conn.info.connection_id)
@@ -400,6 +483,8 @@ class WebSocketGateway:
         cid = conn.info.connection_id
         if self.faults.inject(faults.PUSH_FAIL, f"POST @connections/{cid} answered 500, nothing delivered"):
             return _internal_error()
+        if self.faults.inject(faults.LOSE_PUSH, f"POST @connections/{cid} answered 200, nothing delivered (a loss)"):
+            return web.Response(status=200)
         try:
             payload: str | bytes = data.decode("utf-8")
         except UnicodeDecodeError:

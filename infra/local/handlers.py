@@ -7,12 +7,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict
+from typing import Any
+from collections.abc import Callable, Mapping
 
-from infra.local import faults
+from infra.local import environ, faults
 from infra.local.events import DEFAULT_ACCOUNT_ID, DEFAULT_REGION
 
-Handler = Callable[[Dict[str, Any], Any], Any]
+Handler = Callable[[dict[str, Any], Any], Any]
 
 log = logging.getLogger("infra.local.lambda")
 
@@ -77,8 +78,10 @@ class LambdaFunction:
     name: str
     handler: Handler
     timeout_s: float = 60.0
+    #: This function's own variables (``lambda_functions.NAME.environment_variables``).
+    environment: Mapping[str, str] | None = None
 
-    def invoke(self, event: Dict[str, Any]) -> Any:
+    def invoke(self, event: dict[str, Any]) -> Any:
         """Call the handler with ``event`` and a fresh context; exceptions propagate.
 
         An injected crash (:class:`infra.local.faults.InjectedCrash`) becomes
@@ -92,7 +95,7 @@ class LambdaFunction:
         context = LambdaContext(self.name, timeout_s=self.timeout_s)
         started = time.monotonic()
         try:
-            with faults.invocation(self.name, event):
+            with environ.function_scope(self.environment), faults.invocation(self.name, event):
                 return self.handler(event, context)
         except faults.InjectedCrash as crash:
             raise InvocationCrashed(f"{self.name}: {crash}") from None

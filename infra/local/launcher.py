@@ -29,7 +29,8 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_LINE = "oncechat local cloud ready"
@@ -80,7 +81,7 @@ class LocalCloud:
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._ready = threading.Event()
-        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (read by log() until the end)
 
     # --- endpoints ------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class LocalCloud:
             *self.extra_args,
         ]
 
-    def start(self) -> "LocalCloud":
+    def start(self) -> LocalCloud:
         """Start the subprocess and wait for the ready line; raise with its log if it fails."""
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV and not k.startswith("ONCECHAT_LOCAL_")}
         env.update({"PYTHONUNBUFFERED": "1"}, **self._extra_env)
@@ -194,7 +195,7 @@ class LocalCloud:
             pass
         process.wait()
 
-    def __enter__(self) -> "LocalCloud":
+    def __enter__(self) -> LocalCloud:
         return self.start()
 
     def __exit__(

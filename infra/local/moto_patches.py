@@ -145,13 +145,15 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
 
 
 COUNT_TTL_S = 0.5
+#: The cache's time source (seconds); the tests replace it to move time themselves.
+count_clock: Callable[[], float] = time.monotonic
 _COUNTS = ("approximate_number_of_messages", "approximate_number_of_messages_not_visible",
            "approximate_number_of_messages_delayed")
 
 
 def _cached_count(name: str, original: property) -> property:
     def count(queue: Queue) -> Any:
-        now = time.monotonic()
+        now = count_clock()
         cache = queue.__dict__.setdefault("_local_cloud_counts", {})
         hit = cache.get(name)
         if hit is not None and now - hit[0] < COUNT_TTL_S:

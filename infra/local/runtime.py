@@ -9,13 +9,16 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
-from infra.local import aws, faults, redirect
+from infra.local import aws, environ, faults, redirect, rest
 from infra.local.gateway import (
     AWS_IDLE_TIMEOUT_S,
     AWS_MAX_CONNECTION_DURATION_S,
     AWS_MAX_MESSAGE_BYTES,
+    DEFAULT_FRAME_CONCURRENCY,
+    DEFAULT_MAX_QUEUED_FRAMES,
     GatewayConfig,
     WebSocketGateway,
 )
@@ -49,6 +52,8 @@ class Settings:
     sqs_concurrency: int = 4
     schedule_speed: float = 1.0
     workers: int = 32
+    max_queued_frames: int = DEFAULT_MAX_QUEUED_FRAMES
+    frame_concurrency: int = DEFAULT_FRAME_CONCURRENCY
     #: Fault rates by kind; None (the default) leaves fault injection off and uninstalled.
     faults: dict[str, float] | None = None
     fault_seed: int | None = None
@@ -98,6 +103,8 @@ class LocalCloud:
         self._pollers: list[SqsPoller] = []
         self._schedules: list[ScheduleRunner] = []
         self._stop_callbacks: list[Callable[[], None]] = []
+        self._reserved_env: dict[str, str] = {}
+        self._env_cache: dict[str, dict[str, str]] = {}
         self.faults = faults.FaultInjector(
             settings.faults or {}, seed=settings.fault_seed, enabled=settings.faults is not None
         )
@@ -124,6 +131,10 @@ class LocalCloud:
 
             urls.update(describe(self.web))
         return urls
+
+    def is_oncechat(self) -> bool:
+        """Whether the project is oncechat itself (whose dev tokens ``python -m infra.local token`` mints)."""
+        return self.config is not None and self.config.app_name == "oncechat"
 
     def start(self) -> None:
         """Start everything; on failure, stop what was started and re-raise."""
@@ -195,8 +206,12 @@ class LocalCloud:
         self.aws_endpoint = endpoint
         # The stage's variables first, then ours: like Lambda's reserved
         # variables, the AWS ones cannot be overridden by the app's config.
-        os.environ.update({k: str(v) for k, v in self.config.environment_variables.items()})
-        os.environ.update(aws.aws_environment(endpoint, os.environ))
+        # Each function's own variables (lambda_functions.NAME) are shown only
+        # to that function's invocations (infra.local.environ).
+        environ.install()
+        os.environ.update(environ.stage_variables(self.config, self.settings.stage))
+        self._reserved_env = aws.aws_environment(endpoint, os.environ)
+        os.environ.update(self._reserved_env)
 
     def _deploy_stack(self) -> None:
         template = self.project_dir / TEMPLATE_PATH
@@ -219,7 +234,7 @@ class LocalCloud:
         from chalice.cli.factory import CLIFactory
 
         factory = CLIFactory(str(self.project_dir), environ=os.environ)
-        self.app = factory.load_chalice_app(self.config.environment_variables)
+        self.app = factory.load_chalice_app(environ.stage_variables(self.config, self.settings.stage))
         # After the app is imported: its module-level code may set a session.
         redirect.install(self.app, f"http://{self.settings.host}:{self.settings.ws_port}")
 
@@ -232,7 +247,15 @@ class LocalCloud:
             name=f"{self.config.app_name}-{self.settings.stage}-{name}",
             handler=resolve_handler(handler_string),
             timeout_s=timeout,
+            environment=self._function_env(name),
         )
+
+    def _function_env(self, name: str) -> dict[str, str]:
+        if name not in self._env_cache:
+            self._env_cache[name] = environ.function_variables(
+                self.config, self.settings.stage, name, self._reserved_env
+            )
+        return self._env_cache[name]
 
     def _start_gateway(self) -> None:
         s = self.settings
@@ -247,6 +270,8 @@ class LocalCloud:
             idle_timeout_s=s.idle_timeout_s,
             max_connection_duration_s=s.max_connection_duration_s,
             max_message_bytes=s.max_message_bytes,
+            max_queued_frames=s.max_queued_frames,
+            frame_concurrency=s.frame_concurrency,
         )
         self.gateway = WebSocketGateway(routes, config, self._executor, self.faults)
         self._loop = _LoopThread()
@@ -287,8 +312,8 @@ class LocalCloud:
             # handing out a group's next messages while earlier ones are in flight.
             for index in range(max(1, self.settings.sqs_concurrency)):
                 poller = SqsPoller(
-                    lambda: boto3.session.Session().client("sqs", endpoint_url=endpoint), config,
-                    region, index,
+                    lambda endpoint=endpoint: boto3.session.Session().client("sqs", endpoint_url=endpoint),
+                    config, region, index,
                 )
                 self._pollers.append(poller)
                 self._stop_callbacks.append(poller.stop)
@@ -319,10 +344,8 @@ class LocalCloud:
             runner.start()
 
     def _start_rest(self) -> None:
-        from chalice.local import create_local_server
-
         s = self.settings
-        self._rest = create_local_server(self.app, self.config, s.host, s.rest_port)
+        self._rest = rest.create_server(self.app, self.config, s.host, s.rest_port, self._function_env)
         server = self._rest.server
         self._rest_thread = threading.Thread(target=server.serve_forever, name="rest", daemon=True)
         self._rest_thread.start()

@@ -17,8 +17,8 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from datetime import datetime, timedelta, UTC
+from collections.abc import Callable
 
 from infra.local import events
 from infra.local.handlers import LambdaFunction
@@ -99,7 +99,7 @@ class CronSchedule:
     years: set[int] | None
 
     @classmethod
-    def parse(cls, expression: str) -> "CronSchedule":
+    def parse(cls, expression: str) -> CronSchedule:
         """Parse ``cron(...)``; raise UnsupportedScheduleError for L, W and #."""
         match = _CRON.match(expression.strip())
         if not match:
@@ -183,7 +183,7 @@ class ScheduleRunner(Worker):
         if self._period_s is not None:
             return after + self._period_s
         assert self._cron is not None
-        moment = datetime.fromtimestamp(after, tz=timezone.utc)
+        moment = datetime.fromtimestamp(after, tz=UTC)
         return self._cron.next_after(moment).timestamp()
 
     def start(self) -> None:

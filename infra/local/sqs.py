@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict
+from typing import Any
+from collections.abc import Callable
 
 from infra.local import events
 from infra.local.handlers import InvocationCrashed, LambdaFunction
@@ -100,9 +101,9 @@ class SqsPoller(Worker):
                 self._stop.wait(2.0)
         return None, None
 
-    def _gather(self, client: Any, queue_url: str) -> list[Dict[str, Any]]:
+    def _gather(self, client: Any, queue_url: str) -> list[dict[str, Any]]:
         """Receive up to ``batch_size`` messages, waiting at most the batching window."""
-        batch: list[Dict[str, Any]] = []
+        batch: list[dict[str, Any]] = []
         window_end = None
         while len(batch) < self.config.batch_size and not self._stop.is_set():
             wait = self.config.wait_time_s
@@ -133,7 +134,7 @@ class SqsPoller(Worker):
                 break
         return batch
 
-    def _process(self, client: Any, queue_url: str, source_arn: str, batch: list[Dict[str, Any]]) -> None:
+    def _process(self, client: Any, queue_url: str, source_arn: str, batch: list[dict[str, Any]]) -> None:
         event = events.sqs_event(batch, source_arn, self._region)
         try:
             self.config.function.invoke(event)
@@ -155,7 +156,7 @@ class SqsPoller(Worker):
         for failure in result.get("Failed", []):
             log.warning("could not delete a message from %s: %s", self.config.queue_name, failure)
 
-    def _after_failure(self, client: Any, queue_url: str, batch: list[Dict[str, Any]]) -> None:
+    def _after_failure(self, client: Any, queue_url: str, batch: list[dict[str, Any]]) -> None:
         """With ``--sqs-retry-delay``, make a failed batch visible again sooner.
 
         Knowingly differs from AWS when set: Lambda leaves the messages

@@ -35,7 +35,7 @@ def rest(cloud, method, path, user=None, role="customer"):
     req = urllib.request.Request(cloud.rest_url + path, method=method, headers=headers,
                                  data=b"{}" if method == "POST" else None)
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
@@ -80,7 +80,7 @@ async def pair(cloud):
 
 
 def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 60))
+    return asyncio.run(asyncio.wait_for(coro, 180))
 
 
 def test_customer_and_agent_chat_both_ways(cloud):
@@ -129,10 +129,10 @@ def test_duplicate_send_gives_one_delivery_and_same_seq(cloud):
 async def agent_collect_all(client, cid, upto):
     """Process under the client rule; resume if the live stream missed anything."""
     try:
-        return await client.collect(cid, upto, timeout=8)
+        return await client.collect(cid, upto, timeout=15)
     except TimeoutError:
         await client.resume({cid: client.last.get(cid, 0)})
-        return await client.collect(cid, upto, timeout=8)
+        return await client.collect(cid, upto, timeout=60)
 
 
 def test_vanished_recipient_gets_message_on_resume(cloud):
@@ -144,7 +144,6 @@ def test_vanished_recipient_gets_message_on_resume(cloud):
         await agent.ack(cid, s + 1)
         # the customer's network dies: no close frame
         customer.ws.transport.abort()
-        await asyncio.sleep(0.3)
         await agent.send(cid, "are you there?")
         await agent.send(cid, "hello?")
         back = await connect(cloud.websocket_url, token(customer_id))
@@ -169,7 +168,6 @@ def test_message_sent_while_agent_offline_arrives_on_resume(cloud):
         await agent.ack(cid, s + 1)
         await wait_ack(cloud, agent_id, cid, s + 1)  # acks have no reply; one racing a close may be lost
         await agent.close()
-        await asyncio.sleep(0.2)
         await customer.send(cid, "while you were away")
         agent2 = await connect(cloud.websocket_url, token(agent_id, "agent"))
         resumed = await agent2.resume()  # no cursors: from the stored ack cursor
@@ -220,7 +218,7 @@ def test_malformed_frame_gets_error_and_connection_keeps_working(cloud):
     run(scenario())
 
 
-async def wait_ack(cloud, user, cid, seq, timeout=10):
+async def wait_ack(cloud, user, cid, seq, timeout=60):
     ddb = cloud.client("dynamodb")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -232,7 +230,7 @@ async def wait_ack(cloud, user, cid, seq, timeout=10):
     raise TimeoutError("ack not stored")
 
 
-async def wait_frame(client, pred, timeout=10):
+async def wait_frame(client, pred, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for f in client.frames:

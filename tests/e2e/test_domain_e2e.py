@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -23,9 +24,15 @@ from client import connect
 from tests.local_cloud import REPO_ROOT, LocalCloud
 
 
+# Rate-limit windows of an hour: a test that fills one needs no speed, only a count
+# (a run crosses at most one window boundary).
+RATE_WINDOW_SECONDS = 3600
+
+
 @pytest.fixture(scope="module")
 def cloud():
-    with LocalCloud(REPO_ROOT, "--sqs-retry-delay", "1") as running:
+    with LocalCloud(REPO_ROOT, "--sqs-retry-delay", "1",
+                    env={"RATE_WINDOW_SECONDS": str(RATE_WINDOW_SECONDS)}) as running:
         yield running
 
 
@@ -40,7 +47,7 @@ def rest(cloud: Any, method: str, path: str, user: str, role: str = "customer",
     data = json.dumps(body).encode() if body is not None else (b"{}" if method != "GET" else None)
     req = urllib.request.Request(cloud.rest_url + path, method=method, headers=hdrs, data=data)
     try:
-        with urllib.request.urlopen(req, timeout=20) as resp:
+        with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
@@ -51,7 +58,7 @@ def uid(prefix: str) -> str:
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 90))
+    return asyncio.run(asyncio.wait_for(coro, 180))
 
 
 async def online_agent(cloud: Any, capacity: int | None = None) -> tuple[Any, str]:
@@ -64,7 +71,32 @@ async def online_agent(cloud: Any, capacity: int | None = None) -> tuple[Any, st
     return ws, agent_id
 
 
-async def events_until(ws: Any, event: str, cid: str, timeout: float = 20.0) -> list[str]:
+async def until_online(cloud: Any, agent_id: str, timeout: float = 30.0) -> None:
+    """Wait until the desk lists ``agent_id`` online."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = (await asyncio.to_thread(rest, cloud, "GET", "/agents", agent_id, "agent"))[1]
+        if any(a["agentId"] == agent_id and a["status"] == "online" for a in listed.get("agents", [])):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{agent_id} not online within {timeout} s")
+
+
+async def until_acked(cloud: Any, user: str, cid: str, seq: int, timeout: float = 30.0) -> None:
+    """Wait until ``user``'s stored ack cursor of ``cid`` reached ``seq``."""
+    ddb = cloud.client("dynamodb")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = (await asyncio.to_thread(
+            ddb.get_item, TableName="oncechat-local-participants", ConsistentRead=True,
+            Key={"userId": {"S": user}, "conversationId": {"S": cid}})).get("Item")
+        if item and int(item["ackSeq"]["N"]) >= seq:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"ack {seq} of {user} not stored within {timeout} s")
+
+
+async def events_until(ws: Any, event: str, cid: str, timeout: float = 60.0) -> list[str]:
     """The ``conversation`` events of ``cid`` received until ``event``."""
     seen: list[str] = []
     while event not in seen:
@@ -193,7 +225,7 @@ def test_typing_read_and_multi_device_over_real_sockets(cloud):
 
         # A fresh device resumes from the server's ack cursor.
         await phone.ack(cid, acc["seq"])
-        await asyncio.sleep(0.5)
+        await until_acked(cloud, customer_id, cid, acc["seq"])  # acks have no reply
         tablet = await connect(cloud.websocket_url, token(customer_id))
         resumed = await tablet.resume()
         assert resumed["conversations"][cid] == acc["seq"] + 1
@@ -225,7 +257,7 @@ def test_terminal_chat_follows_events_and_runs_commands(cloud):
 
         async def line_with(text: str) -> str:
             while True:
-                raw = await asyncio.wait_for(proc.stdout.readline(), 30)
+                raw = await asyncio.wait_for(proc.stdout.readline(), 60)
                 assert raw, f"the terminal chat ended before printing {text!r}"
                 if text in raw.decode():
                     return raw.decode()
@@ -236,7 +268,7 @@ def test_terminal_chat_follows_events_and_runs_commands(cloud):
 
         try:
             await line_with("* connected")
-            await asyncio.sleep(0.3)
+            await until_online(cloud, agent_id)
             status, conv = rest(cloud, "POST", "/conversations", customer_id)
             cid = conv["conversationId"]
             assert conv["agentId"] == agent_id
@@ -257,6 +289,21 @@ def test_terminal_chat_follows_events_and_runs_commands(cloud):
             await customer.close()
         finally:
             proc.stdin.close()
-            await asyncio.wait_for(proc.wait(), 15)
+            await asyncio.wait_for(proc.wait(), 60)
 
     run(scenario())
+
+
+def test_rest_writes_over_the_limit_answer_429_on_the_real_path(cloud):
+    """30 REST writes per user and window; speed-independent: at most one window boundary is crossed."""
+    agent_id = uid("agent")
+    statuses = []
+    for _ in range(61):
+        status, body = rest(cloud, "PUT", "/agents/me/status", agent_id, "agent", {"status": "away"})
+        statuses.append(status)
+        if status == 429:
+            break
+    assert status == 429 and body["code"] == "rate_limited" and "retry in" in body["message"]
+    assert set(statuses[:-1]) == {200} and 30 <= len(statuses) - 1 <= 60
+    # Another user's writes are not limited by this one's.
+    assert rest(cloud, "PUT", "/agents/me/status", uid("agent"), "agent", {"status": "away"})[0] == 200

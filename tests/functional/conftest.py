@@ -75,6 +75,19 @@ class PushRecorder:
         return [f for f in self.frames.get(conn, []) if type_ is None or f["type"] == type_]
 
 
+class ManualClock:
+    """A clock the test moves: milliseconds since the epoch, like the services' ``clock``."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, seconds: float) -> None:
+        self.now_ms += int(seconds * 1000)
+
+
 class Cloud:
     """Drives app.py's handlers with API Gateway-shaped events."""
 
@@ -84,6 +97,17 @@ class Cloud:
         self.sqs = boto3.client("sqs", region_name=REGION)
         self.queue_url = self.sqs.get_queue_url(QueueName=f"oncechat-{STAGE}-delivery.fifo")["QueueUrl"]
         self._ids = itertools.count(1)
+
+    def use_clock(self, clock: Any) -> None:
+        """Build app.py's services with ``clock`` instead of the wall clock (for the rest of the test)."""
+        from chalicelib.handlers import Handlers, build_aws_services
+
+        def build(app: Any) -> Any:
+            service = build_aws_services(app)
+            service.clock = clock
+            return service
+
+        self.mod.handlers = Handlers(self.mod.app, build=build)  # the fixture's monkeypatch restores it
 
     # ---------------------------------------------------------------- events
     def _context(self, conn: str, route: str, event_type: str) -> dict[str, Any]:
@@ -174,6 +198,12 @@ def cloud(monkeypatch):
     # SQS FIFO deduplication as on AWS: ids are remembered for 5 minutes after
     # a delete (the sweeper's re-enqueues of delivered messages are dropped).
     moto_patches.remember_dedup_ids()
+    # The local cloud's DynamoDB transactions (infra/local/moto_patches.py, held to the
+    # storage contract in tests/contract): moto's own copy every table on each
+    # transaction, which made a long backlog quadratic.
+    from moto.dynamodb.models import DynamoDBBackend
+
+    monkeypatch.setattr(DynamoDBBackend, "transact_write_items", moto_patches.transact_write_items)
     with mock_aws():
         cfn = boto3.client("cloudformation", region_name=REGION)
         cfn.create_stack(StackName="oncechat-test", TemplateBody=(ROOT / "infra/template.yaml").read_text(),

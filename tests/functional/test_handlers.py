@@ -420,8 +420,11 @@ def test_scheduled_sweeper_recovers_commit_without_enqueue(chat, monkeypatch):
     cloud.mod.sweep(sweep_event, None)  # within the grace period: nothing yet
     cloud.consume()
     assert cloud.pushes.of(agent, "message") == []
-    object.__setattr__(chat_service.config, "sweep_grace_seconds", 0)  # a frozen dataclass
-    time.sleep(1.1)
+    # Past the grace period: the service's clock moves on (no waiting on the wall clock).
+    from chalicelib.service import wall_clock_ms
+
+    grace_ms = chat_service.config.sweep_grace_seconds * 1000
+    monkeypatch.setattr(chat_service, "clock", lambda: wall_clock_ms() + grace_ms + 2000)
     cloud.mod.sweep(sweep_event, None)
     cloud.consume()
     assert [m["body"] for m in cloud.pushes.of(agent, "message")] == ["orphan"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import timeit
 import urllib.error
 import urllib.request
 import uuid
@@ -53,7 +52,7 @@ def cloud():
 def rates(cloud):
     """Set fault rates for one test; every rate goes back to 0 afterwards."""
     yield lambda **r: put_faults(cloud, r)
-    put_faults(cloud, dict.fromkeys(faults.KINDS, 0))
+    put_faults(cloud, dict.fromkeys(faults.ALL_KINDS, 0))
 
 
 def faults_url(cloud: LocalCloud) -> str:
@@ -61,7 +60,7 @@ def faults_url(cloud: LocalCloud) -> str:
 
 
 def get_faults(cloud: LocalCloud) -> dict[str, Any]:
-    with urllib.request.urlopen(faults_url(cloud), timeout=5) as response:
+    with urllib.request.urlopen(faults_url(cloud), timeout=30) as response:
         return json.loads(response.read())
 
 
@@ -70,14 +69,14 @@ def put_faults(cloud: LocalCloud, rates: dict[str, Any]) -> dict[str, Any]:
         faults_url(cloud), data=json.dumps({"rates": rates}).encode(), method="PUT",
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=5) as response:
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 
 def put_error(cloud: LocalCloud, body: bytes) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(faults_url(cloud), data=body, method="PUT")
     try:
-        urllib.request.urlopen(request, timeout=5)
+        urllib.request.urlopen(request, timeout=30)
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
     raise AssertionError("the PUT was accepted")
@@ -88,10 +87,10 @@ def injected(cloud: LocalCloud, kind: str) -> int:
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
+    return asyncio.run(asyncio.wait_for(coro, 120))
 
 
-def eventually(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+def eventually(check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while not (value := check()):
         if time.monotonic() > deadline:
@@ -121,6 +120,20 @@ async def frames_within(ws: Any, seconds: float) -> list[Any]:
     return frames
 
 
+async def frames_until(ws: Any, done: Any, settle: float = 0.5, timeout: float = 60.0) -> list[Any]:
+    """Frames until ``done(frames)`` holds (however long the machine takes), then any within ``settle`` more.
+
+    The wait for what must arrive has no tight deadline; only the check that
+    nothing more arrives is a time window, which a slow machine can only
+    make weaker, never fail.
+    """
+    frames: list[Any] = []
+    async with asyncio.timeout(timeout):
+        while not done(frames):
+            frames.append(json.loads(await ws.recv()))
+    return frames + await frames_within(ws, settle)
+
+
 async def whoami(ws: Any) -> str:
     await ws.send(json.dumps({"action": "whoami", "id": "-"}))
     return json.loads(await ws.recv())["connection_id"]
@@ -136,7 +149,7 @@ def is_internal_error(frame: Any) -> bool:
 def test_get_shows_every_kind_and_put_is_a_partial_update(cloud, rates):
     state = get_faults(cloud)
     assert set(state) == {"rates", "injected"}
-    assert set(state["rates"]) == set(state["injected"]) == set(faults.KINDS)
+    assert set(state["rates"]) == set(state["injected"]) == set(faults.ALL_KINDS)
     updated = rates(push_fail=0.25, throttle=1)
     assert updated["rates"]["push_fail"] == 0.25 and updated["rates"]["throttle"] == 1.0
     assert updated["rates"]["duplicate_frame"] == 0.0
@@ -208,7 +221,7 @@ def test_duplicate_frame_runs_the_handler_twice(cloud, rates):
         async with websockets.connect(cloud.websocket_url) as ws:
             rates(duplicate_frame=1)
             await ws.send(json.dumps({"action": "count", "id": frame_id}))
-            return await frames_within(ws, 2.0)
+            return await frames_until(ws, lambda frames: len(frames) >= 2)
 
     before = injected(cloud, "duplicate_frame")
     assert run(scenario()) == [{"counted": frame_id}] * 2
@@ -231,6 +244,22 @@ def test_push_fail_delivers_nothing_and_the_caller_sees_a_500(cloud, rates):
     assert injected(cloud, "push_fail") == before + ATTEMPTS  # botocore retried the 500
 
 
+def test_lose_push_answers_200_and_delivers_nothing(cloud, rates):
+    """The one real loss (to check the chaos checker): the caller is told "sent", the client gets nothing."""
+    push_id = new_id()
+
+    async def scenario() -> list[Any]:
+        async with websockets.connect(cloud.websocket_url) as ws:
+            rates(lose_push=1)
+            await ws.send(json.dumps({"action": "push", "id": push_id}))
+            assert eventually(lambda: item(cloud, "push#" + push_id))["outcome"] == "ok"
+            return await frames_within(ws, 0.5)
+
+    before = injected(cloud, "lose_push")
+    assert run(scenario()) == []
+    assert injected(cloud, "lose_push") == before + 1
+
+
 def test_push_lost_ack_delivers_and_the_caller_sees_a_500(cloud, rates):
     push_id = new_id()
 
@@ -238,7 +267,7 @@ def test_push_lost_ack_delivers_and_the_caller_sees_a_500(cloud, rates):
         async with websockets.connect(cloud.websocket_url) as ws:
             rates(push_lost_ack=1)
             await ws.send(json.dumps({"action": "push", "id": push_id}))
-            return await frames_within(ws, 1.5)
+            return await frames_until(ws, lambda frames: len(frames) >= ATTEMPTS)
 
     before = injected(cloud, "push_lost_ack")
     # Delivered on every attempt: botocore retried what it thought had failed.
@@ -250,11 +279,12 @@ def test_push_lost_ack_delivers_and_the_caller_sees_a_500(cloud, rates):
 # --- crashes of the message handler ------------------------------------------------------
 
 
-def send_and_collect(cloud: LocalCloud, frame_id: str, seconds: float) -> list[Any]:
+def send_and_collect(cloud: LocalCloud, frame_id: str, done: Any, settle: float) -> list[Any]:
+    """Send one frame; collect frames until ``done(frames)``, then for ``settle`` seconds more."""
     async def scenario() -> list[Any]:
         async with websockets.connect(cloud.websocket_url) as ws:
             await ws.send(json.dumps({"action": "send", "id": frame_id}))
-            return await frames_within(ws, seconds)
+            return await frames_until(ws, done, settle)
 
     return run(scenario())
 
@@ -262,7 +292,7 @@ def send_and_collect(cloud: LocalCloud, frame_id: str, seconds: float) -> list[A
 def test_crash_before_commit_stores_nothing_and_the_client_gets_internal_error(cloud, rates):
     rates(crash_before_commit=1)
     frame_id, before = new_id(), injected(cloud, "crash_before_commit")
-    frames = send_and_collect(cloud, frame_id, 1.0)
+    frames = send_and_collect(cloud, frame_id, lambda frames: frames, 1.0)
     assert len(frames) == 1 and is_internal_error(frames[0])
     assert item(cloud, "msg#" + frame_id) is None
     assert injected(cloud, "crash_before_commit") == before + 1
@@ -271,7 +301,7 @@ def test_crash_before_commit_stores_nothing_and_the_client_gets_internal_error(c
 def test_crash_after_commit_stores_but_never_enqueues(cloud, rates):
     rates(crash_after_commit=1)
     frame_id, before = new_id(), injected(cloud, "crash_after_commit")
-    frames = send_and_collect(cloud, frame_id, 2.5)  # time enough for a consumer to push
+    frames = send_and_collect(cloud, frame_id, lambda frames: frames, 2.5)  # time for a consumer to push
     assert len(frames) == 1 and is_internal_error(frames[0])
     assert item(cloud, "msg#" + frame_id) is not None
     assert item(cloud, "consumed#" + frame_id) is None
@@ -281,7 +311,9 @@ def test_crash_after_commit_stores_but_never_enqueues(cloud, rates):
 def test_crash_after_enqueue_stores_and_enqueues_but_never_replies(cloud, rates):
     rates(crash_after_enqueue=1)
     frame_id, before = new_id(), injected(cloud, "crash_after_enqueue")
-    frames = send_and_collect(cloud, frame_id, 2.5)
+    frames = send_and_collect(
+        cloud, frame_id,
+        lambda frames: any(map(is_internal_error, frames)) and {"pushed": frame_id, "attempt": 1} in frames, 1.0)
     assert sum(map(is_internal_error, frames)) == 1
     assert {"pushed": frame_id, "attempt": 1} in frames  # the consumer got it
     assert {"ok": frame_id} not in frames
@@ -304,11 +336,11 @@ def test_consumer_crash_after_a_push_leaves_the_batch_for_redelivery(cloud, rate
             frames = []
             # Visibility timeout 1 s: the crashed batch comes back.
             while {"pushed": frame_id, "attempt": 2} not in frames:
-                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
             assert item(cloud, "consumed#" + frame_id) is None  # it died right after each push
             rates(consumer_crash=0)
             while not any(f.get("pushed") == frame_id and f["attempt"] >= 3 for f in frames):
-                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
             return frames
 
     frames = run(scenario())
@@ -335,7 +367,10 @@ def test_throttle_at_rate_1_fails_after_botocores_retries(cloud, rates):
         "dynamodb": {"ok": False, "code": "ProvisionedThroughputExceededException", "retries": ATTEMPTS - 1},
         "sqs": {"ok": False, "code": "ThrottlingException", "retries": ATTEMPTS - 1},
     }
-    assert after == before + 2 * ATTEMPTS
+    # At least: the $disconnect of an earlier test's connection may still be running
+    # (it is late on a busy machine) and be throttled too. The reply above already
+    # shows each call's attempts exactly.
+    assert after >= before + 2 * ATTEMPTS
 
 
 @pytest.fixture
@@ -405,7 +440,7 @@ def test_the_local_clouds_own_calls_are_never_injected(in_process, no_backoff):
     # the hooks do nothing: the only answer is the stand-in registered above.
     with pytest.raises(ClientError):
         sqs.get_queue_url(QueueName="q")
-    assert injector.counts() == dict.fromkeys(faults.KINDS, 0)
+    assert injector.counts() == dict.fromkeys(faults.ALL_KINDS, 0)
 
 
 # --- crashes in process -----------------------------------------------------------------------
@@ -424,7 +459,7 @@ def test_an_injected_crash_is_not_swallowed_by_except_exception(in_process):
     def handler(event: Any, context: Any) -> None:
         try:
             dynamodb.transact_write_items(TransactItems=ONE_PUT)
-        except Exception:  # noqa: BLE001 - the point: app code that catches everything
+        except Exception:
             survived.append(True)
 
     with pytest.raises(InvocationCrashed):
@@ -463,15 +498,24 @@ def test_consumer_crash_picks_a_push_within_the_batch_and_counts_only_a_death(in
     assert injector.counts()["consumer_crash"] == 1
 
 
-def test_hooks_at_rate_0_cost_next_to_nothing(in_process):
+def test_hooks_at_rate_0_draw_nothing_and_take_no_lock(in_process):
+    """At rate 0 a hook is one dictionary read: no random draw, no lock (what makes it cheap)."""
     injector = in_process({})
     hooks = faults._ClientHooks(injector)
-    with faults.invocation("fn", MESSAGE_EVENT):
-        seconds = timeit.timeit(
-            lambda: hooks._before_send(request=None, event_name="before-send.dynamodb.PutItem"), number=10_000
-        )
-    # A local DynamoDB call takes milliseconds; the hook takes about a microsecond.
-    assert seconds / 10_000 < 20e-6
+
+    class Untouchable:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"rate 0 touched {name}")
+
+    random_source, lock = injector._random, injector._lock
+    injector._random, injector._lock = Untouchable(), Untouchable()
+    try:
+        with faults.invocation("fn", MESSAGE_EVENT):
+            for _ in range(100):
+                assert hooks._before_send(request=None, event_name="before-send.dynamodb.PutItem") is None
+    finally:
+        injector._random, injector._lock = random_source, lock
+    assert injector.counts()["throttle"] == 0
 
 
 # --- spec and flags ------------------------------------------------------------------------------
@@ -480,6 +524,8 @@ def test_hooks_at_rate_0_cost_next_to_nothing(in_process):
 def test_spec_all_then_overrides():
     rates = faults.parse_spec("all=0.1,push_fail=0")
     assert rates == dict(dict.fromkeys(faults.KINDS, 0.1), push_fail=0.0)
+    assert faults.LOSE_PUSH not in rates  # all= is what AWS does; a real loss must be named
+    assert faults.parse_spec("lose_push=0.5") == {"lose_push": 0.5}
     assert faults.parse_spec(" throttle=1 , ") == {"throttle": 1.0}
     assert faults.parse_spec("") == {}
 
@@ -507,11 +553,14 @@ def test_fault_flags_and_their_environment_variables():
 def test_faults_are_off_by_default_and_nothing_changes():
     with LocalCloud(FAULTS_APP) as plain:
         state = get_faults(plain)
-        assert state == {"rates": dict.fromkeys(faults.KINDS, 0.0), "injected": dict.fromkeys(faults.KINDS, 0)}
+        assert state == {"rates": dict.fromkeys(faults.ALL_KINDS, 0.0),
+                         "injected": dict.fromkeys(faults.ALL_KINDS, 0)}
         status, error = put_error(plain, b'{"rates": {"throttle": 1}}')
         assert status == 409 and "--faults" in error["message"]
         frame_id = new_id()
-        frames = send_and_collect(plain, frame_id, 2.0)
+        frames = send_and_collect(
+            plain, frame_id, lambda frames: {"ok": frame_id} in frames and {"pushed": frame_id, "attempt": 1} in frames,
+            0.0)
         assert {"ok": frame_id} in frames and {"pushed": frame_id, "attempt": 1} in frames
     log = plain.log()
     assert "fault injection on" not in log and "faults injected" not in log
@@ -522,4 +571,4 @@ def test_the_counts_are_summarised_when_the_cloud_stops():
         assert get_faults(running)["rates"]["duplicate_frame"] == 1.0
     summary = [line for line in running.log().splitlines() if "faults injected:" in line]
     assert len(summary) == 1
-    assert all(f"{kind}=0" in summary[0] for kind in faults.KINDS)
+    assert all(f"{kind}=0" in summary[0] for kind in faults.ALL_KINDS)

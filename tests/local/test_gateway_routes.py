@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from tests.local_cloud import free_port
 def post(url: str, data: bytes) -> int:
     request = urllib.request.Request(url, data=data, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
@@ -65,7 +66,7 @@ def test_management_errors_carry_the_aws_error_type():
         def call() -> tuple[int, str | None, dict[str, Any]]:
             request = urllib.request.Request(url, data=b"x", method="POST")
             with pytest.raises(urllib.error.HTTPError) as caught:
-                urllib.request.urlopen(request, timeout=5)
+                urllib.request.urlopen(request, timeout=30)
             error = caught.value
             return error.code, error.headers.get("x-amzn-ErrorType"), json.loads(error.read())
 
@@ -80,7 +81,7 @@ def test_plain_http_on_the_stage_url_is_refused():
     async def scenario(config: GatewayConfig) -> int:
         def call() -> int:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{config.port}/dev", timeout=5)
+                urllib.request.urlopen(f"http://127.0.0.1:{config.port}/dev", timeout=30)
             except urllib.error.HTTPError as error:
                 return error.code
             return 200
@@ -88,3 +89,82 @@ def test_plain_http_on_the_stage_url_is_refused():
         return await asyncio.to_thread(call)
 
     assert asyncio.run(with_gateway({}, scenario)) == 426
+
+
+def test_a_flooding_connection_starves_neither_connect_nor_other_connections():
+    """While every frame of one connection is stuck in its handler, others connect and get answers."""
+    release = threading.Event()
+    connects: list[str] = []
+
+    def connect(event: dict[str, Any]) -> None:
+        connects.append(event["requestContext"]["connectionId"])
+
+    def default(event: dict[str, Any]) -> None:
+        context = event["requestContext"]
+        if event["body"].startswith("flood"):
+            assert release.wait(30)
+        url = f"http://{context['domainName']}/{context['stage']}/@connections/{context['connectionId']}"
+        assert post(url, event["body"].encode()) == 200
+
+    config = GatewayConfig(port=free_port(), stage="dev", max_queued_frames=10, frame_concurrency=2)
+    frames = 2 + 10 + 5  # two running, ten waiting, five more
+
+    async def scenario() -> None:
+        url = f"ws://127.0.0.1:{config.port}/dev"
+        async with websockets.connect(url) as flooder:
+            for i in range(frames):
+                await flooder.send(f"flood {i}")
+            # The five frames beyond the bound are throttled at once, and said so.
+            throttled = [json.loads(await flooder.recv()) for _ in range(5)]
+            assert {t["message"] for t in throttled} == {"Too Many Requests"}
+            # Both of the flooder's slots are held; other connections still go through.
+            for n in range(6):
+                async with websockets.connect(url) as other:
+                    await other.send(f"other {n}")
+                    assert await other.recv() == f"other {n}"
+            release.set()
+            answers = {await flooder.recv() for _ in range(frames - 5)}
+            assert answers == {f"flood {i}" for i in range(12)}
+
+    async def main() -> None:
+        # Four threads: the flooder may hold two of them; the rest serve the others.
+        with ThreadPoolExecutor(4) as executor:
+            gateway = WebSocketGateway({"$connect": connect, "$default": default}, config, executor)
+            await gateway.start()
+            try:
+                await asyncio.wait_for(scenario(), 30)
+                assert gateway.throttled == 5
+            finally:
+                release.set()
+                await gateway.stop()
+
+    asyncio.run(main())
+    assert len(connects) == 7
+
+
+def test_connect_never_waits_behind_frames():
+    """Every frame thread busy: ``$connect`` of a new connection still runs."""
+    release = threading.Event()
+
+    def default(event: dict[str, Any]) -> None:
+        assert release.wait(30)
+
+    config = GatewayConfig(port=free_port(), stage="dev")
+
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            gateway = WebSocketGateway({"$connect": lambda event: None, "$default": default}, config, executor)
+            await gateway.start()
+            try:
+                url = f"ws://127.0.0.1:{config.port}/dev"
+                async with websockets.connect(url) as busy:
+                    for i in range(4):
+                        await busy.send(f"hold {i}")
+                    async with asyncio.timeout(20):
+                        async with websockets.connect(url) as newcomer:
+                            assert newcomer.protocol.state.name == "OPEN"
+            finally:
+                release.set()
+                await gateway.stop()
+
+    asyncio.run(main())

@@ -75,6 +75,8 @@ def test_approximate_counts_are_cached_briefly(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    now = [1000.0]
+    monkeypatch.setattr(moto_patches, "count_clock", lambda: now[0])  # time moves only when the test says
     moto_patches.cache_approximate_counts()
     with mock_aws():
         sqs = boto3.client("sqs")
@@ -86,10 +88,9 @@ def test_approximate_counts_are_cached_briefly(monkeypatch):
 
         assert visible() == "0"
         sqs.send_message(QueueUrl=url, MessageBody="x")
+        now[0] += moto_patches.COUNT_TTL_S * 0.9
         assert visible() == "0"  # within the TTL: the cached, approximate count
-        import time
-
-        time.sleep(moto_patches.COUNT_TTL_S + 0.1)
+        now[0] += moto_patches.COUNT_TTL_S * 0.2
         assert visible() == "1"
 
 
@@ -372,4 +373,4 @@ def test_a_fifo_long_poll_waits_instead_of_spinning_while_its_groups_are_in_flig
         started = time.monotonic()
         second = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"]
         assert [m["Body"] for m in second] == ["two"]
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 4.5  # woken by the delete, not by the end of the 5 s poll

@@ -65,7 +65,7 @@ class Desk(RuleBasedStateMachine):
 
     # ----------------------------------------------------------------- helpers
     def conversations(self):
-        return [c for c in self.chat.storage._conversations.values()]  # noqa: SLF001
+        return [c for c in self.chat.storage._conversations.values()]
 
     def snapshot_waiting(self):
         self.loads = {a.agent_id: a.active_count for a in self.chat.storage.list_agents()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -257,7 +258,7 @@ def test_unanswered_sends_back_off_instead_of_flooding_a_slow_server() -> None:
             resent_at.append(now)
             box.mark_sent("m1", now)
         now += 1.0
-    gaps = [b - a for a, b in zip(resent_at, resent_at[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(resent_at)]
     assert gaps == [5.0, 10.0, 20.0, 40.0, 40.0]
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from chalicelib.auth import mint_token
 from chalicelib.config import Config
-from chalicelib.errors import BadRequest, Conflict, ConversationClosed, Forbidden, NotFound
+from chalicelib.errors import BadRequest, Conflict, Forbidden, NotFound
 from chalicelib.ports import MemoryPusher, MemoryQueue
 from chalicelib.service import ChatService, DeliveryService, Origin
 from chalicelib.storage.memory import MemoryStorage
@@ -58,7 +58,7 @@ def connect(chat: ChatService, user: str, role: str, conn: str | None = None) ->
     return origin
 
 
-def who(chat: ChatService, origin: Origin):  # noqa: ANN201
+def who(chat: ChatService, origin: Origin):
     return chat.principal_of(origin.connection_id)
 
 
@@ -231,7 +231,7 @@ def test_close_is_once_then_conflict_and_read_only_for_the_agent(chat):
 
 
 def test_the_customer_reopens_within_the_window_and_the_message_follows_the_event(chat):
-    bob = connect(chat, "bob", "agent")
+    _bob = connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
     cid = chat.create_conversation(who(chat, alice)).conversation_id
     chat.close(who(chat, alice), cid)
@@ -580,7 +580,7 @@ def test_the_sweep_takes_agents_whose_connections_vanished_offline(chat):
     # The laptop's socket died without a $disconnect; the phone's record
     # expired by TTL (deleted without the count going down).
     chat.pusher.gone.add("bob-laptop")
-    chat.storage._connections.pop("bob-phone")  # noqa: SLF001
+    chat.storage._connections.pop("bob-phone")
     assert chat.reconcile_presence() == 0  # too young: may still be in $connect
     chat.clock.advance(31)
     chat.sweep()  # the dead socket is pruned (count 2 -> 1) ...
