@@ -29,7 +29,8 @@ from __future__ import annotations
 import base64
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 Item = Mapping[str, Any]
 
@@ -119,7 +120,7 @@ class TableShape:
     indexes: tuple[Index, ...] = field(default_factory=tuple)
 
     @classmethod
-    def from_description(cls, table: Mapping[str, Any]) -> "TableShape":
+    def from_description(cls, table: Mapping[str, Any]) -> TableShape:
         """Build from a DescribeTable ``Table``."""
         keys = tuple(k["AttributeName"] for k in table["KeySchema"])
         indexes = []

@@ -235,7 +235,7 @@ class MeteredCloud:
     def proxy_url(self) -> str:
         return f"http://{self.host}:{self.proxy_port}"
 
-    def start(self) -> "MeteredCloud":
+    def start(self) -> MeteredCloud:
         from infra.local.aws import MotoServer
 
         try:
@@ -265,7 +265,7 @@ class MeteredCloud:
         if self.moto is not None:
             self.moto.stop()
 
-    def __enter__(self) -> "MeteredCloud":
+    def __enter__(self) -> MeteredCloud:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -41,7 +41,6 @@ import contextlib
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -49,9 +48,10 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import websockets
 
@@ -154,10 +154,11 @@ class PlainEndpoint(Endpoint):
         self.conversation = room
         self.user = user
         self.registry = registry
+        self.sending: set[asyncio.Task[None]] = set()
         self.task = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, url: str, room: str, user: str, registry: Registry) -> "PlainEndpoint":
+    async def open(cls, url: str, room: str, user: str, registry: Registry) -> PlainEndpoint:
         ws = await websockets.connect(f"{url}?room={room}&user={user}", max_size=None)
         return cls(ws, room, user, registry)
 
@@ -171,8 +172,10 @@ class PlainEndpoint(Endpoint):
 
     def send(self, mid: str) -> None:
         self.registry.sent_at[mid] = time.perf_counter()
-        asyncio.create_task(self.ws.send(json.dumps({"action": "send", "room": self.conversation, "id": mid,
-                                                     "body": body_for(mid)})))
+        task = asyncio.create_task(self.ws.send(json.dumps({"action": "send", "room": self.conversation,
+                                                            "id": mid, "body": body_for(mid)})))
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
 
     async def close(self) -> None:
         await self.ws.close()
@@ -526,7 +529,7 @@ def seed_memberships(cloud: MeteredCloud, agent: str, count: int, tag: str) -> f
     from chalicelib.storage.dynamodb import DynamoStorage
 
     storage = DynamoStorage(Config.from_env({"STAGE": STAGE}), client=cloud.client("dynamodb"))
-    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     started = time.perf_counter()
 
     def one(i: int) -> None:
@@ -769,7 +772,7 @@ def table(table_rows: list[dict[str, Any]]) -> str:
                       r.get("target", ""), met))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     fmt = lambda line: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) if i < 5 else str(c).ljust(w)
-                                 for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+                                 for i, (c, w) in enumerate(zip(line, widths, strict=False))).rstrip()
     return "\n".join([fmt(lines[0]), "  ".join("-" * w for w in widths)] + [fmt(line) for line in lines[1:]])
 
 
@@ -778,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     result: dict[str, Any] = {
         "params": {k: v for k, v in vars(args).items()},
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
         "prices": {k: vars(v) for k, v in PRICES.items()},
         "memory_mb": {app: memory_mb(APPS[app]) for app in args.only},

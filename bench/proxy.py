@@ -26,7 +26,8 @@ import time
 import zlib
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from bench import capacity
@@ -200,7 +201,7 @@ class DynamoAccounting:
         transactional = operation == "TransactWriteItems"
         wru = 0
         tables = sorted({t for t, _, _ in targets})
-        for (table, _, kind), old, new in zip(targets, before, after):
+        for (table, _, kind), old, new in zip(targets, before, after, strict=True):
             shape = self.shape(table)
             units, index_writes = capacity.write_cost(shape, old, new, succeeded=succeeded,
                                                       transactional=transactional,
@@ -245,7 +246,7 @@ class DynamoAccounting:
                     full = self._get(table, self.shape(table).key_of(item)) if "ProjectionExpression" in spec else item
                     rru += capacity.read_units(capacity.item_size(full), bool(spec.get("ConsistentRead")))
         elif operation == "TransactGetItems":
-            for entry, got in zip(request.get("TransactItems", []), response.get("Responses", [])):
+            for entry, got in zip(request.get("TransactItems", []), response.get("Responses", []), strict=False):
                 table = entry["Get"]["TableName"]
                 tables.append(table)
                 item = self._get(table, entry["Get"]["Key"]) if "ProjectionExpression" in entry["Get"] else got.get("Item")

@@ -74,7 +74,7 @@ def verify_token(token: str | None, secret: str, *,
     if expires - issued > max_lifetime_seconds:
         raise Unauthorized(f"invalid token: lifetime exceeds {max_lifetime_seconds} s")
     sub, role, name = claims.get("sub"), claims.get("role"), claims.get("name")
-    if not _text(sub) or "#" in sub:
+    if not isinstance(sub, str) or not _text(sub) or "#" in sub:
         raise Unauthorized("invalid token: bad sub")
     if role not in ROLES:
         raise Unauthorized("invalid token: role must be customer or agent")

@@ -49,7 +49,7 @@ def fetch_secret(kind: str, name: str) -> str:
         raise ConfigurationError(f"JWT secret {kind}:{name} could not be read: {exc}") from exc
     with _secret_lock:
         _secret_cache[key] = (time.monotonic(), value)
-    return value
+    return str(value)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 from chalice.app import Chalice, Request, Response, SQSEvent, WebsocketEvent
 from pydantic import BaseModel, ValidationError
@@ -142,7 +142,8 @@ class Handlers:
 
     def create_conversation(self, request: Request) -> Response:
         """``POST /conversations`` (``Idempotency-Key`` honoured): 201 created, 200 replayed."""
-        key = (request.headers or {}).get("idempotency-key")
+        headers: Mapping[str, str] = request.headers or {}
+        key = headers.get("idempotency-key")
 
         def call(chat: ChatService, who: Any) -> tuple[int, Any]:
             conv, created = chat.open_conversation(who, key)
@@ -151,7 +152,7 @@ class Handlers:
 
     def list_conversations(self, request: Request) -> Response:
         """``GET /conversations?status=S&limit=L&cursor=C``: the caller's, newest first."""
-        query = request.query_params or {}
+        query: Mapping[str, str] = request.query_params or {}
         status = query.get("status")
         if status is not None and status not in STATUSES:
             return _error(BadRequest(f"status must be one of {', '.join(STATUSES)}"))
@@ -165,7 +166,7 @@ class Handlers:
 
     def list_messages(self, request: Request, conversation_id: str) -> Response:
         """``GET /conversations/{id}/messages?after=N|before=N&limit=L``."""
-        query = request.query_params or {}
+        query: Mapping[str, str] = request.query_params or {}
         return self._rest(request, lambda chat, who: _check_id(conversation_id) or (
             200, chat.list_messages(
                 who, conversation_id,
@@ -199,7 +200,7 @@ class Handlers:
 
     def waiting_queue(self, request: Request) -> Response:
         """``GET /queue?limit=L`` (agents only): waiting conversations, oldest first."""
-        query = request.query_params or {}
+        query: Mapping[str, str] = request.query_params or {}
         return self._rest(request, lambda chat, who: (
             200, chat.waiting_queue(who, _int_param(query, "limit", 50, 1, MAX_PAGE))))
 
@@ -241,17 +242,21 @@ def _body(request: Request, model: type[B]) -> B:
         raise BadRequest(f"{where}: {err['msg']}") from None
 
 
-def _check_id(conversation_id: str) -> None:
-    """A path id must be an id (``A-Za-z0-9_-``, at most 128): 400 before any lookup."""
+def _check_id(conversation_id: str) -> Literal[False]:
+    """A path id must be an id (``A-Za-z0-9_-``, at most 128): 400 before any lookup.
+
+    Returns False (so ``_check_id(i) or answer`` reads as "check, then answer").
+    """
     if not valid_id(conversation_id):
         raise BadRequest("conversation id must be 1 to 128 characters of A-Z a-z 0-9 _ -")
+    return False
 
 
 def _origin(event: WebsocketEvent) -> Origin:
     return Origin(event.connection_id, event.domain_name, event.stage)
 
 
-def _int_param(query: dict[str, str], name: str, default: Any, low: int,
+def _int_param(query: Mapping[str, str], name: str, default: Any, low: int,
                high: int | None) -> Any:
     raw = query.get(name)
     if raw is None:

@@ -90,8 +90,8 @@ class WindowCounter:
         """Count one hit in every ``(key, limit)`` bucket, or none when one is full."""
         with self._lock:
             counts = [self._counts.get(key) or 0 for key, _ in buckets]
-            if any(count >= limit for count, (_, limit) in zip(counts, buckets)):
+            if any(count >= limit for count, (_, limit) in zip(counts, buckets, strict=True)):
                 return False
-            for count, (key, _) in zip(counts, buckets):
+            for count, (key, _) in zip(counts, buckets, strict=True):
                 self._counts.put(key, count + 1)
             return True

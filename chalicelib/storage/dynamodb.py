@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
@@ -228,7 +228,7 @@ class DynamoStorage:
             except ClientError as exc:
                 if _code(exc) != "TransactionCanceledException":
                     raise OnceChatError(f"storage operation {operation} failed: {exc}") from exc
-                reasons = list(exc.response.get("CancellationReasons") or [])
+                reasons = [dict(r) for r in exc.response.get("CancellationReasons") or []]
             except BotoCoreError as exc:
                 raise OnceChatError(f"storage operation {operation} failed: {exc}") from exc
             codes = {str(r.get("Code", "None")) for r in reasons}
@@ -804,7 +804,7 @@ class DynamoStorage:
             except ClientError as exc:
                 if _code(exc) != "ConditionalCheckFailedException":
                     raise
-                old = exc.response.get("Item")
+                old = cast("Item | None", exc.response.get("Item"))
                 raise ReservationRefused(
                     _from_item(Conversation, old) if old
                     else self.get_conversation(conversation_id)) from None

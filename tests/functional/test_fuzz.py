@@ -14,7 +14,6 @@ import json
 import logging
 import random
 
-import pytest
 
 from tests.functional.test_handlers import chat, send, table_items  # noqa: F401
 

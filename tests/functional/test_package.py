@@ -60,7 +60,7 @@ _CfnLoader.add_multi_constructor("!", _any_tag)
 
 # ------------------------------------------------- the deployable stack (make package)
 
-import pytest  # noqa: E402
+import pytest
 
 DATA_TABLES = ("ConversationsTable", "MessagesTable", "IdempotencyTable", "ParticipantsTable",
                "AgentsTable")

@@ -78,7 +78,7 @@ class Widget:
         self.base_url = base_url
         self.host = page.locator("oncechat-widget")
 
-    def open(self) -> "Widget":
+    def open(self) -> Widget:
         self.page.goto(self.base_url + "/")
         if self.host.get_attribute("data-open") is None:
             self.host.locator(".launcher").click()
@@ -130,7 +130,7 @@ class Console:
         self.page = page
         self.base_url = base_url
 
-    def sign_in(self, agent_id: str) -> "Console":
+    def sign_in(self, agent_id: str) -> Console:
         self.page.goto(self.base_url + "/console")
         # The page shows the sign-in form once it has read its config, or signs in by itself.
         self.page.wait_for_function(

@@ -8,7 +8,6 @@ and ``console.png``.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
