@@ -139,8 +139,13 @@ class Cloud:
         ctx = self._context(conn, "$default", "MESSAGE") | {"messageId": uuid.uuid4().hex}
         before = len(self.pushes.of(conn))
         self.mod.message({"body": raw, "requestContext": ctx, "isBase64Encoded": False}, None)
-        after = self.pushes.of(conn)
-        return after[-1] if len(after) > before else None
+        new = self.pushes.of(conn)[before:]
+        # The answer to this frame; pushes from other threads (another sender's
+        # fast path) may land on the same connection meanwhile.
+        replies = [f for f in new if f.get("type") in ("accepted", "error", "resumed")]
+        if replies:
+            return replies[-1]
+        return new[-1] if new else None
 
     def disconnect(self, conn: str) -> None:
         ctx = self._context(conn, "$disconnect", "DISCONNECT") | {
