@@ -206,6 +206,18 @@ class DynamoStorage:
                 return
             kwargs["ExclusiveStartKey"] = last
 
+    def _batch_get(self, table: str, keys: Sequence[Item], consistent: bool) -> Iterator[Item]:
+        """Every item at ``keys`` that exists (any order): 100 keys a BatchGetItem, unprocessed keys again."""
+        for start in range(0, len(keys), 100):
+            batch: dict[str, Any] = {"Keys": list(keys[start:start + 100])}
+            if consistent:
+                batch["ConsistentRead"] = True
+            request: dict[str, Any] = {table: batch}
+            while request:
+                answer = self._db.batch_get_item(RequestItems=request)
+                yield from answer.get("Responses", {}).get(table, [])
+                request = answer.get("UnprocessedKeys") or {}
+
     def _transact(self, items: list[Item], operation: str) -> list[str] | None:
         """Run one transaction; None when it committed, else the cancellation codes.
 
@@ -301,18 +313,12 @@ class DynamoStorage:
         users = list(dict.fromkeys(user_ids))
         found: dict[str, list[ConnectionRecord]] = {user: [] for user in users}
         with _backend("connections_of_users"):
-            for start in range(0, len(users), 100):
-                request: dict[str, Any] = {table: {
-                    "Keys": [{"connectionId": _s(_user_key(u))} for u in users[start:start + 100]],
-                    "ConsistentRead": True}}
-                while request:
-                    answer = self._db.batch_get_item(RequestItems=request)
-                    for item in answer.get("Responses", {}).get(table, []):
-                        conns = [_from_item(ConnectionRecord, value["M"])
-                                 for name, value in item.items() if name.startswith("c#")]
-                        for conn in conns:
-                            found.setdefault(conn.user_id, []).append(conn)
-                    request = answer.get("UnprocessedKeys") or {}
+            keys = [{"connectionId": _s(_user_key(u))} for u in users]
+            for item in self._batch_get(table, keys, consistent=True):
+                for name, value in item.items():
+                    if name.startswith("c#"):
+                        conn = _from_item(ConnectionRecord, value["M"])
+                        found.setdefault(conn.user_id, []).append(conn)
         return {user: sorted(found[user], key=lambda c: c.connection_id) for user in users}
 
     # --------------------------------------------------------------- agents
@@ -570,16 +576,9 @@ class DynamoStorage:
         table = self._config.conversations_table
         found: dict[str, Conversation] = {}
         ids = list(dict.fromkeys(k["conversationId"]["S"] for k in keys))
-        for start in range(0, len(ids), 100):
-            request: dict[str, Any] = {table: {
-                "Keys": [{"conversationId": _s(cid)} for cid in ids[start:start + 100]],
-                "ConsistentRead": True}}
-            while request:
-                answer = self._db.batch_get_item(RequestItems=request)
-                for item in answer.get("Responses", {}).get(table, []):
-                    conv = _from_item(Conversation, item)
-                    found[conv.conversation_id] = conv
-                request = answer.get("UnprocessedKeys") or {}
+        for item in self._batch_get(table, [{"conversationId": _s(cid)} for cid in ids], consistent=True):
+            conv = _from_item(Conversation, item)
+            found[conv.conversation_id] = conv
         return [found[cid] for cid in ids if cid in found]
 
     def waiting_conversations(self, limit: int) -> list[Conversation]:
@@ -918,14 +917,9 @@ class DynamoStorage:
         """The messages at ``keys``, in that order (missing ones left out), 100 keys a request."""
         table = self._config.messages_table
         found: dict[tuple[str, int], MessageRecord] = {}
-        for start in range(0, len(keys), 100):
-            request: dict[str, Any] = {table: {"Keys": keys[start:start + 100]}}
-            while request:
-                answer = self._db.batch_get_item(RequestItems=request)
-                for item in answer.get("Responses", {}).get(table, []):
-                    record = _from_item(MessageRecord, item)
-                    found[(record.conversation_id, record.seq)] = record
-                request = answer.get("UnprocessedKeys") or {}
+        for item in self._batch_get(table, keys, consistent=False):
+            record = _from_item(MessageRecord, item)
+            found[(record.conversation_id, record.seq)] = record
         return [found[k] for k in ((key["conversationId"]["S"], int(key["seq"]["N"]))
                                    for key in keys) if k in found]
 
@@ -1056,17 +1050,9 @@ class DynamoStorage:
                     ExpressionAttributeValues={":c": _s(conversation_id)},
                 )
             )
-            table = self._config.participants_table
-            found: list[Participant] = []
             keys = [{"userId": i["userId"], "conversationId": i["conversationId"]} for i in items]
-            for start in range(0, len(keys), 100):
-                request: dict[str, Any] = {table: {"Keys": keys[start:start + 100],
-                                                   "ConsistentRead": True}}
-                while request:
-                    answer = self._db.batch_get_item(RequestItems=request)
-                    found.extend(_from_item(Participant, i)
-                                 for i in answer.get("Responses", {}).get(table, []))
-                    request = answer.get("UnprocessedKeys") or {}
+            found = [_from_item(Participant, i) for i in self._batch_get(
+                self._config.participants_table, keys, consistent=True)]
         return sorted(found, key=lambda p: p.user_id)
 
     def advance_ack(self, user_id: str, conversation_id: str, seq: int) -> bool:
