@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint chaos bench scale bench-flood install clean token chat dlq-list dlq-redrive screenshots package cfn-lint deploy smoke smoke-local flood
+.PHONY: run test chromium test-fast lint chaos bench scale bench-flood install clean token chat dlq-list dlq-redrive screenshots package cfn-lint deploy smoke smoke-local flood
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ run: $(STAMP)
 	$(PY) -m infra.local
 
 ## Run the test suite.
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# The browser tests drive Debian's Chromium: installed here when missing and apt-get can (root).
+chromium:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -q && apt-get install -y -q chromium; } \
+		|| { test -x /usr/bin/chromium || echo "the browser tests need Chromium: apt-get install chromium"; }
 
 ## Screenshots of the widget (desktop, 360 px) and the console into docs/img/ (needs Chromium)
 screenshots: $(STAMP)
