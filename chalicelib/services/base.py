@@ -92,11 +92,15 @@ class ServiceBase:
             limiter = self.__dict__.setdefault("_frame_limits", FrameLimiter(self.config))
         return limiter
 
-    def _take_tokens(self, buckets: list[tuple[str, int]], message_id: str | None = None) -> None:
-        """Count a request in fixed-window buckets; RateLimited (nothing done) when one is full."""
+    def _window(self) -> tuple[int, int, int]:
+        """The current fixed rate window: its start, its length and now (epoch s)."""
         window = self.config.rate_window_seconds
         now_s = self.clock() // 1000
-        start = now_s - now_s % window
+        return now_s - now_s % window, window, now_s
+
+    def _take_tokens(self, buckets: list[tuple[str, int]], message_id: str | None = None) -> None:
+        """Count a request in fixed-window buckets; RateLimited (nothing done) when one is full."""
+        start, window, now_s = self._window()
         if not self.storage.take_tokens([(f"{key}#{start}", limit) for key, limit in buckets],
                                         start + 2 * window):
             raise RateLimited(f"rate limit reached; retry in {start + window - now_s} s",
@@ -108,9 +112,7 @@ class ServiceBase:
         Frames are limited without an AWS request (chalicelib.services.local_state
         says what that means on AWS); REST writes use the shared ``limits`` table.
         """
-        window = self.config.rate_window_seconds
-        now_s = self.clock() // 1000
-        start = now_s - now_s % window
+        start, window, now_s = self._window()
         if not self.window_counts.take([(f"{key}#{start}", limit) for key, limit in buckets]):
             raise RateLimited(f"rate limit reached; retry in {start + window - now_s} s",
                               message_id=message_id)

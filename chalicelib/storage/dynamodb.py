@@ -206,6 +206,16 @@ class DynamoStorage:
                 return
             kwargs["ExclusiveStartKey"] = last
 
+    def _update_unless_refused(self, **kwargs: Any) -> bool:
+        """An ``UpdateItem`` whose failed condition is an answer, not an error: False then."""
+        try:
+            self._db.update_item(**kwargs)
+        except ClientError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
+
     def _batch_get(self, table: str, keys: Sequence[Item], consistent: bool) -> Iterator[Item]:
         """Every item at ``keys`` that exists (any order): 100 keys a BatchGetItem, unprocessed keys again."""
         for start in range(0, len(keys), 100):
@@ -291,18 +301,14 @@ class DynamoStorage:
             removed = _from_item(ConnectionRecord, old) if old else None
             owner = removed.user_id if removed else user_id
             if owner is not None:
-                try:
-                    self._db.update_item(
-                        TableName=self._config.connections_table,
-                        Key={"connectionId": _s(_user_key(owner))},
-                        UpdateExpression="REMOVE #c",
-                        # Never create an empty user item.
-                        ConditionExpression="attribute_exists(connectionId)",
-                        ExpressionAttributeNames={"#c": _conn_attr(connection_id)},
-                    )
-                except ClientError as exc:
-                    if _code(exc) != "ConditionalCheckFailedException":
-                        raise
+                self._update_unless_refused(
+                    TableName=self._config.connections_table,
+                    Key={"connectionId": _s(_user_key(owner))},
+                    UpdateExpression="REMOVE #c",
+                    # Never create an empty user item.
+                    ConditionExpression="attribute_exists(connectionId)",
+                    ExpressionAttributeNames={"#c": _conn_attr(connection_id)},
+                )
         return removed
 
     def connections_of(self, user_id: str) -> list[ConnectionRecord]:
@@ -930,18 +936,14 @@ class DynamoStorage:
 
     def set_sweep_mark(self, mark: int) -> None:
         with _backend("set_sweep_mark"):
-            try:
-                self._db.update_item(
-                    TableName=self._config.limits_table,
-                    Key={"limitKey": _s(SWEEP_MARK_KEY)},
-                    UpdateExpression="SET mark = :m",
-                    # Never back: two sweeps racing leave the later mark.
-                    ConditionExpression="attribute_not_exists(mark) OR mark < :m",
-                    ExpressionAttributeValues={":m": _n(mark)},
-                )
-            except ClientError as exc:
-                if _code(exc) != "ConditionalCheckFailedException":
-                    raise
+            self._update_unless_refused(
+                TableName=self._config.limits_table,
+                Key={"limitKey": _s(SWEEP_MARK_KEY)},
+                UpdateExpression="SET mark = :m",
+                # Never back: two sweeps racing leave the later mark.
+                ConditionExpression="attribute_not_exists(mark) OR mark < :m",
+                ExpressionAttributeValues={":m": _n(mark)},
+            )
 
     def get_message(self, conversation_id: str, seq: int) -> MessageRecord | None:
         with _backend("get_message"):
