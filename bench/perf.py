@@ -496,23 +496,32 @@ async def burst(cloud: MeteredCloud, args: argparse.Namespace) -> dict[str, Any]
     outcomes = await asyncio.wait_for(accepted_done, 60)
     stats = cloud.stats()
     await users.close()
+    # The writes that commit a message to its slot, failed ones included:
+    # PutItem on the messages table (a message, or a void) and, on an
+    # older tree, the append transaction (cancellations counted).
     appends = cancelled = rate_limit_tx = 0.0
     for r in stats["aws"]["requests"]:
-        if r["operation"] == "TransactWriteItems" and r["phase"] == "message:send":
+        if r["phase"] != "message:send":
+            continue
+        on_messages = r.get("detail", "").endswith("-messages")
+        if r["operation"] == "TransactWriteItems":
             if "messages" in r.get("detail", ""):
                 appends += r.get("requests", 0)
                 cancelled += r.get("cancelled_requests", 0)
             else:
                 rate_limit_tx += r.get("requests", 0)
+        elif r["operation"] == "PutItem" and on_messages:
+            appends += r.get("requests", 0)
+            cancelled += r.get("condition_failed", 0)
     send_frames = stats["cloud"]["frames_in"].get("message:send", {}).get("frames", 0)
     pushed = stats["cloud"].get("push_types", {})
     refused = sum(v for k, v in pushed.items() if k.startswith("error") or k == "gateway error")
     failed = [o for o in outcomes if isinstance(o, BaseException)]
     return {
         "messages": args.burst, "delivered": len(registry.recv_at), "drained": drained,
-        "drain_seconds": round(drain_s, 1), "append_transactions": int(appends),
-        "append_cancelled": int(cancelled), "other_send_transactions": int(rate_limit_tx),
-        "transactions_per_message": round(appends / max(1, args.burst), 2),
+        "drain_seconds": round(drain_s, 1), "append_writes": int(appends),
+        "append_failed": int(cancelled), "other_send_transactions": int(rate_limit_tx),
+        "appends_per_message": round(appends / max(1, args.burst), 2),
         "send_frames": int(send_frames), "resends": int(send_frames - args.burst),
         "errors_pushed": {k: int(v) for k, v in pushed.items() if k.startswith("error") or k == "gateway error"},
         "resends_after_timeout": int(max(0, send_frames - args.burst - refused)),
@@ -723,10 +732,10 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         lambda o, w, r: None if w is None else o >= 0.5 * w)
     b = apps.get("oncechat", {}).get("burst")
     if b:
-        out.append({"figure": f"burst {b['messages']}: append transactions / msg", "oncechat": b["transactions_per_message"],
-                    "target": "<= 1.5", "met": b["transactions_per_message"] <= 1.5})
-        out.append({"figure": "  append transactions (cancelled)",
-                    "oncechat": f"{b['append_transactions']} ({b['append_cancelled']})", "target": "", "met": None})
+        out.append({"figure": f"burst {b['messages']}: appends (slot writes) / msg", "oncechat": b["appends_per_message"],
+                    "target": "<= 1.5", "met": b["appends_per_message"] <= 1.5})
+        out.append({"figure": "  appends (failed)",
+                    "oncechat": f"{b['append_writes']} ({b['append_failed']})", "target": "", "met": None})
         out.append({"figure": "  resends in all (after errors + after timeouts)",
                     "oncechat": f"{b['resends']} ({b['resends'] - b['resends_after_timeout']} + {b['resends_after_timeout']})",
                     "target": "no timeouts", "met": b["resends_after_timeout"] == 0})

@@ -243,6 +243,27 @@ def replay_of(frame: SendFrame, existing: IdempotencyRecord) -> Replay:
     return Replay(existing)
 
 
+def claimed_message(principal: Principal, frame: SendFrame, claim: IdempotencyRecord,
+                    retention_seconds: int = 0) -> MessageRecord:
+    """The message a claim stands for, at its seq and time (a retry stores it when the slot is empty)."""
+    return MessageRecord(
+        conversation_id=claim.conversation_id,
+        seq=claim.seq,
+        message_id=claim.message_id,
+        sender_id=principal.user_id,
+        sender_role=principal.role,
+        body=frame.body,
+        sent_at=claim.sent_at,
+        expires_at=epoch_ms(claim.sent_at) // 1000 + retention_seconds if retention_seconds else None,
+    )
+
+
+def is_claimed_by(message: MessageRecord, claim: IdempotencyRecord) -> bool:
+    """Whether a stored message is the one a claim stands for (not a void, not another message)."""
+    return (not message.void and message.message_id == claim.message_id
+            and message.sender_id == claim.sender_id)
+
+
 def new_message(
     principal: Principal,
     conversation_id: str,

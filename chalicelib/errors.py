@@ -122,7 +122,15 @@ class StorageSignal(Exception):
 
 
 class SequenceConflict(StorageSignal):
-    """The conversation's counter moved since it was read: re-read and retry."""
+    """The conversation's counter moved since it was read, or a message slot is taken: re-read and retry.
+
+    ``existing`` is what holds the slot, when the backend returned it with
+    the failure (``put_message``).
+    """
+
+    def __init__(self, key: str, existing: Any = None) -> None:
+        super().__init__(key)
+        self.existing = existing
 
 
 class DuplicateMessage(StorageSignal):

@@ -73,13 +73,20 @@ class MessagingMixin(ServiceBase):
     # ------------------------------------------------------------------- send
 
     def send(self, principal: Principal, origin: Origin | None, frame: SendFrame) -> dict[str, Any]:
-        """Store a message exactly once, enqueue it, and return the ``accepted`` frame.
+        """Store a message exactly once, push it, and return the ``accepted`` frame.
 
-        Two writes, neither retried under contention: reserve the next seq
-        (an atomic increment that also checks the sender holds the open
-        conversation), then store the message there with its idempotency
-        record. A retry of a stored message fails the second write: it is
-        answered with the first seq, and the seq it reserved is made void.
+        Three conditional writes, none retried under contention: reserve the
+        next seq (an atomic increment that also checks the sender holds the
+        open conversation), claim the messageId for that seq (the
+        idempotency record), then store the message in the slot. A retry of
+        a claimed messageId fails the claim: it is answered from the claim
+        (``_settle``), and the seq it reserved is made void.
+
+        The sending handler then pushes the message to every connection of
+        the recipients (the fast path). Only what that could not do goes
+        through the queue: pushes that failed, or all of them when the
+        connections could not be read. A handler that dies after storing is
+        covered by the sender's retry and by the sweeper.
         """
         origin_id = origin.connection_id if origin else None
         buckets = [(f"send#user#{principal.user_id}", self.config.rate_user_sends)]
@@ -103,7 +110,11 @@ class MessagingMixin(ServiceBase):
         reopened = False
         for _ in range(self.config.append_max_attempts):
             if existing is not None:
-                return self._replay(principal, origin_id, frame, existing)
+                settled = self._settle(principal, origin_id, frame, existing)
+                if isinstance(settled, dict):
+                    return settled
+                existing = settled
+                continue
             now = self.clock()
             try:
                 conv = self.storage.reserve_seq(frame.conversation_id, principal, now)
@@ -126,26 +137,36 @@ class MessagingMixin(ServiceBase):
                 principal, conv.conversation_id, frame, conv.last_seq, now,
                 self.config.idempotency_ttl_seconds, self.config.message_retention_days * 86400)
             try:
-                self.storage.store_message(append.message, append.idem, now // 1000)
+                self.storage.claim_message_id(append.idem, now // 1000)
             except DuplicateMessage as dup:
-                # Stored before (a retry), or a concurrent duplicate committed
+                # Claimed before (a retry), or a concurrent duplicate claimed
                 # first: our seq stays empty for good, so void it now, and
-                # answer from the record the first one wrote.
+                # answer from the claim the first one wrote.
                 self._void(conv, conv.last_seq, now)
                 existing = dup.existing or self._idempotency(principal, frame, now)
                 continue
+            try:
+                self.storage.put_message(append.message, now // 1000)
             except SequenceConflict:
-                continue  # our slot was voided (this send outlived the grace): reserve again
+                # A twin send of this claim stored it, or our slot was voided
+                # (this send outlived the grace): settle the claim.
+                existing = append.idem
+                continue
+            m = append.message
             self.accepted.put(append.idem.key, append.idem)
-            recipients = tuple(conv.participant_ids())
-            retry = self._push_now(append.message, recipients, origin_id)
-            self._enqueue(Delivery(append.message, origin_id, recipients,
-                                   fast=retry is not None, retry=retry or ()))
+            self._deliver_now(m, tuple(conv.participant_ids()), origin_id)
             if reopened:
                 self.assign_new_waiting(frame.conversation_id)
-            m = append.message
             return core.accepted_frame(m.conversation_id, m.message_id, m.seq, m.sent_at, False)
         raise OnceChatError("conversation too busy, retry the send", message_id=frame.message_id)
+
+    def _deliver_now(self, message: MessageRecord, recipients: tuple[str, ...],
+                     origin_id: str | None) -> None:
+        """Push a message just stored; queue only what the fast path could not push."""
+        retry = self._push_now(message, recipients, origin_id)
+        if retry is None or retry:
+            self._enqueue(Delivery(message, origin_id, recipients,
+                                   fast=retry is not None, retry=retry or ()))
 
     def _push_now(self, message: MessageRecord, recipients: tuple[str, ...],
                   origin_id: str | None) -> tuple[ConnectionRecord, ...] | None:
@@ -192,21 +213,63 @@ class MessagingMixin(ServiceBase):
                 log.info("void %s#%d not enqueued: %s", conv.conversation_id, seq, err.message)
         return filled
 
-    def _replay(self, principal: Principal, origin_id: str | None, frame: SendFrame,
-                existing: IdempotencyRecord) -> dict[str, Any]:
-        """Answer a send of a stored messageId with its first seq, and enqueue it again.
+    def _settle(self, principal: Principal, origin_id: str | None, frame: SendFrame,
+                existing: IdempotencyRecord) -> dict[str, Any] | IdempotencyRecord | None:
+        """Answer a send of a claimed messageId; return the ``accepted`` frame, or the claim to settle next.
 
-        The first attempt may have died between commit and enqueue: enqueue
-        again. If it did enqueue, SQS dedup (5 min) or the recipients' seq
-        rule drops the copy.
+        - The claimed slot holds the message: answer with its seq (a
+          duplicate), and deliver it again through the queue. The first
+          attempt may have died before pushing; if it queued a delivery,
+          SQS deduplication (5 min) drops this one, and recipients drop
+          a second push by seq.
+        - The slot is empty: the first attempt is still storing, or died
+          after its claim. Store the message there now (the same payload:
+          ``replay_of`` checked it); of two sends storing it, one writes and
+          the other finds its twin.
+        - The slot is void (a reader found it empty past the sweep grace):
+          the message was never stored, nor ever accepted. Reserve a new
+          seq and move the claim there (``move_claim``: one of two racing
+          sends moves it; the other settles the moved claim).
         """
-        replay = core.replay_of(frame, existing)  # Conflict for another body
-        idem = replay.idem
-        self.accepted.put(idem.key, idem)
-        stored = self.storage.get_message(idem.conversation_id, idem.seq)
-        if stored is not None:
+        core.replay_of(frame, existing)  # Conflict for another body
+        cid, seq = existing.conversation_id, existing.seq
+        stored = self.storage.get_message(cid, seq)
+        if stored is None:
+            claimed = core.claimed_message(principal, frame, existing,
+                                           self.config.message_retention_days * 86400)
+            try:
+                self.storage.put_message(claimed, self.clock() // 1000)
+                stored = claimed
+            except SequenceConflict as taken:
+                stored = taken.existing or self.storage.get_message(cid, seq)
+        if stored is not None and core.is_claimed_by(stored, existing):
+            self.accepted.put(existing.key, existing)
             self._enqueue(Delivery(stored, origin_id))
-        return core.accepted_frame(idem.conversation_id, idem.message_id, idem.seq, idem.sent_at, True)
+            return core.accepted_frame(cid, existing.message_id, seq, existing.sent_at, True)
+        # Void: store the message at a new seq.
+        now = self.clock()
+        try:
+            conv = self.storage.reserve_seq(cid, principal, now)
+        except ReservationRefused as refused:
+            if refused.conversation is None:
+                raise NotFound(f"conversation {cid} not found") from None
+            core.require_participant(principal, refused.conversation)  # Forbidden
+            raise ConversationClosed("conversation is closed") from None
+        self.last_seqs.raise_to(cid, conv.last_seq)
+        append = core.new_message(
+            principal, cid, frame, conv.last_seq, now,
+            self.config.idempotency_ttl_seconds, self.config.message_retention_days * 86400)
+        if not self.storage.move_claim(append.idem, seq):
+            self._void(conv, conv.last_seq, now)
+            return self._idempotency(principal, frame, now)
+        try:
+            self.storage.put_message(append.message, now // 1000)
+        except SequenceConflict:
+            return append.idem
+        m = append.message
+        self.accepted.put(append.idem.key, append.idem)
+        self._deliver_now(m, tuple(conv.participant_ids()), origin_id)
+        return core.accepted_frame(cid, m.message_id, m.seq, m.sent_at, False)
 
     # -------------------------------------------------------------------- ack
 

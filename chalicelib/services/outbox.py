@@ -24,11 +24,12 @@ class OutboxMixin(ServiceBase):
     """Enqueue after commit; the sweeper for what a dead handler left behind."""
 
     def _enqueue(self, delivery: Delivery) -> None:
-        """Enqueue a committed message; nothing records that it was.
+        """Enqueue a delivery of a committed message; nothing records that it was.
 
         Stored but not queued (this raises, or the handler dies first): the
         client's retry (same messageId) is answered as a duplicate and
-        enqueues again; if the client never returns, the sweeper enqueues it.
+        enqueues again; if the client never returns, the sweeper finds the
+        message unacknowledged and enqueues it.
         """
         message = delivery.message
         try:
@@ -40,22 +41,24 @@ class OutboxMixin(ServiceBase):
                                 message_id=message.message_id) from err
 
     def sweep(self) -> int:
-        """Enqueue again every message committed in the last window; return how many.
+        """Enqueue every message of the last window that a connected recipient has not acked; return how many.
 
-        Nothing marks a message enqueued (that cost a write and two index
-        writes per message). Instead the sweeper re-enqueues, blindly, every
-        message committed between its watermark and ``now - grace``:
+        Nothing marks a message pushed or enqueued (that would cost a write
+        and index writes per message). The sending handler pushes at once
+        and queues only what it could not push; the sweeper covers a handler
+        that died between commit and push, for a sender who never retries.
+        It reads the window of messages committed between its watermark and
+        ``now - grace`` (``sweep_grace_seconds`` is longer than any send
+        takes, so a living handler has pushed by then), and each
+        recipient's ack cursor and connections, one batch read each:
 
-        - a message whose handler died between commit and enqueue, for a
-          sender who never retries, is enqueued within grace + one schedule
-          period (``sweep_grace_seconds`` is longer than any send takes, so
-          a living handler has enqueued it by then);
-        - every other message of the window was enqueued by its handler a
-          minute or two before, well inside SQS FIFO's 5-minute
-          deduplication window: SQS accepts and drops the copy (same
-          deduplication id), so it costs a tenth of a batch request and no
-          delivery. If a copy does get through (a sweep that ran late),
-          recipients drop it by seq.
+        - a recipient who acked the message has it;
+        - a recipient with no connection gets it by resume when it connects;
+        - every other recipient gets it through the queue (group = the
+          conversation, deduplication id = the message): pushed within
+          grace + one schedule period. Clients ack within seconds
+          (``ack_delay``), so a message pushed but not yet acked is rare;
+          if one is pushed again, recipients drop the copy by seq.
 
         The watermark moves only after the window was enqueued, so a sweep
         that fails is repeated by the next one.
@@ -70,8 +73,9 @@ class OutboxMixin(ServiceBase):
             if len(due) == self.config.sweep_batch:
                 # A full batch: stop at its last second (resent next time, harmlessly).
                 end = max(start + 1, core.epoch_ms(due[-1].sent_at) // 1000)
-            if due:
-                self.queue.enqueue_many([Delivery(m, None) for m in due])
+            undelivered = self._unacked(due)
+            if undelivered:
+                self.queue.enqueue_many(undelivered)
             self.storage.set_sweep_mark(end)
         self.reconcile_presence()
         # The queue runs on every trigger (a conversation waits, an agent comes
@@ -81,6 +85,38 @@ class OutboxMixin(ServiceBase):
         if assigned:
             log.warning("sweeper assigned %d waiting conversation(s)", assigned)
         return len(due)
+
+    def _unacked(self, messages: list[MessageRecord]) -> list[Delivery]:
+        """Deliveries of ``messages`` to the participants that have connections and have not acked them.
+
+        Three batch reads however many messages: their conversations, the
+        participants' cursors and the participants' connections.
+        """
+        if not messages:
+            return []
+        convs = {c.conversation_id: c for c in self.storage.conversations_at(
+            list(dict.fromkeys(m.conversation_id for m in messages)))}
+        keys = [(user, cid) for cid, conv in convs.items() for user in conv.participant_ids()]
+        acked = {(p.user_id, p.conversation_id): p.ack_seq for p in self.storage.participants_at(keys)}
+        wanting: list[tuple[MessageRecord, list[str]]] = []
+        for m in messages:
+            conv = convs.get(m.conversation_id)
+            if conv is None:
+                continue
+            users = [u for u in conv.participant_ids()
+                     if acked.get((u, m.conversation_id), 0) < m.seq]
+            if users:
+                wanting.append((m, users))
+        if not wanting:
+            return []
+        connected = self.storage.connections_of_users(
+            list(dict.fromkeys(u for _, users in wanting for u in users)))
+        deliveries = []
+        for m, users in wanting:
+            reachable = tuple(u for u in users if connected.get(u))
+            if reachable:
+                deliveries.append(Delivery(m, None, reachable))
+        return deliveries
 
     def unswept_before(self, before: int, limit: int) -> list[MessageRecord]:
         """Up to ``limit`` messages committed before ``before`` (epoch s) that no sweep has covered.

@@ -145,16 +145,34 @@ class Storage(Protocol):
         absent) otherwise, reserving nothing.
         """
 
-    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
-        """Store a message at the seq its sender reserved, with its idempotency record, atomically.
+    def claim_message_id(self, idem: IdempotencyRecord, now_epoch: int) -> None:
+        """Claim a sender's messageId for the seq it reserved: one conditional write.
 
-        One transaction of two conditional writes:
-        - the idempotency record (condition: absent, or present but expired: ``expires_at < now_epoch``);
-        - the message item keyed (conversation_id, seq) (condition: absent),
-          entered in the commit-time index at ``now_epoch`` (see ``committed_between``).
-        Raises DuplicateMessage (with the stored record) when the idempotency
-        record exists and is not expired, SequenceConflict when the slot was
-        filled (voided by ``fill_hole``). On any raise nothing is written.
+        Condition: no record, or an expired one (``expires_at < now_epoch``).
+        Raises DuplicateMessage (with the stored record) otherwise: the
+        messageId was claimed before, at the seq that record names.
+        The claim comes before the message (``put_message``), so a message
+        is never visible without its claim.
+        """
+
+    def put_message(self, message: MessageRecord, now_epoch: int) -> None:
+        """Store a message at its seq, entered in the commit-time index at ``now_epoch``.
+
+        One conditional write (condition: the slot is empty). Raises
+        SequenceConflict carrying what holds the slot otherwise: the same
+        messageId (a twin send of the same claim stored it first: done), or a
+        void (``fill_hole``: this send outlived the sweep grace; the claim is
+        moved to a new seq with ``move_claim``). Never an overwrite.
+        """
+
+    def move_claim(self, idem: IdempotencyRecord, from_seq: int) -> bool:
+        """Replace a claim by ``idem`` (a new seq and time) if it still names ``from_seq``; False if not."""
+
+    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
+        """``claim_message_id`` then ``put_message``: the two writes of a send, one after the other.
+
+        Not atomic: when the slot is taken, the claim stays (pointing at
+        the taken seq) and SequenceConflict is raised.
         """
 
     def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
@@ -201,6 +219,12 @@ class Storage(Protocol):
 
     def get_participant(self, user_id: str, conversation_id: str) -> Participant | None:
         """A user's membership of a conversation, or None."""
+
+    def participants_at(self, keys: Sequence[tuple[str, str]]) -> list[Participant]:
+        """The memberships at ``(user_id, conversation_id)`` keys that exist (strongly consistent, any order)."""
+
+    def conversations_at(self, conversation_ids: Sequence[str]) -> list[Conversation]:
+        """The conversations that exist among ``conversation_ids`` (strongly consistent, any order)."""
 
     def participants_of_user(self, user_id: str) -> list[Participant]:
         """Every membership of a user (any order)."""

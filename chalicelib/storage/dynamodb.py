@@ -815,57 +815,73 @@ class DynamoStorage:
                     else self.get_conversation(conversation_id)) from None
         return _from_item(Conversation, answer["Attributes"])
 
-    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
-        # Two conditional writes in one transaction, at a seq the sender has
-        # reserved (reserve_seq): all happen or none.
-        #
-        # [0] idempotency: attribute_not_exists(idemKey) OR expiresAt < :now
+    def claim_message_id(self, idem: IdempotencyRecord, now_epoch: int) -> None:
+        # attribute_not_exists(idemKey) OR expiresAt < :now
         #   A retry, or a racing duplicate (the client resent after a timeout
         #   while the first send was still running):
         #     t0 A reserves 5           t1 B reserves 6
-        #     t2 A stores 5             t3 B fails [0] -> DuplicateMessage
+        #     t2 A claims 5             t3 B fails here -> DuplicateMessage
         #   B answers with A's seq (ALL_OLD returns A's record: no read) and
         #   leaves 6 void (fill_hole). An expired record (TTL deletes late, up
         #   to ~48 h) counts as absent, as the interface says.
-        #
-        # [1] message: attribute_not_exists(seq)
-        #   The slot is this sender's by reservation; it is taken only when a
-        #   reader found it empty past the sweep grace and voided it (this
-        #   send took longer than any send may): SequenceConflict, reserve
-        #   again. Never an overwrite.
-        reasons = self._transact_reasons(
-            [
-                {
-                    "Put": {
-                        "TableName": self._config.idempotency_table,
-                        "Item": _to_item(idem, idemKey=idem.key),
-                        "ConditionExpression": "attribute_not_exists(idemKey) OR expiresAt < :now",
-                        "ExpressionAttributeValues": {":now": _n(now_epoch)},
-                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                    }
-                },
-                {
-                    "Put": {
-                        "TableName": self._config.messages_table,
-                        "Item": _to_item(
-                            message, **_commit_attrs(message.conversation_id, now_epoch)),
-                        "ConditionExpression": "attribute_not_exists(seq)",
-                    }
-                },
-            ],
-            "store_message",
-        )
-        if reasons is None:
-            return
-        codes = [str(r.get("Code", "None")) for r in reasons]
-        if not codes:
-            raise OnceChatError("store_message cancelled without CancellationReasons")
-        if codes[0] == "ConditionalCheckFailed":
-            old = reasons[0].get("Item")
-            raise DuplicateMessage(idem.key, _from_item(IdempotencyRecord, old) if old else None)
-        if codes[1] == "ConditionalCheckFailed" or set(codes) & _RETRYABLE_REASONS:
-            raise SequenceConflict(message.conversation_id)
-        raise OnceChatError(f"store_message cancelled: {codes}")
+        with _backend("claim_message_id"):
+            try:
+                self._db.put_item(
+                    TableName=self._config.idempotency_table,
+                    Item=_to_item(idem, idemKey=idem.key),
+                    ConditionExpression="attribute_not_exists(idemKey) OR expiresAt < :now",
+                    ExpressionAttributeValues={":now": _n(now_epoch)},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":
+                    raise
+                old = cast("Item | None", exc.response.get("Item"))
+                raise DuplicateMessage(
+                    idem.key, _from_item(IdempotencyRecord, old) if old else None) from None
+
+    def put_message(self, message: MessageRecord, now_epoch: int) -> None:
+        # attribute_not_exists(seq): the slot is this sender's by reservation
+        # (and its messageId's by claim). It is taken only by a twin send of
+        # the same claim (a retry that found the slot empty and stored the
+        # same message) or by a void, when a reader found it empty past the
+        # sweep grace (this send took longer than any send may). ALL_OLD
+        # tells the two apart without a read. Never an overwrite.
+        with _backend("put_message"):
+            try:
+                self._db.put_item(
+                    TableName=self._config.messages_table,
+                    Item=_to_item(message, **_commit_attrs(message.conversation_id, now_epoch)),
+                    ConditionExpression="attribute_not_exists(seq)",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":
+                    raise
+                old = cast("Item | None", exc.response.get("Item"))
+                raise SequenceConflict(
+                    message.conversation_id, _from_item(MessageRecord, old) if old else None) from None
+
+    def move_claim(self, idem: IdempotencyRecord, from_seq: int) -> bool:
+        # seq = :from: of two sends moving the same claim off a void seq,
+        # one wins; the other finds the claim moved and answers from it.
+        with _backend("move_claim"):
+            try:
+                self._db.put_item(
+                    TableName=self._config.idempotency_table,
+                    Item=_to_item(idem, idemKey=idem.key),
+                    ConditionExpression="seq = :from",
+                    ExpressionAttributeValues={":from": _n(from_seq)},
+                )
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":
+                    raise
+                return False
+        return True
+
+    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
+        self.claim_message_id(idem, now_epoch)
+        self.put_message(message, now_epoch)
 
     def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
         # attribute_not_exists(seq): a void never overwrites a message. When
@@ -1029,6 +1045,18 @@ class DynamoStorage:
                 {"userId": _s(user_id), "conversationId": _s(conversation_id)},
             )
         return _from_item(Participant, item) if item else None
+
+    def participants_at(self, keys: Sequence[tuple[str, str]]) -> list[Participant]:
+        with _backend("participants_at"):
+            items = self._batch_get(self._config.participants_table, [
+                {"userId": _s(u), "conversationId": _s(c)} for u, c in dict.fromkeys(keys)],
+                consistent=True)
+            return [_from_item(Participant, item) for item in items]
+
+    def conversations_at(self, conversation_ids: Sequence[str]) -> list[Conversation]:
+        with _backend("conversations_at"):
+            return self._conversations_at(
+                [{"conversationId": _s(cid)} for cid in conversation_ids])
 
     def participants_of_user(self, user_id: str) -> list[Participant]:
         with _backend("participants_of_user"):

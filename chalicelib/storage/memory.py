@@ -236,16 +236,32 @@ class MemoryStorage:
             self._conversations[conversation_id] = conv
             return conv
 
-    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
+    def claim_message_id(self, idem: IdempotencyRecord, now_epoch: int) -> None:
         with self._lock:
             existing = self._idempotency.get(idem.key)
             if existing is not None and existing.expires_at >= now_epoch:
                 raise DuplicateMessage(idem.key, existing)
-            if (message.conversation_id, message.seq) in self._messages:
-                raise SequenceConflict(message.conversation_id)
             self._idempotency[idem.key] = idem
-            self._messages[(message.conversation_id, message.seq)] = message
-            self._committed[(message.conversation_id, message.seq)] = now_epoch
+
+    def put_message(self, message: MessageRecord, now_epoch: int) -> None:
+        with self._lock:
+            key = (message.conversation_id, message.seq)
+            if key in self._messages:
+                raise SequenceConflict(message.conversation_id, self._messages[key])
+            self._messages[key] = message
+            self._committed[key] = now_epoch
+
+    def move_claim(self, idem: IdempotencyRecord, from_seq: int) -> bool:
+        with self._lock:
+            current = self._idempotency.get(idem.key)
+            if current is None or current.seq != from_seq:
+                return False
+            self._idempotency[idem.key] = idem
+            return True
+
+    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
+        self.claim_message_id(idem, now_epoch)
+        self.put_message(message, now_epoch)
 
     def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
         with self._lock:
@@ -316,6 +332,15 @@ class MemoryStorage:
     def get_participant(self, user_id: str, conversation_id: str) -> Participant | None:
         with self._lock:
             return self._participants.get((user_id, conversation_id))
+
+    def participants_at(self, keys: Sequence[tuple[str, str]]) -> list[Participant]:
+        with self._lock:
+            return [self._participants[k] for k in dict.fromkeys(keys) if k in self._participants]
+
+    def conversations_at(self, conversation_ids: Sequence[str]) -> list[Conversation]:
+        with self._lock:
+            return [self._conversations[c] for c in dict.fromkeys(conversation_ids)
+                    if c in self._conversations]
 
     def participants_of_user(self, user_id: str) -> list[Participant]:
         with self._lock:

@@ -56,14 +56,14 @@ def test_oncechat_breakdowns_add_up_to_the_totals(result):
     assert sum(p["requests"] for p in phases.values()) == pytest.approx(paced["aws_requests"], abs=0.01)
     assert sum(p["wru"] for p in phases.values()) == pytest.approx(paced["wru"], abs=0.01)
     assert sum(o["requests"] for o in paced["by_operation"].values()) == pytest.approx(paced["aws_requests"], abs=0.01)
-    assert phases["send"]["requests"] > 0 and phases["delivery"]["requests"] > 0
+    assert phases["send"]["requests"] > 0
     assert paced["cost_per_million_total"] == pytest.approx(sum(paced["cost_per_million"].values()), abs=0.02)
 
 
 def test_oncechat_burst_and_resumes_complete(result):
     burst = result["apps"]["oncechat"]["burst"]
     assert burst["delivered"] == burst["messages"] and burst["drained"]
-    assert burst["append_transactions"] >= burst["messages"]  # at least one committed append per message
+    assert burst["append_writes"] >= burst["messages"]  # at least one committed append per message
     for r in result["apps"]["oncechat"]["resume"]:
         assert r["answered"], r
         assert r["aws_requests"] > 0

@@ -166,8 +166,9 @@ def test_a_transaction_conflict_is_retried_and_then_commits(ddb: Any) -> None:
     store = DynamoStorage(config_for(STAGE), client)
     store.create_conversation(conversation("c1"))  # third call: commits
     msg = message(1)
-    store_via(store, msg)
-    assert client.calls == 4
+    assert client.calls == 3
+    store_via(store, msg)  # plain conditional writes: no transaction
+    assert client.calls == 3
     assert store.get_message("c1", 1) == msg
 
 
@@ -175,11 +176,6 @@ def test_a_lasting_transaction_conflict_is_reported_as_sequence_conflict(ddb: An
     store = DynamoStorage(config_for(STAGE), ddb)
     store.create_conversation(conversation("c1"))
     conflicted = DynamoStorage(config_for(STAGE), _Conflicting(ddb, conflicts=100))
-    msg = message(1)
-    assert store.reserve_seq("c1", Principal(user_id="cust1", role="customer"), 0).last_seq == 1
-    with pytest.raises(SequenceConflict):
-        conflicted.store_message(msg, idem_for(msg), NOW_EPOCH)
-    assert store.get_message("c1", 1) is None
     # a lifecycle step that keeps conflicting is a signal to re-read, and writes nothing
     store.agent_connected("ag1", T0)
     waiting = store.get_conversation("c1")

@@ -395,7 +395,7 @@ def test_an_assigned_agent_reserves_and_a_transferred_away_one_does_not(storage:
     assert [m.sender_role for m in storage.messages_after("c1", 0, 10)] == ["system", "customer"]
 
 
-def test_a_duplicate_store_raises_with_the_first_record_and_writes_nothing(storage: Storage) -> None:
+def test_a_duplicate_claim_raises_with_the_first_record_and_writes_nothing(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     first = message(1, message_id="m-dup")
     store(storage, first)
@@ -418,10 +418,63 @@ def test_fill_hole_voids_an_empty_seq_once_and_never_overwrites(storage: Storage
     assert storage.fill_hole("c1", 2, NOW_EPOCH + 5) == void  # idempotent
     assert storage.fill_hole("c1", 1, NOW_EPOCH) == message(1)  # a message stays
     late = message(2, message_id="m-late")
-    with pytest.raises(SequenceConflict):  # its send outlived the grace: reserve again
-        storage.store_message(late, idem_for(late), NOW_EPOCH)
-    assert storage.get_idempotency("cust1", "c1", "m-late", NOW_EPOCH) is None
+    storage.claim_message_id(idem_for(late), NOW_EPOCH)
+    with pytest.raises(SequenceConflict) as taken:  # its send outlived the grace: reserve again
+        storage.put_message(late, NOW_EPOCH)
+    assert taken.value.existing in (None, void)  # the backend may return what holds the slot
+    assert storage.get_message("c1", 2) == void
     assert [m.seq for m in storage.committed_between(0, NOW_EPOCH + 10, 10)] == [1, 2]
+
+
+def test_a_claim_comes_first_and_names_its_seq(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    assert reserve(storage, "c1") == 1
+    msg = message(1, body="first")
+    storage.claim_message_id(idem_for(msg), NOW_EPOCH)
+    assert storage.get_idempotency("cust1", "c1", "m1", NOW_EPOCH) == idem_for(msg)
+    assert storage.get_message("c1", 1) is None  # claimed, not yet stored
+    storage.put_message(msg, NOW_EPOCH)
+    assert storage.get_message("c1", 1) == msg
+
+
+def test_a_twin_put_of_the_same_claim_finds_the_message(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    reserve(storage, "c1")
+    msg = message(1)
+    storage.claim_message_id(idem_for(msg), NOW_EPOCH)
+    storage.put_message(msg, NOW_EPOCH)
+    with pytest.raises(SequenceConflict) as taken:
+        storage.put_message(msg, NOW_EPOCH)
+    assert taken.value.existing in (None, msg)
+    assert [m.seq for m in storage.committed_between(0, NOW_EPOCH + 10, 10)] == [1]
+
+
+def test_move_claim_moves_only_from_the_seq_it_names(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    reserve(storage, "c1")
+    first = message(1, message_id="m-moved")
+    storage.claim_message_id(idem_for(first), NOW_EPOCH)
+    storage.fill_hole("c1", 1, NOW_EPOCH)
+    reserve(storage, "c1")
+    moved = message(2, message_id="m-moved")
+    assert storage.move_claim(idem_for(moved), 1)
+    assert storage.get_idempotency("cust1", "c1", "m-moved", NOW_EPOCH) == idem_for(moved)
+    reserve(storage, "c1")
+    racer = message(3, message_id="m-moved")
+    assert not storage.move_claim(idem_for(racer), 1)  # another send moved it first
+    assert storage.get_idempotency("cust1", "c1", "m-moved", NOW_EPOCH) == idem_for(moved)
+    assert not storage.move_claim(idem_for(message(3, message_id="m-never")), 1)  # no claim at all
+    assert storage.get_idempotency("cust1", "c1", "m-never", NOW_EPOCH) is None
+
+
+def test_participants_and_conversations_at_read_what_exists(storage: Storage) -> None:
+    storage.create_conversation(conversation("c1"))
+    storage.create_conversation(conversation("c2", customer_id="cust2"))
+    storage.add_participant(participant("ag1", "c1", role="agent", ack_seq=3))
+    got = {(p.user_id, p.conversation_id): p.ack_seq
+           for p in storage.participants_at([("ag1", "c1"), ("ag1", "c2"), ("ag1", "c1")])}
+    assert got == {("ag1", "c1"): 3}
+    assert sorted(c.conversation_id for c in storage.conversations_at(["c2", "ghost", "c1"])) == ["c1", "c2"]
 
 
 def test_same_message_id_from_another_sender_is_not_a_duplicate(storage: Storage) -> None:

@@ -95,14 +95,28 @@ def test_bad_token_is_refused_and_nothing_recorded(env):
     assert env.storage.get_connection("x") is None
 
 
-def test_send_is_accepted_stored_and_enqueued_once(chatting):
+def test_send_is_accepted_stored_and_pushed_at_once_with_nothing_queued(chatting):
     chat, alice, bob, cid = chatting
     s = last_seq(chat, cid)  # the system message(s) before it
     acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hello")
     assert acc["type"] == "accepted" and acc["seq"] == s + 1 and acc["duplicate"] is False
     assert acc["sentAt"].endswith("Z")
-    assert [d.message.seq for d in chat.queue.items] == [s + 1]
     assert chat.storage.get_message(cid, s + 1).body == "hello"
+    assert [f["seq"] for f in chat.pusher.frames(bob.connection_id, "message")] == [s + 1]
+    assert chat.queue.items == []  # the fast path reached every connection
+
+
+def test_a_failed_push_is_queued_for_that_connection_only(chatting):
+    chat, alice, bob, cid = chatting
+    laptop = connect(chat, "bob", "agent", "bob-laptop")
+    chat.pusher.failing.add(laptop.connection_id)
+    acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hello")
+    [queued] = chat.queue.items
+    assert queued.fast and [c.connection_id for c in queued.retry] == [laptop.connection_id]
+    chat.pusher.failing.discard(laptop.connection_id)
+    pump(chat)
+    assert [f["seq"] for f in chat.pusher.frames(laptop.connection_id, "message")] == [acc["seq"]]
+    assert [f["seq"] for f in chat.pusher.frames(bob.connection_id, "message")] == [acc["seq"]]
 
 
 def test_duplicate_send_same_seq_and_reenqueued(chatting):
@@ -113,24 +127,63 @@ def test_duplicate_send_same_seq_and_reenqueued(chatting):
     assert again["seq"] == first["seq"] == s + 1 and again["sentAt"] == first["sentAt"]
     assert again["duplicate"] is True
     assert chat.storage.get_conversation(cid).last_seq == s + 1
-    # the duplicate re-enqueues the same message (it may never have been enqueued)
-    assert [d.message.seq for d in chat.queue.items] == [s + 1, s + 1]
+    # the duplicate enqueues the same message (the first may have died before pushing)
+    assert [d.message.seq for d in chat.queue.items] == [s + 1]
 
 
 def test_commit_then_enqueue_failure_is_repaired_by_retry(chatting):
     chat, alice, bob, cid = chatting
     s = last_seq(chat, cid)
-    chat.queue.fail_next = 1
+    chat.pusher.failing.add(bob.connection_id)  # the fast push fails: it must be queued
+    chat.queue.fail_next = 1  # and the queue fails too
     err = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
     assert err["type"] == "error" and err["code"] == "internal" and err["messageId"] == "m1"
     assert chat.queue.items == [] and chat.storage.get_conversation(cid).last_seq == s + 1
+    chat.pusher.failing.discard(bob.connection_id)
     acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
     assert acc["seq"] == s + 1 and acc["duplicate"] is True
     assert len(chat.queue.items) == 1  # the retry enqueued it
     pump(chat)
-    # pushed by the first attempt's fast path and again by the queue: the
-    # client drops the copy by seq
-    assert set(f["seq"] for f in chat.pusher.frames(bob.connection_id, "message")) == {s + 1}
+    assert [f["seq"] for f in chat.pusher.frames(bob.connection_id, "message")] == [s + 1]
+
+
+def test_a_retry_stores_a_claimed_message_whose_sender_died_before_storing(chatting, monkeypatch):
+    chat, alice, bob, cid = chatting
+    s = last_seq(chat, cid)
+    real_put = chat.storage.put_message
+    monkeypatch.setattr(chat.storage, "put_message", lambda *a: (_ for _ in ()).throw(RuntimeError("died")))
+    err = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
+    assert err["code"] == "internal"
+    assert chat.storage.get_idempotency("alice", cid, "m1", 0).seq == s + 1  # claimed, not stored
+    assert chat.storage.get_message(cid, s + 1) is None
+    monkeypatch.setattr(chat.storage, "put_message", real_put)
+    acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
+    assert (acc["type"], acc["seq"]) == ("accepted", s + 1)
+    assert chat.storage.get_message(cid, s + 1).body == "x"
+    # the retry (answered by another container) reserved a seq before it knew: made void
+    assert last_seq(chat, cid) == s + 2 and chat.storage.get_message(cid, s + 2).void
+    pump(chat)
+    pushed = chat.pusher.frames(bob.connection_id, "message")
+    assert sorted((f["seq"], f.get("void", False)) for f in pushed) == [(s + 1, False), (s + 2, True)]
+
+
+def test_a_claim_on_a_voided_seq_moves_to_a_new_seq(chatting, monkeypatch):
+    chat, alice, bob, cid = chatting
+    s = last_seq(chat, cid)
+    real_put = chat.storage.put_message
+    monkeypatch.setattr(chat.storage, "put_message", lambda *a: (_ for _ in ()).throw(RuntimeError("died")))
+    frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
+    monkeypatch.setattr(chat.storage, "put_message", real_put)
+    chat.storage.fill_hole(cid, s + 1, 0)  # a reader found it empty past the grace
+    acc = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
+    # s+2: reserved by the retry before it knew (void); s+3: where the claim moved
+    assert (acc["type"], acc["seq"], acc["duplicate"]) == ("accepted", s + 3, False)
+    assert chat.storage.get_message(cid, s + 1).void and chat.storage.get_message(cid, s + 2).void
+    assert chat.storage.get_message(cid, s + 3).message_id == "m1"
+    assert chat.storage.get_idempotency("alice", cid, "m1", 0).seq == s + 3
+    again = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
+    assert (again["seq"], again["duplicate"]) == (s + 3, True)
+    assert [f["seq"] for f in chat.pusher.frames(bob.connection_id, "message")] == [s + 3]
 
 
 def test_same_message_id_other_body_conflicts(chatting):
@@ -366,21 +419,38 @@ def test_resume_ack_frames_validate(chatting):
     assert ConnectionGone("x").connection_id == "x"
 
 
-def test_sweeper_enqueues_a_message_whose_sender_never_returned(chatting):
+def test_sweeper_enqueues_a_message_whose_sender_never_returned(chatting, monkeypatch):
     chat, alice, bob, cid = chatting
-    chat.queue.fail_next = 1  # the handler "dies" between commit and enqueue
+    chat.sweep()  # the first sweep sets the watermark
+    acked = frame(chat, alice, action="send", conversationId=cid, messageId="m0", body="seen")
+    for who in (alice, bob):
+        frame(chat, who, action="ack", conversationId=cid, seq=acked["seq"])
+    real = chat._deliver_now
+    monkeypatch.setattr(chat, "_deliver_now", lambda *a: (_ for _ in ()).throw(RuntimeError("died")))
     err = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="lost?")
-    assert err["code"] == "internal"
+    assert err["code"] == "internal"  # the handler "dies" between commit and push
+    monkeypatch.setattr(chat, "_deliver_now", real)
     assert chat.sweep() == 0  # within the grace period a retry is still expected
     chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
-    swept = chat.sweep()  # the whole window: the conversation's "assigned" event too
-    assert [d.message.message_id for d in chat.queue.items][-1] == "m1" and swept >= 1
+    assert chat.sweep() >= 2  # (the window also holds the "assigned" event, acked with m0)
+    # acked by both: not enqueued again; never pushed nor acked: enqueued, to both
+    [swept] = chat.queue.items
+    assert swept.message.message_id == "m1" and set(swept.recipients) == {"alice", "bob"}
     assert chat.sweep() == 0  # the watermark moved past it: swept once
     pump(chat)
-    # the fast path reached bob before the enqueue failed; the sweeper's copy
-    # is a repeat the client drops by seq
-    assert {f["body"] for f in chat.pusher.frames(bob.connection_id, "message")
-            if f["senderRole"] != "system"} == {"lost?"}
+    assert [f["body"] for f in chat.pusher.frames(bob.connection_id, "message")] == ["seen", "lost?"]
+
+
+def test_the_sweeper_skips_recipients_without_a_connection(chatting):
+    chat, alice, bob, cid = chatting
+    chat.sweep()
+    chat.pusher.failing.add(bob.connection_id)
+    frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
+    chat.queue.drain()  # the failed push was queued; then both left
+    chat.disconnect(alice.connection_id)
+    chat.disconnect(bob.connection_id)
+    chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
+    assert chat.sweep() >= 1 and chat.queue.items == []  # both resume when they come back
 
 
 def test_each_window_is_swept_once_and_a_failed_sweep_is_repeated(chatting):
@@ -452,20 +522,20 @@ def test_an_ack_within_the_seen_counter_reads_no_conversation(chatting):
 def test_a_burst_of_sends_reserves_once_each(chatting):
     """Racing sends never retry: one reservation and one store per message."""
     chat, alice, bob, cid = chatting
-    calls = {"reserve": 0, "store": 0}
+    calls = {"reserve_seq": 0, "claim_message_id": 0, "put_message": 0}
     for name in calls:
-        real = getattr(chat.storage, f"{name}_seq" if name == "reserve" else "store_message")
+        real = getattr(chat.storage, name)
 
         def counted(*args, _real=real, _name=name, **kwargs):
             calls[_name] += 1
             return _real(*args, **kwargs)
-        setattr(chat.storage, f"{name}_seq" if name == "reserve" else "store_message", counted)
+        setattr(chat.storage, name, counted)
     p = chat.principal_of(alice.connection_id)
     threads = [threading.Thread(target=lambda i=i: chat.send(p, alice, SendFrame(
         action="send", conversation_id=cid, message_id=f"b{i}", body="x"))) for i in range(40)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert calls == {"reserve": 40, "store": 40}
+    assert calls == {"reserve_seq": 40, "claim_message_id": 40, "put_message": 40}
 
 
 def test_the_fast_path_pushes_at_once_and_the_consumer_retries_only_what_failed(chatting):
