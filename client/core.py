@@ -359,7 +359,7 @@ class AckTracker:
     """Debounced cumulative acks: per conversation, ack after ``every`` processed
     messages or ``delay`` seconds after the first un-acked one, whichever first."""
 
-    def __init__(self, every: int = 20, delay: float = 1.0) -> None:
+    def __init__(self, every: int = 20, delay: float = 5.0) -> None:
         self.every = max(1, every)
         self.delay = delay
         self.acked: dict[str, int] = {}

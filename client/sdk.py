@@ -155,7 +155,7 @@ class OnceChatClient:
         resume_timeout: float = 10.0,
         gap_delay: float = 0.2,
         ack_every: int = 20,
-        ack_delay: float = 1.0,
+        ack_delay: float = 5.0,
         auto_commit: bool = True,
         include_void: bool = False,
         ordered_sends: bool = False,

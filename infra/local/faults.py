@@ -13,11 +13,15 @@ drop_connection       gateway: abort the TCP transport (no close frame)   a clie
                                                                           a @connections POST
 duplicate_frame       gateway: dispatch a client frame twice              a client frame
 crash_before_commit   app, WebSocket MESSAGE invocation: dies at          each call
-                      ``before-call.dynamodb.TransactWriteItems``
-crash_after_commit    app, WebSocket MESSAGE invocation: dies at          each call
-                      ``before-call.sqs.SendMessage``
+                      ``before-call.dynamodb.TransactWriteItems`` or
+                      ``before-call.dynamodb.PutItem``
+crash_after_commit    app, WebSocket MESSAGE invocation: dies at          each successful call
+                      ``after-call.dynamodb.TransactWriteItems`` or
+                      ``after-call.dynamodb.PutItem``
 crash_after_enqueue   app, WebSocket MESSAGE invocation: dies at          each successful call
-                      ``after-call.sqs.SendMessage``
+                      ``after-call.sqs.SendMessage`` or
+                      ``after-call.apigatewaymanagementapi
+                      .PostToConnection`` (the message left the handler)
 consumer_crash        app, SQS invocation: dies at the k-th successful    each invocation
                       ``after-call.apigatewaymanagementapi                (k uniform in
                       .PostToConnection``                                 1..batch size)
@@ -355,11 +359,12 @@ class _ClientHooks:
         service = client.meta.service_model.service_id.hyphenize()
         events = client.meta.events
         if service == "dynamodb":
-            events.register("before-call.dynamodb.TransactWriteItems", self._before_transact)
+            for write in ("TransactWriteItems", "PutItem"):
+                events.register(f"before-call.dynamodb.{write}", self._before_write)
+                events.register(f"after-call.dynamodb.{write}", self._after_write)
             events.register("before-send.dynamodb", self._before_send)
         elif service == "sqs":
-            events.register("before-call.sqs.SendMessage", self._before_send_message)
-            events.register("after-call.sqs.SendMessage", self._after_send_message)
+            events.register("after-call.sqs.SendMessage", self._after_handoff)
             events.register("before-send.sqs", self._before_send)
         elif service == "apigatewaymanagementapi":
             events.register("after-call.apigatewaymanagementapi.PostToConnection", self._after_post)
@@ -371,17 +376,20 @@ class _ClientHooks:
         if self.injector.inject(kind, f"{running.function} died {where}"):
             raise InjectedCrash(f"{kind} {where}")
 
-    def _before_transact(self, **kwargs: Any) -> None:
-        self._crash(CRASH_BEFORE_COMMIT, "before dynamodb.TransactWriteItems")
+    def _before_write(self, model: Any, **kwargs: Any) -> None:
+        self._crash(CRASH_BEFORE_COMMIT, f"before dynamodb.{model.name}")
 
-    def _before_send_message(self, **kwargs: Any) -> None:
-        self._crash(CRASH_AFTER_COMMIT, "before sqs.SendMessage")
-
-    def _after_send_message(self, http_response: Any, **kwargs: Any) -> None:
+    def _after_write(self, model: Any, http_response: Any, **kwargs: Any) -> None:
         if http_response.status_code < 300:
-            self._crash(CRASH_AFTER_ENQUEUE, "after sqs.SendMessage succeeded")
+            self._crash(CRASH_AFTER_COMMIT, f"after dynamodb.{model.name} succeeded")
 
-    def _after_post(self, http_response: Any, **kwargs: Any) -> None:
+    def _after_handoff(self, model: Any, http_response: Any, **kwargs: Any) -> None:
+        if http_response.status_code < 300:
+            self._crash(CRASH_AFTER_ENQUEUE, f"after {model.service_model.service_id.hyphenize()}"
+                        f".{model.name} succeeded")
+
+    def _after_post(self, model: Any, http_response: Any, **kwargs: Any) -> None:
+        self._after_handoff(model=model, http_response=http_response)
         running = _current.get()
         if running is None or running.kind != SQS or http_response.status_code >= 300:
             return

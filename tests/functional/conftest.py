@@ -143,6 +143,10 @@ class Cloud:
         # The answer to this frame; pushes from other threads (another sender's
         # fast path) may land on the same connection meanwhile.
         replies = [f for f in new if f.get("type") in ("accepted", "error", "resumed")]
+        # Two threads sending on one connection: each takes the answer naming its messageId.
+        mid = body.get("messageId") if isinstance(body, dict) else None
+        if mid is not None and any(f.get("messageId") == mid for f in replies):
+            replies = [f for f in replies if f.get("messageId") == mid]
         if replies:
             return replies[-1]
         return new[-1] if new else None

@@ -91,7 +91,7 @@ export class OnceChat extends EventTarget {
     sendTimeout = 5000,
     resumeTimeout = 10000,
     gapDelay = 200,
-    ackDelay = 1000,
+    ackDelay = 5000,
     ackEvery = 20,
     peerPollInterval = 2500,
     keepAliveInterval = 240000,
