@@ -20,6 +20,7 @@ from infra.local.gateway import (
     DEFAULT_FRAME_CONCURRENCY,
     DEFAULT_MAX_QUEUED_FRAMES,
 )
+from infra.local.sqs import MAX_WAIT_TIME_S, check_wait_time
 
 READY_LINE = "oncechat local cloud ready"
 ENV_PREFIX = "ONCECHAT_LOCAL_"
@@ -31,7 +32,12 @@ def _env_default(environ: Mapping[str, str], name: str, default: Any, kind: Call
     value = environ.get(name)
     if value is None or value == "":
         return default
-    return kind(value)
+    try:
+        return kind(value)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        # Like argparse's error for a bad flag, naming the variable instead of a traceback.
+        print(f"python -m infra.local: error: {name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _flag(
@@ -128,6 +134,9 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
     )
     _flag(parser, environ, "--sqs-concurrency", 4, int,
           "concurrent batches per SQS event source (Lambda runs several; FIFO groups stay in order)")
+    _flag(parser, environ, "--sqs-wait-time", MAX_WAIT_TIME_S, _sqs_wait_time,
+          f"seconds each receive of an SQS event source long-polls, 0..{MAX_WAIT_TIME_S} "
+          f"(Lambda: {MAX_WAIT_TIME_S}; 0 polls short, pausing 1 s when the queue is empty)")
     _flag(parser, environ, "--schedule-speed", 1.0, float, "run schedules this many times faster")
     _flag(parser, environ, "--workers", 32, int, "threads for handler invocations")
     _flag(parser, environ, "--max-queued-frames", DEFAULT_MAX_QUEUED_FRAMES, int,
@@ -151,6 +160,16 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
     )
     _flag(parser, environ, "--fault-seed", None, int,
           "seed of the fault injection's random source, for reproducible runs")
+
+
+def _sqs_wait_time(value: str) -> int:
+    try:
+        return check_wait_time(int(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of seconds from 0 to {MAX_WAIT_TIME_S} "
+            f"(SQS's limit on WaitTimeSeconds), not {value!r}"
+        ) from None
 
 
 def _fault_spec(value: str) -> dict[str, float]:
@@ -191,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         sqs_retry_delay_s=args.sqs_retry_delay,
         sqs_concurrency=args.sqs_concurrency,
+        sqs_wait_time_s=args.sqs_wait_time,
         schedule_speed=args.schedule_speed,
         workers=args.workers,
         max_queued_frames=args.max_queued_frames,

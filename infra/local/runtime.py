@@ -24,7 +24,7 @@ from infra.local.gateway import (
 )
 from infra.local.handlers import LambdaFunction, resolve_handler
 from infra.local.schedule import ScheduleRunner, UnsupportedScheduleError, expression_of
-from infra.local.sqs import SqsPoller, SqsSourceConfig, queue_name_of
+from infra.local.sqs import MAX_WAIT_TIME_S, SqsPoller, SqsSourceConfig, queue_name_of
 
 log = logging.getLogger("infra.local")
 
@@ -50,6 +50,8 @@ class Settings:
     max_message_bytes: int = AWS_MAX_MESSAGE_BYTES
     sqs_retry_delay_s: int | None = None
     sqs_concurrency: int = 4
+    #: WaitTimeSeconds of the SQS event source's receives: 20, as Lambda long-polls (0..20).
+    sqs_wait_time_s: int = MAX_WAIT_TIME_S
     schedule_speed: float = 1.0
     workers: int = 32
     max_queued_frames: int = DEFAULT_MAX_QUEUED_FRAMES
@@ -305,6 +307,7 @@ class LocalCloud:
                 batch_size=source.batch_size,
                 batching_window_s=float(source.maximum_batching_window_in_seconds or 0),
                 retry_delay_s=self.settings.sqs_retry_delay_s,
+                wait_time_s=self.settings.sqs_wait_time_s,
             )
             endpoint = self.aws_endpoint
             # Lambda runs several batches of one source at once (one per

@@ -1,8 +1,9 @@
-"""The SQS event source against moto in process: retries, missing queues, FIFO order."""
+"""The SQS event source against moto in process: retries, missing queues, FIFO order, long polls, stop."""
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from typing import Any
@@ -10,9 +11,12 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from moto.sqs.models import Queue
 
+from infra.local import moto_patches
+from infra.local.cli import build_parser
 from infra.local.handlers import LambdaFunction
-from infra.local.sqs import SqsPoller, SqsSourceConfig, queue_name_of
+from infra.local.sqs import MAX_WAIT_TIME_S, SqsPoller, SqsSourceConfig, queue_name_of
 
 
 @pytest.fixture
@@ -28,10 +32,33 @@ def sqs(monkeypatch):
         yield boto3.client("sqs", region_name="us-east-1")
 
 
-def start_poller(config: SqsSourceConfig) -> SqsPoller:
-    poller = SqsPoller(lambda: boto3.client("sqs", region_name="us-east-1"), config, "us-east-1")
+def start_poller(config: SqsSourceConfig, client_factory: Any = None) -> SqsPoller:
+    factory = client_factory or (lambda: boto3.client("sqs", region_name="us-east-1"))
+    poller = SqsPoller(factory, config, "us-east-1")
     poller.start()
     return poller
+
+
+def in_moto_long_poll(poller: SqsPoller) -> bool:
+    """True while the poller's thread waits inside moto's ReceiveMessage (moto runs in process here)."""
+    frame = sys._current_frames().get(poller._thread.ident)
+    while frame is not None:
+        if frame.f_code is moto_patches._wait_for_messages.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.fixture
+def paced_long_polls(monkeypatch):
+    """The embedded moto server's long poll (``pace_fifo_long_polls``), in this process for this test."""
+    monkeypatch.setattr(Queue, "wait_for_messages", Queue.wait_for_messages)  # restored after the test
+    moto_patches.pace_fifo_long_polls()
+
+
+def visible_count(sqs: Any, url: str) -> int:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
 
 
 def wait_until(check: Any, timeout_s: float = 60.0) -> None:
@@ -110,3 +137,102 @@ def test_fifo_order_is_kept_per_group(sqs):
         poller.stop()
     for group in ("a", "b"):
         assert [n for g, n in received if g == group] == list(range(10))
+
+
+def test_the_long_poll_is_20_s_like_lambda_and_configurable():
+    function = LambdaFunction("f", lambda e, c: None)
+    assert SqsSourceConfig(function, "q").wait_time_s == MAX_WAIT_TIME_S == 20
+    assert SqsSourceConfig(function, "q", wait_time_s=0).wait_time_s == 0
+    for wrong in (-1, 21, 1.5):
+        with pytest.raises(ValueError, match="from 0 to 20"):
+            SqsSourceConfig(function, "q", wait_time_s=wrong)
+
+
+def test_sqs_wait_time_flag_and_variable(capsys):
+    assert build_parser({}).parse_args(["run"]).sqs_wait_time == 20
+    assert build_parser({}).parse_args(["run", "--sqs-wait-time", "0"]).sqs_wait_time == 0
+    assert build_parser({"ONCECHAT_LOCAL_SQS_WAIT_TIME": "5"}).parse_args(["run"]).sqs_wait_time == 5
+    with pytest.raises(SystemExit):
+        build_parser({}).parse_args(["run", "--sqs-wait-time", "21"])
+    assert "--sqs-wait-time: must be a whole number of seconds from 0 to 20" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser({"ONCECHAT_LOCAL_SQS_WAIT_TIME": "-1"})
+    assert "ONCECHAT_LOCAL_SQS_WAIT_TIME: must be a whole number" in capsys.readouterr().err
+
+
+def test_a_message_sent_during_a_long_poll_is_handed_over_by_that_poll(sqs, paced_long_polls):
+    url = sqs.create_queue(QueueName="idle")["QueueUrl"]
+    receives: list[str] = []
+    receives_when_invoked: list[int] = []
+    handled = threading.Event()
+
+    def handler(event, context):
+        receives_when_invoked.append(len(receives))
+        handled.set()
+
+    def client() -> Any:
+        made = boto3.client("sqs", region_name="us-east-1")
+        made.meta.events.register("before-call.sqs.ReceiveMessage", lambda **kw: receives.append("receive"))
+        return made
+
+    poller = start_poller(SqsSourceConfig(LambdaFunction("f", handler), "idle"), client)
+    try:
+        wait_until(lambda: in_moto_long_poll(poller))  # mid-wait in its 20 s receive
+        sqs.send_message(QueueUrl=url, MessageBody="wake up")
+        # Well before the 20 s poll would end: the added message wakes it.
+        assert handled.wait(MAX_WAIT_TIME_S / 2)
+        assert receives_when_invoked == [1]  # handed over by the receive that was waiting
+        wait_until(lambda: visible_count(sqs, url) == 0)
+    finally:
+        poller.stop()
+        sqs.send_message(QueueUrl=url, MessageBody="ends the pending poll")
+        wait_until(lambda: not poller.is_alive())
+
+
+def test_stop_does_not_wait_for_a_pending_long_poll_and_loses_nothing(sqs, paced_long_polls):
+    url = sqs.create_queue(QueueName="empty", Attributes={"VisibilityTimeout": "600"})["QueueUrl"]
+    invoked: list[Any] = []
+    poller = start_poller(SqsSourceConfig(LambdaFunction("f", lambda e, c: invoked.append(e)), "empty"))
+    wait_until(lambda: in_moto_long_poll(poller))
+    poller.stop(timeout_s=3 * MAX_WAIT_TIME_S)  # a stop() that waited for the receive would outlast it
+    # stop() returned while the 20 s receive is still pending in moto.
+    assert poller.is_alive() and poller.waiting and in_moto_long_poll(poller)
+
+    sqs.send_message(QueueUrl=url, MessageBody="after stop")
+    # The pending receive takes the message; the stopped poller must not
+    # invoke the function, and makes the message visible again at once
+    # rather than after the queue's 600 s visibility timeout.
+    wait_until(lambda: not poller.is_alive())
+    assert invoked == []
+    left = sqs.receive_message(QueueUrl=url, AttributeNames=["ApproximateReceiveCount"])["Messages"]
+    assert [m["Body"] for m in left] == ["after stop"]
+    assert left[0]["Attributes"]["ApproximateReceiveCount"] == "2"  # the poller's receive, then ours
+
+
+def test_stop_waits_for_an_invocation_in_progress(sqs):
+    url = sqs.create_queue(QueueName="busy")["QueueUrl"]
+    entered, release = threading.Event(), threading.Event()
+
+    def handler(event, context):
+        entered.set()
+        assert release.wait(60)
+
+    poller = start_poller(SqsSourceConfig(LambdaFunction("f", handler), "busy"))
+    stopper = threading.Thread(target=poller.stop)
+    try:
+        sqs.send_message(QueueUrl=url, MessageBody="work")
+        assert entered.wait(60)
+        stopper.start()
+        wait_until(lambda: poller._stop.is_set())
+        stopper.join(0.5)  # time enough for a stop() that would not wait to return
+        assert stopper.is_alive() and poller.is_alive()  # stop() is waiting for the invocation
+        release.set()
+        stopper.join(60)
+        assert not stopper.is_alive()
+        assert not poller.is_alive()  # it ended after the invocation, without another receive
+        # The batch was processed and deleted as usual.
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert (attributes["ApproximateNumberOfMessages"], attributes["ApproximateNumberOfMessagesNotVisible"]) == ("0", "0")
+    finally:
+        release.set()
+        poller.stop()
