@@ -383,13 +383,14 @@ class _ClientHooks:
         if http_response.status_code < 300:
             self._crash(CRASH_AFTER_COMMIT, f"after dynamodb.{model.name} succeeded")
 
-    def _after_handoff(self, model: Any, http_response: Any, **kwargs: Any) -> None:
+    def _after_handoff(self, http_response: Any, model: Any = None, **kwargs: Any) -> None:
         if http_response.status_code < 300:
-            self._crash(CRASH_AFTER_ENQUEUE, f"after {model.service_model.service_id.hyphenize()}"
-                        f".{model.name} succeeded")
+            where = (f"{model.service_model.service_id.hyphenize()}.{model.name}"
+                     if model is not None else "a hand-off")
+            self._crash(CRASH_AFTER_ENQUEUE, f"after {where} succeeded")
 
-    def _after_post(self, model: Any, http_response: Any, **kwargs: Any) -> None:
-        self._after_handoff(model=model, http_response=http_response)
+    def _after_post(self, http_response: Any, model: Any = None, **kwargs: Any) -> None:
+        self._after_handoff(http_response, model)
         running = _current.get()
         if running is None or running.kind != SQS or http_response.status_code >= 300:
             return
