@@ -151,6 +151,26 @@ def install() -> None:
 
     URLLib3Session.send = send  # type: ignore[method-assign]
 
+    # A handler may read on a thread of its own while it writes (the fast
+    # path's connections read): that call belongs to the handler's phase.
+    from concurrent.futures import ThreadPoolExecutor
+
+    original_submit = ThreadPoolExecutor.submit
+
+    def submit(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        label = getattr(_phase, "label", None)
+
+        def labelled() -> Any:
+            _phase.label = label
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _phase.label = None
+
+        return original_submit(self, labelled)
+
+    ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
+
     @web.middleware
     async def meter(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path == STATS_PATH:

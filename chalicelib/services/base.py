@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import logging
 import time
 import uuid
@@ -83,6 +85,15 @@ class ServiceBase:
         self.last_seqs = HighWaterMarks(LAST_SEQ_CACHE_SIZE)
         #: Send and typing limits: fixed windows counted in this container (see local_state).
         self.window_counts = WindowCounter()
+
+    @property
+    def background(self) -> ThreadPoolExecutor:
+        """Threads for a read that overlaps a write of the same handler (the fast path's)."""
+        pool: ThreadPoolExecutor | None = self.__dict__.get("_background")
+        if pool is None:
+            pool = self.__dict__.setdefault(
+                "_background", ThreadPoolExecutor(max_workers=4, thread_name_prefix="oncechat"))
+        return pool
 
     @property
     def frame_limits(self) -> FrameLimiter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from concurrent.futures import Future
 from typing import Any
 
 from chalicelib import core
@@ -145,6 +146,12 @@ class MessagingMixin(ServiceBase):
                 self._void(conv, conv.last_seq, now)
                 existing = dup.existing or self._idempotency(principal, frame, now)
                 continue
+            # The recipients' connections are read while the message is
+            # stored: the fast path waits for one write less. A connection
+            # that opens and resumes within that write misses both the push
+            # and the replay; the sweeper pushes to it (it has not acked).
+            recipients = tuple(conv.participant_ids())
+            reading = self.background.submit(self.storage.connections_of_users, list(recipients))
             try:
                 self.storage.put_message(append.message, now // 1000)
             except SequenceConflict:
@@ -154,37 +161,41 @@ class MessagingMixin(ServiceBase):
                 continue
             m = append.message
             self.accepted.put(append.idem.key, append.idem)
-            self._deliver_now(m, tuple(conv.participant_ids()), origin_id)
+            self._deliver_now(m, recipients, origin_id, reading)
             if reopened:
                 self.assign_new_waiting(frame.conversation_id)
             return core.accepted_frame(m.conversation_id, m.message_id, m.seq, m.sent_at, False)
         raise OnceChatError("conversation too busy, retry the send", message_id=frame.message_id)
 
     def _deliver_now(self, message: MessageRecord, recipients: tuple[str, ...],
-                     origin_id: str | None) -> None:
+                     origin_id: str | None,
+                     reading: Future[dict[str, list[ConnectionRecord]]] | None = None) -> None:
         """Push a message just stored; queue only what the fast path could not push."""
-        retry = self._push_now(message, recipients, origin_id)
+        retry = self._push_now(message, recipients, origin_id, reading)
         if retry is None or retry:
             self._enqueue(Delivery(message, origin_id, recipients,
                                    fast=retry is not None, retry=retry or ()))
 
     def _push_now(self, message: MessageRecord, recipients: tuple[str, ...],
-                  origin_id: str | None) -> tuple[ConnectionRecord, ...] | None:
+                  origin_id: str | None,
+                  reading: Future[dict[str, list[ConnectionRecord]]] | None = None,
+                  ) -> tuple[ConnectionRecord, ...] | None:
         """The fast path: push a message just stored to its recipients' connections.
 
         Returns the connections the push failed for (None when the fast path
-        could not run at all). The delivery still goes through the queue (at
-        least once, in FIFO order, whatever happens to this handler), and
-        the consumer then pushes only to those connections, reading nothing;
-        a connection opened after this read resumes on its own, after the
-        message was stored. A 410 prunes, as in the consumer.
+        could not run at all: the caller queues the whole delivery). The
+        consumer then pushes only to those connections, reading nothing. A
+        connection opened after the read resumes on its own, after the
+        message was stored (the read overlapping the store leaves a window
+        of one write, which the sweeper covers). A 410 prunes, as in the
+        consumer. ``reading`` is the connections read already under way.
         """
         data = core.encode(message.frame())
         try:
-            connections = self.storage.connections_of_users(list(recipients))
-        except OnceChatError as err:
-            log.info("fast path of %s#%d skipped: %s", message.conversation_id, message.seq,
-                     err.message)
+            connections = (reading.result() if reading is not None
+                           else self.storage.connections_of_users(list(recipients)))
+        except Exception as err:
+            log.info("fast path of %s#%d skipped: %s", message.conversation_id, message.seq, err)
             return None
         retry: list[ConnectionRecord] = []
         for conn in core.delivery_targets(recipients, connections, origin_id):
