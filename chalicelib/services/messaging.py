@@ -245,18 +245,19 @@ class MessagingMixin(ServiceBase):
         core.replay_of(frame, existing)  # Conflict for another body
         cid, seq = existing.conversation_id, existing.seq
         stored = self.storage.get_message(cid, seq)
+        stored_now = False
         if stored is None:
             claimed = core.claimed_message(principal, frame, existing,
                                            self.config.message_retention_days * 86400)
             try:
                 self.storage.put_message(claimed, self.clock() // 1000)
-                stored = claimed
+                stored, stored_now = claimed, True
             except SequenceConflict as taken:
                 stored = taken.existing or self.storage.get_message(cid, seq)
         if stored is not None and core.is_claimed_by(stored, existing):
             self.accepted.put(existing.key, existing)
             self._enqueue(Delivery(stored, origin_id))
-            return core.accepted_frame(cid, existing.message_id, seq, existing.sent_at, True)
+            return core.accepted_frame(cid, existing.message_id, seq, existing.sent_at, not stored_now)
         # Void: store the message at a new seq.
         now = self.clock()
         try:
