@@ -216,6 +216,16 @@ class DynamoStorage:
             return False
         return True
 
+    def _put_unless(self, **kwargs: Any) -> tuple[bool, Item | None]:
+        """A conditional ``PutItem`` whose failed condition is an answer: (refused, the item in the way)."""
+        try:
+            self._db.put_item(ReturnValuesOnConditionCheckFailure="ALL_OLD", **kwargs)
+        except ClientError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":
+                raise
+            return True, cast("Item | None", exc.response.get("Item"))
+        return False, None
+
     def _batch_get(self, table: str, keys: Sequence[Item], consistent: bool) -> Iterator[Item]:
         """Every item at ``keys`` that exists (any order): 100 keys a BatchGetItem, unprocessed keys again."""
         for start in range(0, len(keys), 100):
@@ -825,20 +835,14 @@ class DynamoStorage:
         #   leaves 6 void (fill_hole). An expired record (TTL deletes late, up
         #   to ~48 h) counts as absent, as the interface says.
         with _backend("claim_message_id"):
-            try:
-                self._db.put_item(
-                    TableName=self._config.idempotency_table,
-                    Item=_to_item(idem, idemKey=idem.key),
-                    ConditionExpression="attribute_not_exists(idemKey) OR expiresAt < :now",
-                    ExpressionAttributeValues={":now": _n(now_epoch)},
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-            except ClientError as exc:
-                if _code(exc) != "ConditionalCheckFailedException":
-                    raise
-                old = cast("Item | None", exc.response.get("Item"))
-                raise DuplicateMessage(
-                    idem.key, _from_item(IdempotencyRecord, old) if old else None) from None
+            refused, old = self._put_unless(
+                TableName=self._config.idempotency_table,
+                Item=_to_item(idem, idemKey=idem.key),
+                ConditionExpression="attribute_not_exists(idemKey) OR expiresAt < :now",
+                ExpressionAttributeValues={":now": _n(now_epoch)},
+            )
+        if refused:
+            raise DuplicateMessage(idem.key, _from_item(IdempotencyRecord, old) if old else None)
 
     def put_message(self, message: MessageRecord, now_epoch: int) -> None:
         # attribute_not_exists(seq): the slot is this sender's by reservation
@@ -848,36 +852,26 @@ class DynamoStorage:
         # sweep grace (this send took longer than any send may). ALL_OLD
         # tells the two apart without a read. Never an overwrite.
         with _backend("put_message"):
-            try:
-                self._db.put_item(
-                    TableName=self._config.messages_table,
-                    Item=_to_item(message, **_commit_attrs(message.conversation_id, now_epoch)),
-                    ConditionExpression="attribute_not_exists(seq)",
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-            except ClientError as exc:
-                if _code(exc) != "ConditionalCheckFailedException":
-                    raise
-                old = cast("Item | None", exc.response.get("Item"))
-                raise SequenceConflict(
-                    message.conversation_id, _from_item(MessageRecord, old) if old else None) from None
+            refused, old = self._put_unless(
+                TableName=self._config.messages_table,
+                Item=_to_item(message, **_commit_attrs(message.conversation_id, now_epoch)),
+                ConditionExpression="attribute_not_exists(seq)",
+            )
+        if refused:
+            raise SequenceConflict(message.conversation_id,
+                                   _from_item(MessageRecord, old) if old else None)
 
     def move_claim(self, idem: IdempotencyRecord, from_seq: int) -> bool:
         # seq = :from: of two sends moving the same claim off a void seq,
         # one wins; the other finds the claim moved and answers from it.
         with _backend("move_claim"):
-            try:
-                self._db.put_item(
-                    TableName=self._config.idempotency_table,
-                    Item=_to_item(idem, idemKey=idem.key),
-                    ConditionExpression="seq = :from",
-                    ExpressionAttributeValues={":from": _n(from_seq)},
-                )
-            except ClientError as exc:
-                if _code(exc) != "ConditionalCheckFailedException":
-                    raise
-                return False
-        return True
+            refused, _ = self._put_unless(
+                TableName=self._config.idempotency_table,
+                Item=_to_item(idem, idemKey=idem.key),
+                ConditionExpression="seq = :from",
+                ExpressionAttributeValues={":from": _n(from_seq)},
+            )
+        return not refused
 
     def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
         self.claim_message_id(idem, now_epoch)
