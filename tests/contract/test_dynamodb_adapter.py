@@ -12,7 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import core
-from chalicelib.errors import OnceChatError, ReservationRefused, SequenceConflict, StaleConversation
+from chalicelib.errors import OnceChatError, ReservationRefused, StaleConversation
 from chalicelib.models import Principal
 from chalicelib.storage.dynamodb import DynamoStorage
 
