@@ -4,11 +4,10 @@
 // several tabs of one agent share one connection and the same states.
 
 import { OnceChat, loadConfig, tokenFromEndpoint } from "../sdk/oncechat.js";
+import { messageItem, setState, timeOf } from "../sdk/render.js";
 
 const $ = (sel) => document.querySelector(sel);
 const SIGNED_IN_KEY = "oncechat-console-agent";
-const STATE_TEXT = { queued: "Queued", sent: "Sent", delivered: "Delivered", read: "Read", failed: "Not sent" };
-const STATE_MARK = { queued: "◷", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "!" };
 const BASE_TITLE = "oncechat console";
 
 let config;
@@ -28,11 +27,6 @@ function conv(cid) {
     convs.set(cid, c);
   }
   return c;
-}
-
-function timeOf(iso) {
-  const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
 function banner(text) {
@@ -398,43 +392,10 @@ function insertItem(m) {
 }
 
 function item(m) {
-  const li = document.createElement("li");
   const own = m.senderId === me;
-  li.className = m.senderRole === "system" ? "msg system" : own ? "msg own" : "msg peer";
-  if (m.seq != null) li.dataset.seq = String(m.seq);
-  li.dataset.messageId = m.messageId;
-  if (m.senderRole !== "system") {
-    const who = document.createElement("span");
-    who.className = "sender";
-    who.textContent = own ? "You" : m.senderId;
-    li.append(who);
-  }
-  const body = document.createElement("p");
-  body.className = "body";
-  body.textContent = m.body; // text, never HTML
-  li.append(body);
-  const meta = document.createElement("span");
-  meta.className = "meta";
-  const time = document.createElement("time");
-  time.dateTime = m.sentAt || "";
-  time.textContent = timeOf(m.sentAt);
-  meta.append(time);
-  li.append(meta);
-  if (own && m.senderRole !== "system") {
-    const state = document.createElement("span");
-    state.className = "state";
-    meta.append(" ", state);
-    setState(li, m.seq == null ? "queued" : OnceChat.stateOf(m, conv(m.conversationId).record));
-  }
-  return li;
-}
-
-function setState(li, state) {
-  li.dataset.state = state;
-  const span = li.querySelector(".state");
-  if (span) {
-    span.textContent = `${STATE_MARK[state]} ${STATE_TEXT[state]}`;
-  }
+  const state = own && m.senderRole !== "system"
+    ? (m.seq == null ? "queued" : OnceChat.stateOf(m, conv(m.conversationId).record)) : undefined;
+  return messageItem(m, { own, state });
 }
 
 function refreshStates() {

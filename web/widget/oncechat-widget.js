@@ -12,6 +12,7 @@
 // docs/web.md describes it all.
 
 import { Backoff, OnceChat, RestError, loadConfig, tokenFromEndpoint } from "../sdk/oncechat.js";
+import { messageItem, setState } from "../sdk/render.js";
 
 const TEMPLATE = `
 <link rel="stylesheet" href="${new URL("./widget.css", import.meta.url)}">
@@ -47,8 +48,6 @@ const TEMPLATE = `
   </footer>
 </section>`;
 
-const STATE_TEXT = { queued: "Queued", sent: "Sent", delivered: "Delivered", read: "Read", failed: "Not sent" };
-const STATE_MARK = { queued: "◷", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "!" };
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -60,11 +59,6 @@ function visitorId() {
     localStorage.setItem("oncechat-visitor", id);
   }
   return id;
-}
-
-function timeOf(iso) {
-  const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
 /** Run `fn` alone among this origin's tabs (Web Locks), or just run it. */
@@ -185,12 +179,12 @@ export class OnceChatWidget extends HTMLElement {
       if (e.detail.conversationId !== this.conversationId) return;
       this.accepted.set(e.detail.messageId, e.detail.seq);
       const li = this.pendingItems.get(e.detail.messageId);
-      if (li) this._setState(li, "sent");
+      if (li) setState(li, "sent");
     });
     chat.addEventListener("rejected", (e) => {
       const li = this.pendingItems.get(e.detail.messageId);
       if (li) {
-        this._setState(li, "failed");
+        setState(li, "failed");
         li.title = e.detail.message || e.detail.code;
       }
     });
@@ -374,49 +368,15 @@ export class OnceChatWidget extends HTMLElement {
   }
 
   _item(m) {
-    const li = document.createElement("li");
     const own = m.senderId === this.chat.userId;
-    li.className = m.senderRole === "system" ? "msg system" : own ? "msg own" : "msg peer";
-    li.dataset.seq = String(m.seq);
-    li.dataset.messageId = m.messageId;
-    if (m.senderRole !== "system") {
-      const who = document.createElement("span");
-      who.className = "sender";
-      who.textContent = own ? "You" : m.senderId;
-      li.append(who);
-    }
-    const body = document.createElement("p");
-    body.className = "body";
-    body.textContent = m.body; // text, never HTML
-    li.append(body);
-    const meta = document.createElement("span");
-    meta.className = "meta";
-    const time = document.createElement("time");
-    time.dateTime = m.sentAt || "";
-    time.textContent = m.sentAt ? timeOf(m.sentAt) : "";
-    meta.append(time);
-    li.append(meta);
-    if (own && m.senderRole !== "system") {
-      const state = document.createElement("span");
-      state.className = "state";
-      meta.append(" ", state);
-      this._setState(li, OnceChat.stateOf(m, this.record));
-    }
-    return li;
-  }
-
-  _setState(li, state) {
-    li.dataset.state = state;
-    const span = li.querySelector(".state");
-    if (span) {
-      span.textContent = `${STATE_MARK[state]} ${STATE_TEXT[state]}`;
-    }
+    const state = own && m.senderRole !== "system" ? OnceChat.stateOf(m, this.record) : undefined;
+    return messageItem(m, { own, state });
   }
 
   _refreshStates() {
     for (const li of this.items.values()) {
       if (!li.classList.contains("own")) continue;
-      this._setState(li, OnceChat.stateOf({ seq: Number(li.dataset.seq) }, this.record));
+      setState(li, OnceChat.stateOf({ seq: Number(li.dataset.seq) }, this.record));
     }
   }
 
@@ -445,7 +405,7 @@ export class OnceChatWidget extends HTMLElement {
       if ([...this.items.values()].some((el) => el.dataset.messageId === e.messageId)) continue;
       const li = this._item({ ...e, seq: undefined, senderId: this.chat.userId, senderRole: this.chat.role, sentAt: e.createdAt });
       li.removeAttribute("data-seq");
-      this._setState(li, "queued");
+      setState(li, "queued");
       this.$(".pending").append(li);
       this.pendingItems.set(e.messageId, li);
     }
