@@ -25,7 +25,7 @@ class Delivery:
     committed (the send authorised the sender against them), so the
     consumer need not read the conversation again for every message. A
     participant who joins later (a transfer) gets the message by resume.
-    None (the sweeper, which only knows the message) means: read them.
+    None (a retried send, which only knows the message) means: read them.
     """
 
     message: MessageRecord

@@ -1,4 +1,4 @@
-"""The outbox: getting every committed message onto the delivery queue at least once."""
+"""The outbox: the delivery queue for what the fast path could not push, and the sweeper."""
 
 from __future__ import annotations
 

@@ -168,13 +168,6 @@ class Storage(Protocol):
     def move_claim(self, idem: IdempotencyRecord, from_seq: int) -> bool:
         """Replace a claim by ``idem`` (a new seq and time) if it still names ``from_seq``; False if not."""
 
-    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
-        """``claim_message_id`` then ``put_message``: the two writes of a send, one after the other.
-
-        Not atomic: when the slot is taken, the claim stays (pointing at
-        the taken seq) and SequenceConflict is raised.
-        """
-
     def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
         """Make an empty seq void (never overwriting); return what the slot holds now.
 

@@ -873,10 +873,6 @@ class DynamoStorage:
             )
         return not refused
 
-    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
-        self.claim_message_id(idem, now_epoch)
-        self.put_message(message, now_epoch)
-
     def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
         # attribute_not_exists(seq): a void never overwrites a message. When
         # the slot was filled meanwhile (the send was only slow), that

@@ -259,10 +259,6 @@ class MemoryStorage:
             self._idempotency[idem.key] = idem
             return True
 
-    def store_message(self, message: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
-        self.claim_message_id(idem, now_epoch)
-        self.put_message(message, now_epoch)
-
     def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
         with self._lock:
             key = (conversation_id, seq)

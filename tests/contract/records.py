@@ -109,4 +109,10 @@ def store(storage: Any, msg: MessageRecord, idem: IdempotencyRecord | None = Non
     role: Role = "customer" if conv is None or conv.customer_id == msg.sender_id else "agent"
     seq = reserve(storage, msg.conversation_id, msg.sender_id, role=role, now_ms=now_epoch * 1000)
     assert seq == msg.seq, f"reserved {seq}, the test meant {msg.seq}"
-    storage.store_message(msg, idem or idem_for(msg), now_epoch)
+    store_message(storage, msg, idem or idem_for(msg), now_epoch)
+
+
+def store_message(storage: Any, msg: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
+    """The two writes of a send at a reserved seq: claim the messageId, then store the message."""
+    storage.claim_message_id(idem, now_epoch)
+    storage.put_message(msg, now_epoch)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from chalicelib.models import Principal
 from chalicelib.storage.base import Storage
 
-from .records import NOW_EPOCH, connection, conversation, idem_for, message
+from .records import NOW_EPOCH, connection, conversation, idem_for, message, store_message
 
 THREADS = 8
 APPENDS_PER_THREAD = 25
@@ -37,7 +37,7 @@ def send(storage: Storage, conversation_id: str, sender: str, message_id: str) -
     conv = storage.reserve_seq(conversation_id, Principal(user_id="cust1", role="customer"),
                                NOW_EPOCH * 1000)
     msg = message(conv.last_seq, conversation_id, message_id=message_id, sender_id=sender)
-    storage.store_message(msg, idem_for(msg), NOW_EPOCH)
+    store_message(storage, msg, idem_for(msg), NOW_EPOCH)
     return msg.seq
 
 

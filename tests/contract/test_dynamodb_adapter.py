@@ -18,7 +18,7 @@ from chalicelib.storage.dynamodb import DynamoStorage
 
 from .cloud import config_for
 from .conftest import STAGE
-from .records import NOW_EPOCH, T0, conversation, idem_for, message
+from .records import NOW_EPOCH, T0, conversation, idem_for, message, store_message
 
 pytestmark = pytest.mark.usefixtures("moto_aws")
 
@@ -42,7 +42,7 @@ def test_builds_its_own_client_from_the_default_session_on_first_use() -> None:
 def store_via(storage: DynamoStorage, msg: Any) -> None:
     storage.reserve_seq(msg.conversation_id, Principal(user_id=msg.sender_id, role="customer"),
                         NOW_EPOCH * 1000)
-    storage.store_message(msg, idem_for(msg), NOW_EPOCH)
+    store_message(storage, msg, idem_for(msg), NOW_EPOCH)
 
 
 def test_unassigned_conversation_has_no_agent_id_attribute(store: DynamoStorage, ddb: Any) -> None:
@@ -84,7 +84,7 @@ def test_backend_errors_are_wrapped_once_into_oncechat_error(ddb: Any) -> None:
     assert isinstance(caught.value.__cause__, ClientError)
     msg = message(1)
     with pytest.raises(OnceChatError) as caught:
-        store.store_message(msg, idem_for(msg), NOW_EPOCH)
+        store_message(store, msg, idem_for(msg), NOW_EPOCH)
     assert isinstance(caught.value.__cause__, ClientError)
     assert type(caught.value) is OnceChatError
 
@@ -109,7 +109,7 @@ def test_a_refused_reservation_returns_the_conversation_without_a_read(store: Dy
 
 
 def test_moto_reports_cancellation_reasons_per_item(store: DynamoStorage, ddb: Any) -> None:
-    # store_message relies on these (item 0 = duplicate, 1 = slot).
+    # The lifecycle transactions rely on these (one reason per item, in order).
     config = config_for(STAGE)
     store.create_conversation(conversation("c1"))
     with pytest.raises(ClientError) as caught:

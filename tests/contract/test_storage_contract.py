@@ -33,6 +33,7 @@ from .records import (
     participant,
     reserve,
     store,
+    store_message,
 )
 
 
@@ -354,7 +355,7 @@ def test_reserve_moves_the_counter_and_store_records_message_and_idempotency(sto
     assert storage.get_message("c1", 1) is None  # reserved, not yet stored
     msg = message(1, body="first")
     idem = idem_for(msg)
-    storage.store_message(msg, idem, NOW_EPOCH)
+    store_message(storage, msg, idem, NOW_EPOCH)
     assert storage.get_message("c1", 1) == msg
     assert storage.get_idempotency("cust1", "c1", "m1", NOW_EPOCH) == idem
 
@@ -402,7 +403,7 @@ def test_a_duplicate_claim_raises_with_the_first_record_and_writes_nothing(stora
     assert reserve(storage, "c1") == 2  # the retry reserved seq 2 before it knew
     again = message(2, message_id="m-dup", body="resent")
     with pytest.raises(DuplicateMessage) as dup:
-        storage.store_message(again, idem_for(again), NOW_EPOCH)
+        store_message(storage, again, idem_for(again), NOW_EPOCH)
     assert dup.value.existing in (None, idem_for(first))  # the backend may return it
     assert storage.get_message("c1", 2) is None
     assert storage.get_idempotency("cust1", "c1", "m-dup", NOW_EPOCH) == idem_for(first)
@@ -506,7 +507,7 @@ def test_idempotency_record_is_valid_through_its_expiry_second(storage: Storage)
     reserve(storage, "c1")
     again = message(2, message_id="m1")
     with pytest.raises(DuplicateMessage):
-        storage.store_message(again, idem_for(again), NOW_EPOCH)
+        store_message(storage, again, idem_for(again), NOW_EPOCH)
 
 
 def test_get_unknown_idempotency_record_is_none(storage: Storage) -> None:
@@ -647,5 +648,5 @@ def test_a_failed_append_adds_nothing_to_the_commit_index(storage: Storage) -> N
     _append_at(storage, 1, "c1", NOW_EPOCH)
     msg = message(1, "c1")
     with pytest.raises((DuplicateMessage, SequenceConflict)):
-        storage.store_message(msg, idem_for(msg), NOW_EPOCH)
+        store_message(storage, msg, idem_for(msg), NOW_EPOCH)
     assert [m.seq for m in storage.committed_between(0, NOW_EPOCH + 1, 10)] == [1]
