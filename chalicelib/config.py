@@ -73,8 +73,6 @@ class Config:
     resume_max_messages: int = 2000
     append_max_attempts: int = 64
     sweep_grace_seconds: int = 30
-    #: Most messages one sweep re-enqueues (a busier window is finished by the next sweep).
-    sweep_batch: int = 10_000
     #: A closed conversation reopens when its customer writes within this window.
     reopen_window_seconds: int = 24 * 3600
     #: Rate limits: fixed windows of ``rate_window_seconds``.

@@ -109,9 +109,9 @@ class Handlers:
         DeliveryService(self.chat).deliver(record.body for record in event)
 
     def sweep(self, event: Any) -> None:
-        """The scheduled sweeper: re-enqueue the window of messages committed since the last sweep.
+        """The scheduled sweeper: enqueue what connected participants have not acked (``chat.sweep``).
 
-        Then counts the messages committed before the sweep bound (grace
+        Then counts the conversations active before the sweep bound (grace
         plus two schedule periods) that no sweep has covered yet (sweeps
         failing): the figure its alarm watches.
         """
@@ -120,7 +120,7 @@ class Handlers:
         try:
             count = chat.sweep()
             if count:
-                log.info("sweeper re-enqueued the %d message(s) of its window", count)
+                log.info("sweeper enqueued %d unacknowledged message(s)", count)
         finally:  # reported even when the sweep itself failed
             bound = chat.config.sweep_grace_seconds + observability.SWEEP_BOUND_EXTRA_SECONDS
             stuck = chat.unswept_before(chat.clock() // 1000 - bound, 100)

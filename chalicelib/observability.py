@@ -12,8 +12,8 @@ dimensions ``service`` and ``stage``), counted where the frames leave, so
 the hot path is untouched: ``Accepted`` and ``Duplicates`` (the ``accepted``
 replies), ``Pushes`` and ``DeliveryLatency`` (ms from ``sentAt`` to the
 push of a message frame), ``Gone410`` (pushes answered 410: the connection
-is pruned), ``Enqueued``, ``SweeperEnqueued``, ``PendingPastBound`` (messages
-committed before the sweep bound that no sweep has covered yet: sweeps are
+is pruned), ``Enqueued``, ``SweeperEnqueued``, ``PendingPastBound`` (conversations
+active before the sweep bound that no sweep has covered yet: sweeps are
 failing; its alarm also fires when the figure is missing), ``RateLimited``.
 
 Cold start: powertools is imported on the first invocation, not when
@@ -127,7 +127,7 @@ class Observability:
         self.count("SweeperEnqueued", enqueued)
         self.count("PendingPastBound", pending_past_bound)
         if pending_past_bound:
-            self.logger.error("messages pending past the sweep bound", extra={
+            self.logger.error("conversations unswept past the sweep bound", extra={
                 "pending_past_bound": pending_past_bound})
 
 

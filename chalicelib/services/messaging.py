@@ -153,7 +153,7 @@ class MessagingMixin(ServiceBase):
             recipients = tuple(conv.participant_ids())
             reading = self.background.submit(self.storage.connections_of_users, list(recipients))
             try:
-                self.storage.put_message(append.message, now // 1000)
+                self.storage.put_message(append.message)
             except SequenceConflict:
                 # A twin send of this claim stored it, or our slot was voided
                 # (this send outlived the grace): settle the claim.
@@ -250,7 +250,7 @@ class MessagingMixin(ServiceBase):
             claimed = core.claimed_message(principal, frame, existing,
                                            self.config.message_retention_days * 86400)
             try:
-                self.storage.put_message(claimed, self.clock() // 1000)
+                self.storage.put_message(claimed)
                 stored, stored_now = claimed, True
             except SequenceConflict as taken:
                 stored = taken.existing or self.storage.get_message(cid, seq)
@@ -275,7 +275,7 @@ class MessagingMixin(ServiceBase):
             self._void(conv, conv.last_seq, now)
             return self._idempotency(principal, frame, now)
         try:
-            self.storage.put_message(append.message, now // 1000)
+            self.storage.put_message(append.message)
         except SequenceConflict:
             return append.idem
         m = append.message

@@ -46,8 +46,14 @@ class Storage(Protocol):
     def connections_of(self, user_id: str) -> list[ConnectionRecord]:
         """Every recorded connection of a user, by id (strongly consistent)."""
 
-    def connections_of_users(self, user_ids: Sequence[str]) -> dict[str, list[ConnectionRecord]]:
-        """``connections_of`` for several users at once (one request on DynamoDB)."""
+    def connections_of_users(self, user_ids: Sequence[str],
+                             consistent: bool = False) -> dict[str, list[ConnectionRecord]]:
+        """``connections_of`` for several users at once (one request on DynamoDB).
+
+        Eventually consistent unless ``consistent``: a connection opened a
+        moment ago may be missing (it resumes on its own, and the sweeper
+        pushes what it has not acked).
+        """
 
     # --------------------------------------------------------------- agents
     def agent_connected(self, agent_id: str, now: str) -> AgentRecord:
@@ -155,8 +161,8 @@ class Storage(Protocol):
         is never visible without its claim.
         """
 
-    def put_message(self, message: MessageRecord, now_epoch: int) -> None:
-        """Store a message at its seq, entered in the commit-time index at ``now_epoch``.
+    def put_message(self, message: MessageRecord) -> None:
+        """Store a message at its seq.
 
         One conditional write (condition: the slot is empty). Raises
         SequenceConflict carrying what holds the slot otherwise: the same
@@ -178,12 +184,17 @@ class Storage(Protocol):
         its slot void reserves another seq.
         """
 
-    def committed_between(self, start: int, end: int, limit: int) -> list[MessageRecord]:
-        """Up to ``limit`` messages committed at epoch seconds in ``[start, end)``, oldest first.
+    def active_conversations(self, since: int, until: int | None = None) -> list[str]:
+        """Ids of the conversations that took a seq at epoch seconds in ``[since, until)``.
 
-        Every stored message (user or system) is in this index from its
-        commit on; nothing is written when it is enqueued. The sweeper
-        re-enqueues a window of it (chalicelib/services/outbox.py).
+        A seq is taken by a reservation (``reserve_seq``) or a lifecycle
+        event (``apply_transition``); each records the conversation's
+        latest activity, and nothing is written per message for this. The
+        result may also hold conversations active a little before
+        ``since`` (DynamoDB keeps the time rounded down to the minute) and,
+        without ``until``, any active since. The sweeper reads the
+        conversations active since its watermark
+        (chalicelib/services/outbox.py).
         """
 
     def get_sweep_mark(self) -> int | None:

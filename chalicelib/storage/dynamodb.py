@@ -112,23 +112,30 @@ def _from_item(model: type[M], item: Mapping[str, Any]) -> M:
     return model.model_validate({name: _deserialize(value) for name, value in item.items()})
 
 
-#: The byCommitTime index is spread over this many partition keys so that a
-#: busy system does not write every new message to one hot GSI partition.
-COMMIT_SHARDS = 16
+#: The byActivity index of the conversations table is spread over this many
+#: partition keys, so that a busy minute does not write one hot GSI partition.
+ACTIVITY_SHARDS = 16
+
+#: ``activeAt`` is the latest activity rounded down to this many seconds, so
+#: a conversation's index entry moves once a period, not once a message.
+ACTIVITY_PERIOD_S = 60
 
 #: Keys of the sweeper's watermark item in the limits table.
 SWEEP_MARK_KEY = "sweep#mark"
 
 
-def _commit_attrs(conversation_id: str, now_epoch: int) -> dict[str, int]:
-    """The attributes that put a new message in the KEYS_ONLY ``byCommitTime`` index.
+def _activity(conversation_id: str, now_epoch: int) -> dict[str, int]:
+    """The attributes that put a conversation in the KEYS_ONLY ``byActivity`` index.
 
-    The message stays there (one index write per message, never an update):
-    the sweeper reads a time window of it, so nothing marks a message
-    enqueued (chalicelib/services/outbox.py).
+    Set with every seq a conversation takes (a reservation, a lifecycle
+    event). Writing the value it already has writes no index item, so a
+    conversation costs one index write when it enters and two (the move)
+    per period in which it is active, whatever its message rate: the
+    sweeper reads the conversations active since its watermark
+    (chalicelib/services/outbox.py) instead of an index entry per message.
     """
-    return {"commitShard": zlib.crc32(conversation_id.encode()) % COMMIT_SHARDS,
-            "committedAt": now_epoch}
+    return {"activeShard": zlib.crc32(conversation_id.encode()) % ACTIVITY_SHARDS,
+            "activeAt": now_epoch - now_epoch % ACTIVITY_PERIOD_S}
 
 
 def _user_key(user_id: str) -> str:
@@ -322,15 +329,22 @@ class DynamoStorage:
         return removed
 
     def connections_of(self, user_id: str) -> list[ConnectionRecord]:
-        return self.connections_of_users([user_id])[user_id]
+        return self.connections_of_users([user_id], consistent=True)[user_id]
 
-    def connections_of_users(self, user_ids: Sequence[str]) -> dict[str, list[ConnectionRecord]]:
+    def connections_of_users(self, user_ids: Sequence[str],
+                             consistent: bool = False) -> dict[str, list[ConnectionRecord]]:
         table = self._config.connections_table
         users = list(dict.fromkeys(user_ids))
         found: dict[str, list[ConnectionRecord]] = {user: [] for user in users}
         with _backend("connections_of_users"):
             keys = [{"connectionId": _s(_user_key(u))} for u in users]
-            for item in self._batch_get(table, keys, consistent=True):
+            # Eventually consistent by default (half the read units): a
+            # connection opened within the last second may be missing,
+            # which every pusher allows for. A connection that opens after
+            # a message was stored resumes on its own; one that opened just
+            # before and missed the push has not acked, so the sweeper
+            # pushes to it.
+            for item in self._batch_get(table, keys, consistent=consistent):
                 for name, value in item.items():
                     if name.startswith("c#"):
                         conn = _from_item(ConnectionRecord, value["M"])
@@ -687,8 +701,9 @@ class DynamoStorage:
         #       transfer, two dispatchers assigning one conversation): the
         #       first moves lastSeq, the second fails here and re-reads. A
         #       retried transition finds the state moved and is refused.
-        #   [1] the system message at lastSeq + 1 (absent), pending like any
-        #       message so the sweeper enqueues it if we die before enqueuing.
+        #   [1] the system message at lastSeq + 1 (absent). The conversation
+        #       enters byActivity ([0]), so the sweeper finds the event if
+        #       we die before enqueuing it.
         #   [2..] each agent's activeCount: +1 only while the agent is online
         #       and activeCount < capacity, so racing assignments never take
         #       an agent over capacity; -1 frees a place.
@@ -699,7 +714,10 @@ class DynamoStorage:
         values: Item = {":bstatus": _s(before.status), ":blast": _n(before.last_seq),
                         ":status": _s(after.status), ":last": _n(after.last_seq),
                         ":now": _s(after.updated_at)}
-        sets = ["#status = :status", "#lastSeq = :last", "#updatedAt = :now"]
+        sets = ["#status = :status", "#lastSeq = :last", "#updatedAt = :now",
+                "activeShard = :ashard", "activeAt = :aat"]
+        active = _activity(before.conversation_id, now_epoch)
+        values |= {":ashard": _n(active["activeShard"]), ":aat": _n(active["activeAt"])}
         removes = []
         condition = "#status = :bstatus AND #lastSeq = :blast"
         if before.agent_id is None:
@@ -741,7 +759,7 @@ class DynamoStorage:
             {
                 "Put": {
                     "TableName": self._config.messages_table,
-                    "Item": _to_item(message, **_commit_attrs(message.conversation_id, now_epoch)),
+                    "Item": _to_item(message),
                     "ConditionExpression": "attribute_not_exists(seq)",
                 }
             },
@@ -798,13 +816,17 @@ class DynamoStorage:
         #   first, through a lifecycle step).
         # reservedAt: the time of the latest reservation; a seq that stays
         #   empty after the sweep grace belongs to a send that died (fill_hole).
+        # activeShard, activeAt: the byActivity index, for the sweeper; the
+        #   same value as last time (within a minute) writes no index item.
         holder = "customerId" if sender.role == "customer" else "agentId"
+        active = _activity(conversation_id, now_ms // 1000)
         with _backend("reserve_seq"):
             try:
                 answer = self._db.update_item(
                     TableName=self._config.conversations_table,
                     Key={"conversationId": _s(conversation_id)},
-                    UpdateExpression="SET lastSeq = lastSeq + :one, reservedAt = :now",
+                    UpdateExpression=("SET lastSeq = lastSeq + :one, reservedAt = :now,"
+                                      " activeShard = :shard, activeAt = :active"),
                     ConditionExpression=(
                         "attribute_exists(conversationId) AND #status <> :closed"
                         " AND #holder = :sender"
@@ -812,7 +834,8 @@ class DynamoStorage:
                     ExpressionAttributeNames={"#status": "status", "#holder": holder},
                     ExpressionAttributeValues={
                         ":one": _n(1), ":now": _n(now_ms), ":closed": _s("closed"),
-                        ":sender": _s(sender.user_id)},
+                        ":sender": _s(sender.user_id), ":shard": _n(active["activeShard"]),
+                        ":active": _n(active["activeAt"])},
                     ReturnValues="ALL_NEW",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
@@ -844,7 +867,7 @@ class DynamoStorage:
         if refused:
             raise DuplicateMessage(idem.key, _from_item(IdempotencyRecord, old) if old else None)
 
-    def put_message(self, message: MessageRecord, now_epoch: int) -> None:
+    def put_message(self, message: MessageRecord) -> None:
         # attribute_not_exists(seq): the slot is this sender's by reservation
         # (and its messageId's by claim). It is taken only by a twin send of
         # the same claim (a retry that found the slot empty and stored the
@@ -854,7 +877,7 @@ class DynamoStorage:
         with _backend("put_message"):
             refused, old = self._put_unless(
                 TableName=self._config.messages_table,
-                Item=_to_item(message, **_commit_attrs(message.conversation_id, now_epoch)),
+                Item=_to_item(message),
                 ConditionExpression="attribute_not_exists(seq)",
             )
         if refused:
@@ -882,7 +905,7 @@ class DynamoStorage:
             try:
                 self._db.put_item(
                     TableName=self._config.messages_table,
-                    Item=_to_item(void, **_commit_attrs(conversation_id, now_epoch)),
+                    Item=_to_item(void),
                     ConditionExpression="attribute_not_exists(seq)",
                 )
                 return void
@@ -906,34 +929,26 @@ class DynamoStorage:
         # TTL deletes late: an expired record may still be stored.
         return None if record.expires_at < now_epoch else record
 
-    def committed_between(self, start: int, end: int, limit: int) -> list[MessageRecord]:
-        # byCommitTime is a KEYS_ONLY GSI (eventually consistent): it names
-        # the messages of the window, which are then read from the table.
-        keys: list[tuple[int, Item]] = []
-        with _backend("committed_between"):
-            for shard in range(COMMIT_SHARDS):
+    def active_conversations(self, since: int, until: int | None = None) -> list[str]:
+        # byActivity is a KEYS_ONLY GSI (eventually consistent, lagging by
+        # about a second): the sweeper asks for a window that ended a grace
+        # ago. activeAt is rounded down to the period, so the query starts
+        # at the period that holds ``since``.
+        bounds = "activeAt >= :a" if until is None else "activeAt BETWEEN :a AND :b"
+        values = {":a": _n(since - since % ACTIVITY_PERIOD_S)}
+        if until is not None:
+            values[":b"] = _n(until - 1)
+        found: set[str] = set()
+        with _backend("active_conversations"):
+            for shard in range(ACTIVITY_SHARDS):
                 for item in self._query_all(
-                    TableName=self._config.messages_table,
-                    IndexName="byCommitTime",
-                    KeyConditionExpression="commitShard = :s AND committedAt BETWEEN :a AND :b",
-                    ExpressionAttributeValues={
-                        ":s": _n(shard), ":a": _n(start), ":b": _n(end - 1)},
+                    TableName=self._config.conversations_table,
+                    IndexName="byActivity",
+                    KeyConditionExpression=f"activeShard = :s AND {bounds}",
+                    ExpressionAttributeValues={":s": _n(shard), **values},
                 ):
-                    keys.append((int(item["committedAt"]["N"]), {
-                        "conversationId": item["conversationId"], "seq": item["seq"]}))
-            keys.sort(key=lambda pair: (pair[0], pair[1]["conversationId"]["S"],
-                                        int(pair[1]["seq"]["N"])))
-            return self._batch_get_messages([key for _, key in keys[:limit]])
-
-    def _batch_get_messages(self, keys: list[Item]) -> list[MessageRecord]:
-        """The messages at ``keys``, in that order (missing ones left out), 100 keys a request."""
-        table = self._config.messages_table
-        found: dict[tuple[str, int], MessageRecord] = {}
-        for item in self._batch_get(table, keys, consistent=False):
-            record = _from_item(MessageRecord, item)
-            found[(record.conversation_id, record.seq)] = record
-        return [found[k] for k in ((key["conversationId"]["S"], int(key["seq"]["N"]))
-                                   for key in keys) if k in found]
+                    found.add(item["conversationId"]["S"])
+        return sorted(found)
 
     def get_sweep_mark(self) -> int | None:
         with _backend("get_sweep_mark"):

@@ -45,7 +45,7 @@ class MemoryStorage:
         self._messages: dict[tuple[str, int], MessageRecord] = {}
         self._idempotency: dict[str, IdempotencyRecord] = {}
         self._participants: dict[tuple[str, str], Participant] = {}
-        self._committed: dict[tuple[str, int], int] = {}
+        self._active: dict[str, int] = {}  # conversation -> epoch s of its latest seq
         self._sweep_mark: int | None = None
         self._requests: dict[str, tuple[str, int]] = {}
         self._buckets: dict[str, tuple[int, int]] = {}
@@ -66,7 +66,8 @@ class MemoryStorage:
     def connections_of(self, user_id: str) -> list[ConnectionRecord]:
         return self.connections_of_users([user_id])[user_id]
 
-    def connections_of_users(self, user_ids: Sequence[str]) -> dict[str, list[ConnectionRecord]]:
+    def connections_of_users(self, user_ids: Sequence[str],
+                             consistent: bool = False) -> dict[str, list[ConnectionRecord]]:
         with self._lock:
             return {user: sorted((c for c in self._connections.values() if c.user_id == user),
                                  key=lambda c: c.connection_id) for user in user_ids}
@@ -223,7 +224,7 @@ class MemoryStorage:
                                 role="agent", joined_at=after.updated_at))
             self._conversations[after.conversation_id] = after
             self._messages[(message.conversation_id, message.seq)] = message
-            self._committed[(message.conversation_id, message.seq)] = now_epoch
+            self._active[message.conversation_id] = now_epoch
 
     # ------------------------------------------------------------- messages
     def reserve_seq(self, conversation_id: str, sender: Principal, now_ms: int) -> Conversation:
@@ -234,6 +235,7 @@ class MemoryStorage:
                 raise ReservationRefused(conv)
             conv = conv.model_copy(update={"last_seq": conv.last_seq + 1, "reserved_at": now_ms})
             self._conversations[conversation_id] = conv
+            self._active[conversation_id] = now_ms // 1000
             return conv
 
     def claim_message_id(self, idem: IdempotencyRecord, now_epoch: int) -> None:
@@ -243,13 +245,12 @@ class MemoryStorage:
                 raise DuplicateMessage(idem.key, existing)
             self._idempotency[idem.key] = idem
 
-    def put_message(self, message: MessageRecord, now_epoch: int) -> None:
+    def put_message(self, message: MessageRecord) -> None:
         with self._lock:
             key = (message.conversation_id, message.seq)
             if key in self._messages:
                 raise SequenceConflict(message.conversation_id, self._messages[key])
             self._messages[key] = message
-            self._committed[key] = now_epoch
 
     def move_claim(self, idem: IdempotencyRecord, from_seq: int) -> bool:
         with self._lock:
@@ -264,13 +265,12 @@ class MemoryStorage:
             key = (conversation_id, seq)
             if key not in self._messages:
                 self._messages[key] = void_message(conversation_id, seq, now_epoch)
-                self._committed[key] = now_epoch
             return self._messages[key]
 
-    def committed_between(self, start: int, end: int, limit: int) -> list[MessageRecord]:
+    def active_conversations(self, since: int, until: int | None = None) -> list[str]:
         with self._lock:
-            due = sorted((at, key) for key, at in self._committed.items() if start <= at < end)
-            return [self._messages[key] for _, key in due[:limit] if key in self._messages]
+            return sorted(cid for cid, at in self._active.items()
+                          if at >= since and (until is None or at < until))
 
     def get_sweep_mark(self) -> int | None:
         with self._lock:

@@ -115,4 +115,4 @@ def store(storage: Any, msg: MessageRecord, idem: IdempotencyRecord | None = Non
 def store_message(storage: Any, msg: MessageRecord, idem: IdempotencyRecord, now_epoch: int) -> None:
     """The two writes of a send at a reserved seq: claim the messageId, then store the message."""
     storage.claim_message_id(idem, now_epoch)
-    storage.put_message(msg, now_epoch)
+    storage.put_message(msg)

@@ -69,8 +69,8 @@ def test_assign_activates_stores_the_system_message_counts_load_and_adds_the_age
     assert load(storage, "bob") == 1
     membership = storage.get_participant("bob", "c1")
     assert membership is not None and membership.ack_seq == 0
-    # In the commit-time index like any message, so the sweeper covers it.
-    assert [m.seq for m in storage.committed_between(0, NOW_EPOCH + 1, 10)] == [1]
+    # The conversation is active, so the sweeper covers the event.
+    assert storage.active_conversations(NOW_EPOCH) == ["c1"]
 
 
 def test_the_same_transition_twice_applies_once(storage: Storage) -> None:

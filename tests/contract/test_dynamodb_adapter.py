@@ -63,8 +63,7 @@ def test_items_carry_camel_case_names_numbers_and_the_idempotency_key(store: Dyn
         TableName=config.messages_table, Key={"conversationId": {"S": "c1"}, "seq": {"N": "1"}}
     )["Item"]
     fields = {"conversationId", "seq", "messageId", "senderId", "senderRole", "body", "sentAt"}
-    assert set(stored) == fields | {"commitShard", "committedAt"}  # in the byCommitTime index
-    assert stored["committedAt"] == {"N": str(NOW_EPOCH)}
+    assert set(stored) == fields  # no index entry per message
     idem = ddb.get_item(TableName=config.idempotency_table, Key={"idemKey": {"S": "cust1#c1#m1"}})["Item"]
     assert idem["expiresAt"]["N"] == str(idem_for(msg).expires_at)
     assert idem["seq"] == {"N": "1"}

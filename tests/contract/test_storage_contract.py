@@ -253,12 +253,12 @@ def test_assign_activates_the_conversation_counts_load_and_adds_the_agent(storag
     assert agent is not None and agent.active_count == 1 and agent.presence == "online"
     member = storage.get_participant("ag1", "c1")
     assert member is not None and (member.role, member.ack_seq) == ("agent", 0)
-    # the step is recorded as the "assigned" system message at seq 1, in the commit-time index
+    # the step is recorded as the "assigned" system message at seq 1; the sweeper finds the conversation
     system = storage.get_message("c1", 1)
     assert system is not None
     assert (system.sender_id, system.sender_role, system.message_id) == ("system", "system", "system-1")
     assert (system.event, system.status, system.agent_id, system.sent_at) == ("assigned", "active", "ag1", at(5))
-    assert [(m.conversation_id, m.seq) for m in storage.committed_between(0, NOW_EPOCH + 1, 10)] == [("c1", 1)]
+    assert storage.active_conversations(NOW_EPOCH) == ["c1"]
 
 
 def test_assign_twice_fails_the_second_and_counts_the_load_once(storage: Storage) -> None:
@@ -293,7 +293,7 @@ def test_assign_to_an_offline_agent_fails_and_writes_nothing(storage: Storage) -
     assert storage.get_agent("ag1") == before
     assert storage.get_participant("ag1", "c1") is None
     assert storage.get_message("c1", 1) is None
-    assert storage.committed_between(0, NOW_EPOCH + 1, 10) == []
+    assert storage.active_conversations(0) == []
 
 
 def test_assign_to_an_unknown_agent_fails_and_writes_nothing(storage: Storage) -> None:
@@ -305,7 +305,7 @@ def test_assign_to_an_unknown_agent_fails_and_writes_nothing(storage: Storage) -
     assert storage.get_agent("ghost") is None
     assert storage.get_participant("ghost", "c1") is None
     assert storage.get_message("c1", 1) is None
-    assert storage.committed_between(0, NOW_EPOCH + 1, 10) == []
+    assert storage.active_conversations(0) == []
 
 
 def test_assign_to_an_agent_at_capacity_fails_and_writes_nothing(storage: Storage) -> None:
@@ -332,7 +332,7 @@ def test_assign_unknown_conversation_fails_and_writes_nothing(storage: Storage) 
     assert storage.get_agent("ag1") == agent
     assert storage.get_participant("ag1", "nope") is None
     assert storage.get_message("nope", 1) is None
-    assert storage.committed_between(0, NOW_EPOCH + 1, 10) == []
+    assert storage.active_conversations(0) == []
 
 
 def test_assign_keeps_the_cursor_of_an_agent_already_participating(storage: Storage) -> None:
@@ -421,10 +421,10 @@ def test_fill_hole_voids_an_empty_seq_once_and_never_overwrites(storage: Storage
     late = message(2, message_id="m-late")
     storage.claim_message_id(idem_for(late), NOW_EPOCH)
     with pytest.raises(SequenceConflict) as taken:  # its send outlived the grace: reserve again
-        storage.put_message(late, NOW_EPOCH)
+        storage.put_message(late)
     assert taken.value.existing in (None, void)  # the backend may return what holds the slot
     assert storage.get_message("c1", 2) == void
-    assert [m.seq for m in storage.committed_between(0, NOW_EPOCH + 10, 10)] == [1, 2]
+    assert [m.seq for m in storage.messages_after("c1", 0, 10)] == [1, 2]
 
 
 def test_a_claim_comes_first_and_names_its_seq(storage: Storage) -> None:
@@ -434,7 +434,7 @@ def test_a_claim_comes_first_and_names_its_seq(storage: Storage) -> None:
     storage.claim_message_id(idem_for(msg), NOW_EPOCH)
     assert storage.get_idempotency("cust1", "c1", "m1", NOW_EPOCH) == idem_for(msg)
     assert storage.get_message("c1", 1) is None  # claimed, not yet stored
-    storage.put_message(msg, NOW_EPOCH)
+    storage.put_message(msg)
     assert storage.get_message("c1", 1) == msg
 
 
@@ -443,11 +443,11 @@ def test_a_twin_put_of_the_same_claim_finds_the_message(storage: Storage) -> Non
     reserve(storage, "c1")
     msg = message(1)
     storage.claim_message_id(idem_for(msg), NOW_EPOCH)
-    storage.put_message(msg, NOW_EPOCH)
+    storage.put_message(msg)
     with pytest.raises(SequenceConflict) as taken:
-        storage.put_message(msg, NOW_EPOCH)
+        storage.put_message(msg)
     assert taken.value.existing in (None, msg)
-    assert [m.seq for m in storage.committed_between(0, NOW_EPOCH + 10, 10)] == [1]
+    assert storage.messages_after("c1", 0, 10) == [msg]
 
 
 def test_move_claim_moves_only_from_the_seq_it_names(storage: Storage) -> None:
@@ -619,19 +619,18 @@ def _append_at(storage: Storage, seq: int, conversation_id: str, epoch: int) -> 
     store(storage, msg, now_epoch=epoch)
 
 
-def test_appended_messages_are_listed_by_commit_time(storage: Storage) -> None:
+def test_conversations_are_listed_by_their_latest_seq(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     storage.create_conversation(conversation("c2"))
-    _append_at(storage, 1, "c1", NOW_EPOCH)
-    _append_at(storage, 1, "c2", NOW_EPOCH + 5)
-    _append_at(storage, 2, "c1", NOW_EPOCH + 10)
-    due = storage.committed_between(NOW_EPOCH, NOW_EPOCH + 10, 100)  # end excluded
-    assert [(m.conversation_id, m.seq) for m in due] == [("c1", 1), ("c2", 1)]  # oldest first
-    assert due[0].body == message(1, "c1").body
-    assert [(m.conversation_id, m.seq) for m in storage.committed_between(
-        NOW_EPOCH + 1, NOW_EPOCH + 11, 100)] == [("c2", 1), ("c1", 2)]
-    assert [m.seq for m in storage.committed_between(NOW_EPOCH, NOW_EPOCH + 11, 1)] == [1]
-    assert storage.committed_between(NOW_EPOCH + 11, NOW_EPOCH + 100, 10) == []
+    storage.create_conversation(conversation("c3"))  # never takes a seq
+    assert storage.active_conversations(0) == []
+    reserve(storage, "c1", now_ms=NOW_EPOCH * 1000)
+    reserve(storage, "c2", now_ms=(NOW_EPOCH + 65) * 1000)
+    assert storage.active_conversations(NOW_EPOCH) == ["c1", "c2"]
+    reserve(storage, "c1", now_ms=(NOW_EPOCH + 130) * 1000)  # c1 moves on
+    assert storage.active_conversations(NOW_EPOCH + 120) == ["c1"]
+    assert storage.active_conversations(NOW_EPOCH, NOW_EPOCH + 120) == ["c2"]
+    assert storage.active_conversations(NOW_EPOCH + 180) == []
 
 
 def test_the_sweep_mark_only_moves_forward(storage: Storage) -> None:
@@ -643,10 +642,10 @@ def test_the_sweep_mark_only_moves_forward(storage: Storage) -> None:
     assert storage.get_sweep_mark() == NOW_EPOCH + 60
 
 
-def test_a_failed_append_adds_nothing_to_the_commit_index(storage: Storage) -> None:
+def test_a_failed_append_stores_nothing(storage: Storage) -> None:
     storage.create_conversation(conversation("c1"))
     _append_at(storage, 1, "c1", NOW_EPOCH)
     msg = message(1, "c1")
     with pytest.raises((DuplicateMessage, SequenceConflict)):
         store_message(storage, msg, idem_for(msg), NOW_EPOCH)
-    assert [m.seq for m in storage.committed_between(0, NOW_EPOCH + 1, 10)] == [1]
+    assert [m.seq for m in storage.messages_after("c1", 0, 10)] == [1]

@@ -78,9 +78,10 @@ EXPECTED_TABLES = {
             "byAgent": ("agentId", "createdAt"),
             "openByCustomer": ("openCustomerId", "createdAt"),
             "openByAgent": ("openAgentId", "createdAt"),
+            "byActivity": ("activeShard", "activeAt"),
         },
     ),
-    "messages_table": (("conversationId", "seq"), {"byCommitTime": ("commitShard", "committedAt")}),
+    "messages_table": (("conversationId", "seq"), {}),
     "idempotency_table": (("idemKey",), {}),
     "connections_table": (("connectionId",), {}),
     "participants_table": (("userId", "conversationId"), {"byConversation": ("conversationId", "userId")}),
@@ -92,7 +93,7 @@ EXPECTED_TABLES = {
 #: Indexes that project less than the whole item, so that the attributes the
 #: hot path moves (lastSeq, ackSeq, readSeq) never rewrite an index item.
 PROJECTIONS = {"byStatus": "KEYS_ONLY", "byCustomer": "INCLUDE", "byAgent": "INCLUDE",
-               "byCommitTime": "KEYS_ONLY", "byConversation": "KEYS_ONLY",
+               "byActivity": "KEYS_ONLY", "byConversation": "KEYS_ONLY",
                "openByCustomer": "KEYS_ONLY", "openByAgent": "KEYS_ONLY"}
 
 

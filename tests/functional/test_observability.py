@@ -105,10 +105,10 @@ def test_sweep_reports_enqueues_and_pending_past_the_bound(observed, monkeypatch
     chat_service.clock = lambda: real_clock() + 10 * 60_000  # ten minutes later, still down
     with pytest.raises(RuntimeError):
         cloud.mod.sweep(SWEEP_EVENT, None)
-    # the stuck message and the conversation's earlier event: no sweep covered them
+    # the conversation of the stuck message: no sweep covered it
     [pending] = metric_values(emf(), "PendingPastBound")
     assert pending >= 1
-    assert any(e["message"] == "messages pending past the sweep bound" and e["level"] == "ERROR"
+    assert any(e["message"] == "conversations unswept past the sweep bound" and e["level"] == "ERROR"
                for e in lines())
     chat_service.clock = real_clock
     monkeypatch.undo()

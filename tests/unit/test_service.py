@@ -435,8 +435,9 @@ def test_sweeper_enqueues_a_message_whose_sender_never_returned(chatting, monkey
     monkeypatch.setattr(chat, "_deliver_now", real)
     assert chat.sweep() == 0  # within the grace period a retry is still expected
     chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
-    assert chat.sweep() >= 2  # (the window also holds the "assigned" event, acked with m0)
-    # acked by both: not enqueued again; never pushed nor acked: enqueued, to both
+    # m0 and the "assigned" event, acked by both: not enqueued again;
+    # m1, never pushed nor acked: enqueued, to both (one delivery)
+    assert chat.sweep() == 1
     [swept] = chat.queue.items
     assert swept.message.message_id == "m1" and set(swept.recipients) == {"alice", "bob"}
     assert chat.sweep() == 0  # the watermark moved past it: swept once
@@ -453,7 +454,31 @@ def test_the_sweeper_skips_recipients_without_a_connection(chatting):
     chat.disconnect(alice.connection_id)
     chat.disconnect(bob.connection_id)
     chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
-    assert chat.sweep() >= 1 and chat.queue.items == []  # both resume when they come back
+    assert chat.sweep() == 0 and chat.queue.items == []  # both resume when they come back
+
+
+def test_a_connected_participant_that_never_acks_costs_the_sweeper_one_page(chatting, monkeypatch):
+    chat, alice, bob, cid = chatting
+    chat.sweep()  # the watermark
+    for i in range(chat.config.page_size + 20):  # a backlog never acked, older than the window
+        frame(chat, alice, action="send", conversationId=cid, messageId=f"old{i}", body="x")
+    chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
+    chat.sweep()
+    chat.queue.drain()
+    chat.clock.t += 600 * 1000  # ten minutes pass; then one new message, whose push dies
+    monkeypatch.setattr(chat, "_deliver_now", lambda *a: None)
+    new = frame(chat, alice, action="send", conversationId=cid, messageId="new", body="y")
+    monkeypatch.undo()
+    chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
+    pages = []
+    real = chat.storage.messages_before
+    monkeypatch.setattr(chat.storage, "messages_before",
+                        lambda *a: pages.append(a) or real(*a))
+    assert chat.sweep() == 1
+    [swept] = chat.queue.drain()
+    # neither acked anything: the new message goes to both, the backlog is left alone
+    assert (swept.message.seq, swept.recipients) == (new["seq"], ("alice", "bob"))
+    assert len(pages) == 1  # the window's message, then the first older one ends the read
 
 
 def test_each_window_is_swept_once_and_a_failed_sweep_is_repeated(chatting):
