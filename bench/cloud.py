@@ -37,6 +37,9 @@ from infra.local.launcher import LocalCloud, free_port
 
 STATS_PATH = "/_bench/stats"
 PHASE_HEADER = "x-bench-phase"
+#: Set on requests made on a handler's own threads: the handler did not wait
+#: for their proxy overhead (it was doing something else meanwhile).
+BACKGROUND_HEADER = "x-bench-background"
 WS_UNIT_BYTES = 32 * 1024  # API Gateway meters WebSocket messages in 32 KB units
 
 _phase = threading.local()
@@ -147,6 +150,8 @@ def install() -> None:
         label = getattr(_phase, "label", None)
         if label:
             request.headers[PHASE_HEADER] = label
+            if getattr(_phase, "background", False):
+                request.headers[BACKGROUND_HEADER] = "1"
         return original_send(self, request)
 
     URLLib3Session.send = send  # type: ignore[method-assign]
@@ -161,11 +166,11 @@ def install() -> None:
         label = getattr(_phase, "label", None)
 
         def labelled() -> Any:
-            _phase.label = label
+            _phase.label, _phase.background = label, True
             try:
                 return fn(*args, **kwargs)
             finally:
-                _phase.label = None
+                _phase.label, _phase.background = None, False
 
         return original_submit(self, labelled)
 

@@ -34,13 +34,14 @@ from bench import capacity
 from bench.capacity import TableShape
 
 PHASE_HEADER = "x-bench-phase"
+BACKGROUND_HEADER = "x-bench-background"
 UNTAGGED = "untagged"
 # Requests Lambda's SQS event source makes on its own (billed by SQS, not made by the app).
 EVENT_SOURCE_OPERATIONS = {"ReceiveMessage", "DeleteMessage", "DeleteMessageBatch",
                            "ChangeMessageVisibility", "ChangeMessageVisibilityBatch"}
 _CREDENTIAL = re.compile(r"Credential=[^/]+/[^/]+/([^/]+)/([^/]+)/")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "host",
-               "content-length", PHASE_HEADER}
+               "content-length", PHASE_HEADER, BACKGROUND_HEADER}
 _NAME_TOKEN = re.compile(r"#[A-Za-z0-9_]+")
 _VALUE_TOKEN = re.compile(r":[A-Za-z0-9_]+")
 _LOCK_STRIPES = 4096
@@ -178,25 +179,19 @@ class DynamoAccounting:
                         targets.append((table, self.shape(table).key_of(entry["PutRequest"]["Item"]), "write"))
                     else:
                         targets.append((table, entry["DeleteRequest"]["Key"], "write"))
-        started = time.perf_counter()
         locks = self._locks((t, k) for t, k, _ in targets)
         for lock in locks:
             lock.acquire()
         try:
             before = [self._get(t, k) for t, k, _ in targets]
-            forward_started = time.perf_counter()
             status, headers, data = forward()
-            forward_ms = (time.perf_counter() - forward_started) * 1000
             after = [self._get(t, k) for t, k, _ in targets] if status == 200 else before
         finally:
             for lock in reversed(locks):
                 lock.release()
-        # The time this request waited for the accounting (locks and item reads), not for AWS.
-        overhead_ms = (time.perf_counter() - started) * 1000 - forward_ms
         succeeded = status == 200
         error = _error_code(data) if not succeeded else ""
         if not succeeded and error not in ("ConditionalCheckFailedException", "TransactionCanceledException"):
-            self.stats.add("dynamodb", operation, phase, _detail(t for t, _, _ in targets), overhead_ms=overhead_ms)
             return status, headers, data  # not charged (validation errors and the like)
         transactional = operation == "TransactWriteItems"
         wru = 0
@@ -211,8 +206,7 @@ class DynamoAccounting:
                 self.stats.add_index(table, w.index, w.kind, phase, w.writes, w.units)
                 self.stats.add("dynamodb", operation, phase, _detail(tables), index_writes=w.writes, index_wru=w.units)
         self.stats.add("dynamodb", operation, phase, _detail(tables), wru=wru, items=len(targets),
-                       cancelled=0 if succeeded else 1, failed_wru=0 if succeeded else wru,
-                       overhead_ms=overhead_ms)
+                       cancelled=0 if succeeded else 1, failed_wru=0 if succeeded else wru)
         return status, headers, data
 
     # --- reads -------------------------------------------------------------------------
@@ -221,7 +215,6 @@ class DynamoAccounting:
         """Count the read units of a read that was already forwarded."""
         if status != 200:
             return
-        started = time.perf_counter()
         response = json.loads(data) if data else {}
         rru = 0.0
         tables: list[str] = []
@@ -251,8 +244,7 @@ class DynamoAccounting:
                 tables.append(table)
                 item = self._get(table, entry["Get"]["Key"]) if "ProjectionExpression" in entry["Get"] else got.get("Item")
                 rru += capacity.read_units(capacity.item_size(item), transactional=True)
-        overhead_ms = (time.perf_counter() - started) * 1000
-        self.stats.add("dynamodb", operation, phase, _detail(tables), rru=rru, overhead_ms=overhead_ms)
+        self.stats.add("dynamodb", operation, phase, _detail(tables), rru=rru)
 
     def _evaluated(self, operation: str, request: dict[str, Any]) -> list[dict[str, Any]]:
         """The items a Query/Scan page evaluated: the same page without filter or projection."""
@@ -308,11 +300,34 @@ class Proxy:
         self.sizes = True
 
     def handle(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Forward and count one request; its ``overhead_ms`` is the time it spent here and not in AWS.
+
+        That is everything but the forwarded call itself: parsing, the
+        accounting's locks and item reads, the counting. ``bench.perf``
+        subtracts it from the handler's time, which is then what the
+        handler would take behind a plain endpoint. A request made on a
+        handler's own thread (``x-bench-background``) ran while the handler
+        did something else: its overhead is kept apart and not subtracted.
+        """
+        started = time.perf_counter()
+        upstream_ms = 0.0
         phase = headers.get(PHASE_HEADER) or UNTAGGED
         forward_headers = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
 
         def forward() -> tuple[int, list[tuple[str, str]], bytes]:
-            return self.target.request(method, path, body, forward_headers)
+            nonlocal upstream_ms
+            call_started = time.perf_counter()
+            try:
+                return self.target.request(method, path, body, forward_headers)
+            finally:
+                upstream_ms += (time.perf_counter() - call_started) * 1000
+
+        background = bool(headers.get(BACKGROUND_HEADER))
+
+        def overhead() -> dict[str, float]:
+            """The request's own time here, unless the handler was not waiting for it."""
+            spent = (time.perf_counter() - started) * 1000 - upstream_ms
+            return {"background_overhead_ms" if background else "overhead_ms": spent}
 
         service, operation = _operation(headers, body)
         if service == "sqs" and operation in EVENT_SOURCE_OPERATIONS and phase == UNTAGGED:
@@ -329,7 +344,8 @@ class Proxy:
             error = _error_code(data) if status != 200 else ""
             self.stats.add(service, operation, phase, detail, requests=1, errors=1 if status != 200 else 0,
                            cancelled_requests=1 if error == "TransactionCanceledException" else 0,
-                           condition_failed=1 if error == "ConditionalCheckFailedException" else 0)
+                           condition_failed=1 if error == "ConditionalCheckFailedException" else 0,
+                           **overhead())
             return status, resp_headers, data
         status, resp_headers, data = forward()
         messages = 0
@@ -339,7 +355,7 @@ class Proxy:
             except ValueError:
                 messages = data.count(b"<Message>")
         self.stats.add(service, operation, phase, "", requests=1, errors=1 if status >= 300 else 0,
-                       messages=messages)
+                       messages=messages, **overhead())
         return status, resp_headers, data
 
 

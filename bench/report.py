@@ -64,7 +64,8 @@ def render(result: dict[str, Any]) -> str:
         out += ["", "Lambda invocations in the window: "
                 + ", ".join(f"{k} {int(v['invocations'])} ({v['ms'] / max(1, v['invocations']):.0f} ms each)"
                             for k, v in sorted(lam.items()))
-                + f"; accounting overhead subtracted: {paced['accounting_overhead_ms']} ms per delivered message."]
+                + f"; counting-proxy time subtracted: "
+                  f"{paced.get('proxy_overhead_ms', paced.get('accounting_overhead_ms'))} ms per delivered message."]
     b = once.get("burst")
     if b:
         out += ["", f"Burst: {json.dumps({k: v for k, v in b.items()})}"]
