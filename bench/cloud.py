@@ -59,6 +59,9 @@ class Meters:
             self.management: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
             self.pushes = defaultdict(float)
             self.push_types: dict[str, float] = defaultdict(float)
+            # per phase: ms the handler's own thread spent in HTTP calls to
+            # AWS (the proxy) and to the management API (pushes)
+            self.waits: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
             self.connections = defaultdict(float)
             now = time.monotonic()
             self.open = {k: now for k in getattr(self, "open", {})}
@@ -73,6 +76,7 @@ class Meters:
                 "management": {k: dict(v) for k, v in self.management.items()},
                 "pushes": dict(self.pushes),
                 "push_types": dict(self.push_types),
+                "waits": {k: dict(v) for k, v in self.waits.items()},
                 "connections": dict(self.connections, open=len(self.open),
                                     seconds=self.connections.get("seconds", 0.0) + open_seconds),
             }
@@ -123,8 +127,8 @@ def install() -> None:
                 row["frames"] += 1
                 row["bytes"] += size
                 row["units"] += max(1, math.ceil(size / WS_UNIT_BYTES))
-        previous = getattr(_phase, "label", None)
-        _phase.label = label
+        previous = getattr(_phase, "label", None), getattr(_phase, "background", False)
+        _phase.label, _phase.background = label, False  # the invocation's own thread
         started = time.perf_counter()
         failed = 0
         try:
@@ -134,7 +138,7 @@ def install() -> None:
             raise
         finally:
             ms = (time.perf_counter() - started) * 1000
-            _phase.label = previous
+            _phase.label, _phase.background = previous
             with METERS.lock:
                 row = METERS.lambdas[label]
                 row["invocations"] += 1
@@ -148,11 +152,19 @@ def install() -> None:
 
     def send(self: Any, request: Any) -> Any:
         label = getattr(_phase, "label", None)
+        background = getattr(_phase, "background", False)
         if label:
             request.headers[PHASE_HEADER] = label
-            if getattr(_phase, "background", False):
+            if background:
                 request.headers[BACKGROUND_HEADER] = "1"
-        return original_send(self, request)
+        started = time.perf_counter()
+        try:
+            return original_send(self, request)
+        finally:
+            if label and not background:
+                kind = "push_ms" if "/@connections/" in request.url else "aws_ms"
+                with METERS.lock:
+                    METERS.waits[label][kind] += (time.perf_counter() - started) * 1000
 
     URLLib3Session.send = send  # type: ignore[method-assign]
 
@@ -166,7 +178,8 @@ def install() -> None:
         label = getattr(_phase, "label", None)
 
         def labelled() -> Any:
-            _phase.label, _phase.background = label, True
+            # Submitted by a handler (a phase is set): a thread of its own.
+            _phase.label, _phase.background = label, label is not None
             try:
                 return fn(*args, **kwargs)
             finally:

@@ -374,3 +374,68 @@ def test_a_fifo_long_poll_waits_instead_of_spinning_while_its_groups_are_in_flig
         second = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"]
         assert [m["Body"] for m in second] == ["two"]
         assert time.monotonic() - started < 4.5  # woken by the delete, not by the end of the 5 s poll
+
+
+def _item_operations(client):
+    """Every item operation the plain JSON writer takes over, on items of every attribute type."""
+    client.create_table(TableName="rich", BillingMode="PAY_PER_REQUEST",
+                        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"},
+                                              {"AttributeName": "s", "AttributeType": "N"}],
+                        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"},
+                                   {"AttributeName": "s", "KeyType": "RANGE"}])
+
+    def item(n):
+        return {"k": {"S": "p"}, "s": {"N": str(n)}, "b": {"B": bytes([0, n, 255])},
+                "flag": {"BOOL": n % 2 == 0}, "none": {"NULL": True},
+                "list": {"L": [{"S": "x"}, {"N": "1.5"}, {"M": {"deep": {"B": b"\x01"}}}]},
+                "map": {"M": {"c#1": {"M": {"userId": {"S": "u"}, "at": {"N": str(n)}}}}},
+                "ss": {"SS": ["a", "b"]}, "ns": {"NS": ["1", "2"]}, "bs": {"BS": [b"\x02", b"\x03"]}}
+
+    out = []
+    capacity = {"ReturnConsumedCapacity": "TOTAL"}
+    for n in range(1, 4):
+        out.append(client.put_item(TableName="rich", Item=item(n), ReturnValues="ALL_OLD", **capacity))
+    out.append(client.put_item(TableName="rich", Item=item(1), ReturnValues="ALL_OLD"))
+    out.append(client.update_item(TableName="rich", Key={"k": {"S": "p"}, "s": {"N": "2"}},
+                                  UpdateExpression="SET #n = :v ADD ns :more",
+                                  ExpressionAttributeNames={"#n": "new"},
+                                  ExpressionAttributeValues={":v": {"B": b"\x09"}, ":more": {"NS": ["3"]}},
+                                  ReturnValues="ALL_NEW", **capacity))
+    out.append(client.get_item(TableName="rich", Key={"k": {"S": "p"}, "s": {"N": "1"}}, **capacity))
+    out.append(client.get_item(TableName="rich", Key={"k": {"S": "p"}, "s": {"N": "9"}}))
+    out.append(client.query(TableName="rich", KeyConditionExpression="k = :p",
+                            ExpressionAttributeValues={":p": {"S": "p"}}, Limit=2, **capacity))
+    out.append(client.scan(TableName="rich", ProjectionExpression="k, s, b, #m",
+                           ExpressionAttributeNames={"#m": "map"}))
+    out.append(client.batch_get_item(RequestItems={"rich": {"Keys": [
+        {"k": {"S": "p"}, "s": {"N": "1"}}, {"k": {"S": "p"}, "s": {"N": "3"}}]}}))
+    out.append(client.batch_write_item(RequestItems={"rich": [{"PutRequest": {"Item": item(4)}}]}))
+    out.append(client.transact_get_items(TransactItems=[
+        {"Get": {"TableName": "rich", "Key": {"k": {"S": "p"}, "s": {"N": "4"}}}}]))
+    out.append(client.transact_write_items(TransactItems=[
+        {"Delete": {"TableName": "rich", "Key": {"k": {"S": "p"}, "s": {"N": "4"}}}}]))
+    out.append(client.delete_item(TableName="rich", Key={"k": {"S": "p"}, "s": {"N": "3"}},
+                                  ReturnValues="ALL_OLD"))
+    for response in out:
+        response.pop("ResponseMetadata", None)
+    return out
+
+
+def test_item_results_written_as_plain_json_parse_as_the_serializer_writes_them(monkeypatch):
+    from moto.dynamodb.responses import DynamoResult
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        generic = _item_operations(boto3.client("dynamodb"))
+    monkeypatch.setattr(DynamoResult, "execute_result", DynamoResult.execute_result)  # undone after
+    moto_patches.plain_json_item_results()
+    assert getattr(DynamoResult.execute_result, moto_patches._PATCHED)
+    with mock_aws():
+        plain = _item_operations(boto3.client("dynamodb"))
+    assert plain == generic
+    assert generic[3]["Attributes"]["b"] == {"B": bytes([0, 1, 255])}  # bytes survive both ways
+    assert generic[4]["Attributes"]["new"] == {"B": b"\x09"}
+    assert "Item" not in generic[6]  # an absent member stays absent
+    assert "LastEvaluatedKey" in generic[7] and len(generic[7]["Items"]) == 2
