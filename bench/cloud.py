@@ -259,9 +259,14 @@ class _Cloud(LocalCloud):
 class MeteredCloud:
     """moto, the counting proxy in front of it, and the metered local cloud of one project."""
 
-    def __init__(self, project_dir: Path, *flags: str, stage: str = "local", host: str = "127.0.0.1") -> None:
+    def __init__(self, project_dir: Path, *flags: str, stage: str = "local", host: str = "127.0.0.1",
+                 counted: bool = True) -> None:
         self.project_dir = Path(project_dir)
         self.flags = flags
+        #: False: the cloud talks to moto directly, with no counting proxy in
+        #: the path (timing runs: the proxy's own work per request would
+        #: load the machine in proportion to each app's request count).
+        self.counted = counted
         self.stage = stage
         self.host = host
         self.moto: Any = None
@@ -279,6 +284,11 @@ class MeteredCloud:
         try:
             self.moto = MotoServer(self.host, free_port(self.host))
             self.moto.start()
+            if not self.counted:
+                self.cloud = _Cloud(self.project_dir, "--aws-endpoint", self.moto.endpoint, *self.flags,
+                                    stage=self.stage, startup_timeout_s=120)
+                self.cloud.start()
+                return self
             self.proxy = subprocess.Popen(
                 [sys.executable, "-m", "bench.proxy", "--host", self.host, "--port", str(self.proxy_port),
                  "--target", self.moto.endpoint],
@@ -336,18 +346,20 @@ class MeteredCloud:
     def reset(self) -> None:
         """Zero every counter (proxy and cloud)."""
         assert self.cloud is not None
-        _http_json(self.proxy_url + STATS_PATH, "DELETE")
+        if self.counted:
+            _http_json(self.proxy_url + STATS_PATH, "DELETE")
         _http_json(f"http://{self.host}:{self.cloud.ws_port}{STATS_PATH}", "DELETE")
 
     def mode(self, sizes: bool) -> None:
         """Compute capacity units from item sizes (slower) or only count requests."""
-        _http_json(self.proxy_url + "/_bench/mode/" + ("sizes" if sizes else "count"), "PUT")
+        if self.counted:
+            _http_json(self.proxy_url + "/_bench/mode/" + ("sizes" if sizes else "count"), "PUT")
 
     def stats(self) -> dict[str, Any]:
         """Both meters' counters now."""
         assert self.cloud is not None
-        return {"aws": _http_json(self.proxy_url + STATS_PATH),
-                "cloud": _http_json(f"http://{self.host}:{self.cloud.ws_port}{STATS_PATH}")}
+        aws = _http_json(self.proxy_url + STATS_PATH) if self.counted else None
+        return {"aws": aws, "cloud": _http_json(f"http://{self.host}:{self.cloud.ws_port}{STATS_PATH}")}
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ large value of one dimension at a time:
 - conversations in the tables (a send and its delivery);
 - closed memberships of an agent (a ``resume`` without cursors);
 - open connections of the recipient (a delivery: requests and pushes);
-- messages in the sweeper's window (one sweep).
+- messages in the sweeper's window, and conversations active in it (one sweep).
 
 Pushes go to an in-memory pusher and are counted on their own line (on AWS
 each is one ``PostToConnection``). The state each scenario needs is
@@ -226,12 +226,26 @@ def sweep_window(world: World, messages: int) -> Counter[str]:
     return calls
 
 
+def sweep_conversations(world: World, conversations: int) -> Counter[str]:
+    world.chat.sweep()  # the first sweep sets the watermark
+    for _ in range(conversations):
+        c, a, cid = world.conversation()
+        world.send(c, cid)
+        world.drain()
+        world.ack_all(cid, c, a)
+    world.clock_ms += (world.config.sweep_grace_seconds + 60) * 1000
+    with world.meter.measure() as calls:
+        world.chat.sweep()
+    return calls
+
+
 SCENARIOS: list[tuple[str, int, Callable[[World, int], Counter[str]]]] = [
     ("send + delivery, by messages already in the conversation", 1, send_and_deliver_after_messages),
     ("send + delivery, by conversations in the tables", 1, send_and_deliver_among_conversations),
     ("resume without cursors, by the agent's closed memberships", 1, resume_after_closed_memberships),
     ("delivery, by the recipient's open connections", 1, deliver_to_connections),
     ("one sweep, by messages in its window", 1, sweep_window),
+    ("one sweep, by conversations active in its window", 1, sweep_conversations),
 ]
 
 

@@ -18,7 +18,13 @@ from botocore.config import Config as BotoConfig
 #: jitter. It does not retry a TransactionCanceledException: the storage
 #: adapter decides about those, since only it knows which cancellations are
 #: races to report and which are conflicts worth retrying.
-RETRY_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 5})
+#:
+#: ``parameter_validation`` is off: botocore checks every request's
+#: parameters against the API model on the client, which costs CPU (billed
+#: Lambda time) on every call of the hot path. The requests are built by
+#: code, not from user input, and AWS validates them anyway (a mistake is
+#: a ValidationException instead of a ParamValidationError).
+RETRY_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 5}, parameter_validation=False)
 
 
 def client(service: str, session: boto3.session.Session | None = None) -> Any:

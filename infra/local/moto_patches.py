@@ -36,7 +36,10 @@ through, and ``DynamoDBBackend.update_item``, which changes items in place).
 moto does not expire items by TTL, so no other path removes one.
 
 moto's server routes every request by listing its own package directory
-(``list_of_moto_modules``); ``cache_module_list`` lists it once.
+(``list_of_moto_modules``); ``cache_module_list`` lists it once. Each
+request also lists the methods of its handler class
+(``method_names_from_class``, an ``inspect.getmembers``); classes do not
+change either, so ``cache_method_names`` lists each once.
 
 moto's SQS long poll (``ReceiveMessage`` with ``WaitTimeSeconds``) loops
 until it has a message to return, waiting between passes only while the
@@ -469,6 +472,20 @@ def index_queries() -> None:
             setattr(owner, name, patched)
 
 
+def cache_method_names() -> None:
+    """List each handler class's methods once, not on every request (idempotent)."""
+    from moto.core import responses as core_responses
+
+    current = core_responses.method_names_from_class
+    if not getattr(current, _PATCHED, False):
+        cached = functools.lru_cache(maxsize=None)(current)
+
+        def method_names_from_class(clazz: object) -> list[str]:
+            return list(cached(clazz))
+        setattr(method_names_from_class, _PATCHED, True)
+        core_responses.method_names_from_class = method_names_from_class  # type: ignore[assignment]
+
+
 #: DynamoDB operations whose results are items, counts, keys and capacity:
 #: nothing the plain JSON writer cannot write as the shapes say.
 PLAIN_JSON_OPERATIONS = frozenset({
@@ -517,3 +534,4 @@ def apply() -> None:
     pace_fifo_long_polls()
     remember_dedup_ids()
     plain_json_item_results()
+    cache_method_names()

@@ -337,6 +337,24 @@ def test_module_list_is_cached():
     assert moto.backends.list_of_moto_modules() is first
 
 
+def test_handler_method_names_are_listed_once_per_class(monkeypatch):
+    import inspect
+
+    from moto.core import responses as core_responses
+    from moto.dynamodb.responses import DynamoHandler
+
+    monkeypatch.setattr(core_responses, "method_names_from_class", core_responses.method_names_from_class)
+    moto_patches.cache_method_names()
+    listed = []
+    real = inspect.getmembers
+    monkeypatch.setattr(inspect, "getmembers", lambda *a, **k: listed.append(a[0]) or real(*a, **k))
+    names = core_responses.method_names_from_class(DynamoHandler)
+    assert "update_item" in names and "query" in names
+    names.append("not_a_method")  # a caller's change stays its own
+    assert core_responses.method_names_from_class(DynamoHandler) == names[:-1]
+    assert listed.count(DynamoHandler) <= 1
+
+
 def test_a_fifo_long_poll_waits_instead_of_spinning_while_its_groups_are_in_flight(monkeypatch):
     import time
 
