@@ -24,7 +24,13 @@ from botocore.config import Config as BotoConfig
 #: Lambda time) on every call of the hot path. The requests are built by
 #: code, not from user input, and AWS validates them anyway (a mistake is
 #: a ValidationException instead of a ParamValidationError).
-RETRY_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 5}, parameter_validation=False)
+#:
+#: ``max_pool_connections``: a Lambda container serves one event at a time
+#: (and the fast path reads on a second thread), but the local cloud runs
+#: every event on threads of one process, where botocore's 10 pooled
+#: connections ran out and each call beyond them opened a new one.
+RETRY_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 5}, parameter_validation=False,
+                          max_pool_connections=50)
 
 
 def client(service: str, session: boto3.session.Session | None = None) -> Any:
