@@ -129,7 +129,8 @@ class Storage(Protocol):
 
         One transaction: the conversation becomes ``after`` on condition that
         its status, agent and ``last_seq`` are still those of ``before``; the
-        system message is stored at its seq (in the commit-time index, like any message); each
+        system message is stored at its seq, and the conversation is marked
+        active (``active_conversations``), so the sweeper covers it; each
         agent's ``active_count`` moves by its delta, a +1 on condition that
         the agent is online and below capacity; ``join`` becomes a
         participant (ack 0, kept if already one). On any failed condition

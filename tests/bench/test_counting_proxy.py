@@ -196,3 +196,29 @@ def test_the_phase_header_splits_requests_and_is_not_forwarded(endpoints, table)
     db.get_item(TableName=table, Key={"pk": {"S": "p0"}}, ConsistentRead=True)
     snap = stats(url)
     assert [(r["operation"], r["phase"]) for r in snap["requests"]] == [("GetItem", "message:send")]
+
+
+def test_each_request_reports_its_time_in_the_proxy_apart_from_its_time_in_aws(endpoints, table):
+    _, url = endpoints
+    db = client("dynamodb", url)
+    background = {"on": False}
+
+    def tag(request, **kwargs):
+        request.headers[counting.PHASE_HEADER] = "message:send"
+        if background["on"]:
+            request.headers[counting.BACKGROUND_HEADER] = "1"
+
+    db.meta.events.register("before-send.dynamodb.*", tag)
+    stats(url, reset=True)
+    db.put_item(TableName=table, Item=item("timed"))  # a write: accounting reads around it
+    background["on"] = True  # as a handler's own thread would
+    db.get_item(TableName=table, Key={"pk": {"S": "timed"}})
+    snap = stats(url)
+    [put] = rows(snap, "PutItem")
+    [get] = rows(snap, "GetItem")
+    assert put["overhead_ms"] > 0 and put["upstream_ms"] > 0
+    assert "background_overhead_ms" not in put
+    # the handler was not waiting for it: kept apart, never subtracted
+    assert get["background_overhead_ms"] > 0 and get["background_upstream_ms"] > 0
+    assert "overhead_ms" not in get
+    assert counting.make_handler(counting.Proxy(url)).disable_nagle_algorithm  # TCP_NODELAY
