@@ -147,13 +147,16 @@ class OutboxMixin(ServiceBase):
         return found[::-1]
 
     def unswept_before(self, before: int, limit: int) -> list[str]:
-        """Up to ``limit`` conversations active before ``before`` (epoch s) that no sweep has covered.
+        """Up to ``limit`` conversations with unswept messages, once the watermark lags behind ``before`` (epoch s).
 
         Empty while sweeps succeed (the watermark is at ``now - grace``); it
         grows when they fail, which is what the sweep-bound alarm watches.
-        Costs no request unless the watermark lags behind ``before``.
+        Every conversation active since the watermark counts, also one
+        active again since ``before`` (its entry moved on, its older
+        messages are still unswept). Costs no request unless the watermark
+        lags behind ``before``.
         """
         mark = self.storage.get_sweep_mark()
         if mark is None or mark >= before:
             return []
-        return self.storage.active_conversations(mark, before)[:limit]
+        return self.storage.active_conversations(mark)[:limit]

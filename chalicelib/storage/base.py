@@ -185,16 +185,15 @@ class Storage(Protocol):
         its slot void reserves another seq.
         """
 
-    def active_conversations(self, since: int, until: int | None = None) -> list[str]:
-        """Ids of the conversations that took a seq at epoch seconds in ``[since, until)``.
+    def active_conversations(self, since: int) -> list[str]:
+        """Ids of the conversations whose latest seq was taken at or after epoch second ``since``.
 
         A seq is taken by a reservation (``reserve_seq``) or a lifecycle
         event (``apply_transition``); each records the conversation's
         latest activity, and nothing is written per message for this. The
         result may also hold conversations active a little before
-        ``since`` (DynamoDB keeps the time rounded down to the minute) and,
-        without ``until``, any active since. The sweeper reads the
-        conversations active since its watermark
+        ``since`` (DynamoDB keeps the time rounded down to the minute). The
+        sweeper reads the conversations active since its watermark
         (chalicelib/services/outbox.py).
         """
 

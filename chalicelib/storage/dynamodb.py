@@ -929,23 +929,20 @@ class DynamoStorage:
         # TTL deletes late: an expired record may still be stored.
         return None if record.expires_at < now_epoch else record
 
-    def active_conversations(self, since: int, until: int | None = None) -> list[str]:
+    def active_conversations(self, since: int) -> list[str]:
         # byActivity is a KEYS_ONLY GSI (eventually consistent, lagging by
         # about a second): the sweeper asks for a window that ended a grace
         # ago. activeAt is rounded down to the period, so the query starts
         # at the period that holds ``since``.
-        bounds = "activeAt >= :a" if until is None else "activeAt BETWEEN :a AND :b"
-        values = {":a": _n(since - since % ACTIVITY_PERIOD_S)}
-        if until is not None:
-            values[":b"] = _n(until - 1)
+        start = since - since % ACTIVITY_PERIOD_S
         found: set[str] = set()
         with _backend("active_conversations"):
             for shard in range(ACTIVITY_SHARDS):
                 for item in self._query_all(
                     TableName=self._config.conversations_table,
                     IndexName="byActivity",
-                    KeyConditionExpression=f"activeShard = :s AND {bounds}",
-                    ExpressionAttributeValues={":s": _n(shard), **values},
+                    KeyConditionExpression="activeShard = :s AND activeAt >= :a",
+                    ExpressionAttributeValues={":s": _n(shard), ":a": _n(start)},
                 ):
                     found.add(item["conversationId"]["S"])
         return sorted(found)

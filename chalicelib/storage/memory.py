@@ -267,10 +267,9 @@ class MemoryStorage:
                 self._messages[key] = void_message(conversation_id, seq, now_epoch)
             return self._messages[key]
 
-    def active_conversations(self, since: int, until: int | None = None) -> list[str]:
+    def active_conversations(self, since: int) -> list[str]:
         with self._lock:
-            return sorted(cid for cid, at in self._active.items()
-                          if at >= since and (until is None or at < until))
+            return sorted(cid for cid, at in self._active.items() if at >= since)
 
     def get_sweep_mark(self) -> int | None:
         with self._lock:

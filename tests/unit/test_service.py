@@ -481,6 +481,20 @@ def test_a_connected_participant_that_never_acks_costs_the_sweeper_one_page(chat
     assert len(pages) == 1  # the window's message, then the first older one ends the read
 
 
+def test_the_unswept_count_keeps_a_conversation_that_stays_busy_while_sweeps_fail(chatting):
+    chat, alice, bob, cid = chatting
+    chat.sweep()  # the watermark
+    bound = chat.config.sweep_grace_seconds + 120
+    assert chat.unswept_before(chat.clock() // 1000 - bound, 100) == []
+    chat.queue.fail_next = 10**6  # SQS down from now on: every sweep fails
+    for i in range(6):  # a message a minute: the conversation's activity keeps moving on
+        chat.clock.t += 60_000
+        frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body="x")
+        with pytest.raises(OnceChatError):
+            chat.sweep()
+    assert chat.unswept_before(chat.clock() // 1000 - bound, 100) == [cid]
+
+
 def test_each_window_is_swept_once_and_a_failed_sweep_is_repeated(chatting):
     chat, alice, bob, cid = chatting
     chat.sweep()  # the first sweep sets the watermark
