@@ -284,19 +284,17 @@ class MeteredCloud:
         try:
             self.moto = MotoServer(self.host, free_port(self.host))
             self.moto.start()
-            if not self.counted:
-                self.cloud = _Cloud(self.project_dir, "--aws-endpoint", self.moto.endpoint, *self.flags,
-                                    stage=self.stage, startup_timeout_s=120)
-                self.cloud.start()
-                return self
-            self.proxy = subprocess.Popen(
-                [sys.executable, "-m", "bench.proxy", "--host", self.host, "--port", str(self.proxy_port),
-                 "--target", self.moto.endpoint],
-                stdout=subprocess.PIPE, text=True)
-            assert self.proxy.stdout is not None
-            if "ready" not in self.proxy.stdout.readline():
-                raise RuntimeError("the counting proxy did not start")
-            self.cloud = _Cloud(self.project_dir, "--aws-endpoint", self.proxy_url, *self.flags,
+            endpoint = self.moto.endpoint
+            if self.counted:
+                self.proxy = subprocess.Popen(
+                    [sys.executable, "-m", "bench.proxy", "--host", self.host, "--port", str(self.proxy_port),
+                     "--target", self.moto.endpoint],
+                    stdout=subprocess.PIPE, text=True)
+                assert self.proxy.stdout is not None
+                if "ready" not in self.proxy.stdout.readline():
+                    raise RuntimeError("the counting proxy did not start")
+                endpoint = self.proxy_url
+            self.cloud = _Cloud(self.project_dir, "--aws-endpoint", endpoint, *self.flags,
                                 stage=self.stage, startup_timeout_s=120)
             self.cloud.start()
         except BaseException:
