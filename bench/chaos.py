@@ -229,9 +229,20 @@ class Run:
         print(("\r" if sys.stderr.isatty() else "") + line, end=end, file=sys.stderr, flush=True)
 
     def drained(self) -> bool:
+        """Every participant has processed up to the latest seq known in its conversation.
+
+        Known: the latest accepted seq, and the latest seq any participant
+        processed. A system message or a void after the last accepted
+        message (the seq a losing retry reserved) is known only from a
+        participant that processed it; the others must process it too, and
+        may be getting it through the sweeper or an SQS redelivery.
+        """
         latest: dict[str, int] = defaultdict(int)
         for a in self.accepted:
             latest[a.conversation_id] = max(latest[a.conversation_id], a.seq)
+        for party in self.parties.values():
+            for p in party.processed:
+                latest[p.conversation_id] = max(latest[p.conversation_id], p.seq)
         for cid, names in self.participants.items():
             for name in names:
                 got = {p.seq for p in self.parties[name].processed if p.conversation_id == cid}
