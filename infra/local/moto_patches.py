@@ -525,6 +525,76 @@ def plain_json_item_results() -> None:
         DynamoResult.execute_result = patched  # type: ignore[method-assign]
 
 
+#: Parsed expressions kept at most (the app writes a few dozen distinct ones).
+PARSE_CACHE_SIZE = 4096
+
+
+def _bounded(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= PARSE_CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+
+
+def _cached_condition_parse(original: Callable[..., Any]) -> Callable[..., Any]:
+    parsed: dict[tuple[str, str, str], tuple[Any, tuple[str, ...], tuple[str, ...]]] = {}
+
+    @functools.wraps(original)
+    def parse(self: Any) -> Any:
+        if not self.condition_expression:
+            return original(self)
+        key = (self.condition_expression,
+               json.dumps(self.expression_attribute_names, sort_keys=True),
+               json.dumps(self.expression_attribute_values, sort_keys=True))
+        hit = parsed.get(key)
+        if hit is None:
+            op = original(self)  # a parse error raises here, and is not kept
+            _bounded(parsed, key, (op, tuple(self.expr_attr_names_found), tuple(self.expr_attr_values_found)))
+            return op
+        op, names, values = hit
+        self.expr_attr_names_found.extend(names)
+        self.expr_attr_values_found.extend(values)
+        return op
+    return parse
+
+
+def _cached_update_parse(original: Callable[..., Any]) -> Callable[..., Any]:
+    parsed: dict[str, Any] = {}
+
+    def make(cls: Any, expression: str) -> Any:
+        hit = parsed.get(expression)
+        if hit is None:
+            hit = original(expression)
+            _bounded(parsed, expression, hit)
+        return hit
+    return make
+
+
+def cache_expression_parses() -> None:
+    """Parse each condition and update expression once, not twice a request (idempotent).
+
+    moto parses an UpdateItem's or a conditional PutItem's expressions
+    twice per request (once to check the names and values used, once to
+    apply them), with a pure-Python lexer and parser: under load, a fifth
+    of the server's time. A condition's parse is kept by its text, names
+    and values (the tree holds the values, and evaluating it changes
+    nothing); an update expression's by its text (the validator works on a
+    deep copy of the tree). A parse that raises is not kept, so a bad
+    expression gets the same error every time.
+    """
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    if not getattr(ConditionExpressionParser.parse, _PATCHED, False):
+        patched = _cached_condition_parse(ConditionExpressionParser.parse)
+        setattr(patched, _PATCHED, True)
+        ConditionExpressionParser.parse = patched  # type: ignore[method-assign]
+    current = UpdateExpressionParser.__dict__["make"]
+    if not getattr(current.__func__, _PATCHED, False):
+        make = _cached_update_parse(current.__func__.__get__(UpdateExpressionParser))
+        setattr(make, _PATCHED, True)
+        UpdateExpressionParser.make = classmethod(make)  # type: ignore[assignment]
+
+
 def apply() -> None:
     """Install the patches in this process (the moto server's)."""
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
@@ -535,3 +605,4 @@ def apply() -> None:
     remember_dedup_ids()
     plain_json_item_results()
     cache_method_names()
+    cache_expression_parses()

@@ -457,3 +457,77 @@ def test_item_results_written_as_plain_json_parse_as_the_serializer_writes_them(
     assert generic[4]["Attributes"]["new"] == {"B": b"\x09"}
     assert "Item" not in generic[6]  # an absent member stays absent
     assert "LastEvaluatedKey" in generic[7] and len(generic[7]["Items"]) == 2
+
+
+def _conditional_operations(client):
+    """Conditional writes and updates whose answers depend on the values, repeated; errors included."""
+    client.create_table(TableName="conds", BillingMode="PAY_PER_REQUEST",
+                        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+                        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}])
+    out = []
+
+    def attempt(call, **kwargs):
+        try:
+            answer = call(TableName="conds", **kwargs)
+            answer.pop("ResponseMetadata", None)
+            out.append(answer)
+        except ClientError as err:
+            out.append((err.response["Error"]["Code"], err.response["Error"]["Message"],
+                        err.response.get("Item")))
+        except ValueError as err:  # moto's parser error, raised as is under mock_aws
+            out.append(("ValueError", str(err)))
+
+    reserve = {"UpdateExpression": "SET n = n + :one, stamp = :now",
+               "ConditionExpression": "attribute_exists(k) AND #s <> :closed AND #h = :who",
+               "ExpressionAttributeNames": {"#s": "status", "#h": "owner"},
+               "ReturnValues": "ALL_NEW", "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+    for _ in range(2):  # the second round answers from the kept parses
+        attempt(client.put_item, Item={"k": {"S": "c"}, "n": {"N": "0"}, "status": {"S": "open"},
+                                       "owner": {"S": "ann"}},
+                ConditionExpression="attribute_not_exists(k)")
+        for who, now in (("ann", "1"), ("bob", "2"), ("ann", "3")):
+            attempt(client.update_item, Key={"k": {"S": "c"}}, **reserve,
+                    ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": now},
+                                               ":closed": {"S": "closed"}, ":who": {"S": who}})
+        attempt(client.update_item, Key={"k": {"S": "c"}}, UpdateExpression="SET n = :v",
+                ExpressionAttributeValues={":v": {"N": "1"}, ":unused": {"N": "2"}})
+        attempt(client.update_item, Key={"k": {"S": "c"}}, UpdateExpression="SET n = :v",
+                ConditionExpression="n <", ExpressionAttributeValues={":v": {"N": "1"}})
+        attempt(client.put_item, Item={"k": {"S": "c"}, "n": {"N": "9"}},
+                ConditionExpression="n < :limit", ExpressionAttributeValues={":limit": {"N": "5"}})
+        attempt(client.delete_item, Key={"k": {"S": "c"}}, ConditionExpression="n > :limit",
+                ExpressionAttributeValues={":limit": {"N": "5"}})
+    return out
+
+
+def test_kept_expression_parses_answer_as_moto_does(monkeypatch):
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        stock = _conditional_operations(boto3.client("dynamodb"))
+    monkeypatch.setattr(ConditionExpressionParser, "parse", ConditionExpressionParser.parse)  # undone after
+    monkeypatch.setattr(UpdateExpressionParser, "make", UpdateExpressionParser.__dict__["make"])
+    parses = []
+    real = ConditionExpressionParser._lex_condition_expression
+    monkeypatch.setattr(ConditionExpressionParser, "_lex_condition_expression",
+                        lambda self: parses.append(self.condition_expression) or real(self))
+    moto_patches.cache_expression_parses()
+    moto_patches.cache_expression_parses()  # idempotent
+    with mock_aws():
+        kept = _conditional_operations(boto3.client("dynamodb"))
+    assert kept == stock
+    assert stock[1]["Attributes"]["n"] == {"N": "1"} and stock[1]["Attributes"]["stamp"] == {"N": "1"}
+    assert stock[2][0] == "ConditionalCheckFailedException"  # bob does not hold it: ann's parse not reused
+    assert stock[3]["Attributes"]["n"] == {"N": "2"} and stock[3]["Attributes"]["stamp"] == {"N": "3"}
+    assert stock[4][0] == "ValidationException" and stock[5][0] == "ValueError"
+    assert stock[6] == stock[7] == {}  # n < :limit, then n > :limit after the put
+    assert stock[8:] == stock[:8]  # the second round answers as the first
+    assert stock[12] == stock[4] and stock[13] == stock[5]  # a bad request fails again
+    # Each distinct (expression, names, values) was lexed once, the invalid one every time.
+    assert parses.count("n <") == 2
+    assert parses.count("attribute_exists(k) AND #s <> :closed AND #h = :who") == 3
+    assert parses.count("n < :limit") == 1
