@@ -40,8 +40,8 @@ def connect(event: WebsocketEvent) -> Response | None:
 
 
 @app.on_ws_message()
-def message(event: WebsocketEvent) -> None:
-    handlers.ws_message(event)
+def message(event: WebsocketEvent) -> dict[str, Any] | None:
+    return handlers.ws_message(event)
 
 
 @app.on_ws_disconnect()

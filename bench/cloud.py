@@ -59,6 +59,9 @@ class Meters:
             self.management: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
             self.pushes = defaultdict(float)
             self.push_types: dict[str, float] = defaultdict(float)
+            # replies the gateway sent as a two-way route's response (billed
+            # as messages out, like pushes, but no management API request)
+            self.route_responses = defaultdict(float)
             # per phase: ms the handler's own thread spent in HTTP calls to
             # AWS (the proxy) and to the management API (pushes)
             self.waits: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -76,6 +79,7 @@ class Meters:
                 "management": {k: dict(v) for k, v in self.management.items()},
                 "pushes": dict(self.pushes),
                 "push_types": dict(self.push_types),
+                "route_responses": dict(self.route_responses),
                 "waits": {k: dict(v) for k, v in self.waits.items()},
                 "connections": dict(self.connections, open=len(self.open),
                                     seconds=self.connections.get("seconds", 0.0) + open_seconds),
@@ -221,6 +225,19 @@ def install() -> None:
                         METERS.connections["seconds"] += time.monotonic() - started
                         METERS.connections["closed"] += 1
         return await handler(request)
+
+    original_route_response = WebSocketGateway._route_response
+
+    async def route_response(self: Any, conn: Any, body: str) -> None:
+        size = len(body.encode())
+        with METERS.lock:
+            METERS.route_responses["frames"] += 1
+            METERS.route_responses["bytes"] += size
+            METERS.route_responses["units"] += max(1, math.ceil(size / WS_UNIT_BYTES))
+            METERS.push_types[f"route response {_frame_type(body)}"] += 1
+        await original_route_response(self, conn, body)
+
+    WebSocketGateway._route_response = route_response  # type: ignore[method-assign]
 
     original_build = WebSocketGateway.build_app
 

@@ -363,7 +363,9 @@ def summarize(stats: dict[str, Any], delivered: int, memory: dict[str, int]) -> 
     frames_in = sum(v["frames"] for v in cloud["frames_in"].values())
     units_in = sum(v["units"] for v in cloud["frames_in"].values())
     pushes = cloud["pushes"].get("frames", 0)
-    units_out = cloud["pushes"].get("units", 0)
+    route_responses = cloud.get("route_responses", {}).get("frames", 0)
+    # API Gateway bills a route's response as a message sent, like a push.
+    units_out = cloud["pushes"].get("units", 0) + cloud.get("route_responses", {}).get("units", 0)
     management = sum(v["calls"] for v in cloud["management"].values())
     connection_minutes = cloud["connections"].get("seconds", 0) / 60
     sqs_requests = sum(r.get("requests", 0) for r in sqs)
@@ -388,6 +390,7 @@ def summarize(stats: dict[str, Any], delivered: int, memory: dict[str, int]) -> 
         "management_calls": round(management / d, 3),
         "frames_in": round(frames_in / d, 3),
         "pushes": round(pushes / d, 3),
+        "route_responses": round(route_responses / d, 3),
         "lambda_invocations": round(invocations / d, 3),
         "lambda_ms": round(handler_ms / d, 2),
         "lambda_ms_measured": round(sum(v["ms"] for v in lambdas.values()) / d, 2),
@@ -747,6 +750,7 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     row("management API calls / msg", ("paced", "management_calls"), "", lambda o, w, r: None)
     row("WebSocket frames in / msg", ("paced", "frames_in"), "", lambda o, w, r: None)
     row("pushes out / msg", ("paced", "pushes"), "", lambda o, w, r: None)
+    row("route responses out / msg", ("paced", "route_responses"), "", lambda o, w, r: None)
     row("Lambda invocations / msg", ("paced", "lambda_invocations"), "", lambda o, w, r: None)
     row("Lambda handler ms / msg", ("paced", "lambda_ms"), "", lambda o, w, r: None)
     row("cost $ / million delivered", ("paced", "cost_per_million_total"), "<= 3x floor ($6.00)",

@@ -95,6 +95,10 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"
     metrics_enabled: bool = True
+    #: ``route``: the reply to a client's frame (``accepted``, ``error``) is the $default
+    #: route's response (the stack declares a RouteResponse); ``push``: it is pushed
+    #: through the management API, one more request per frame.
+    reply_by_route: bool = False
     #: 0 keeps messages forever; N > 0 lets a message expire N days after it was sent.
     message_retention_days: int = 0
 
@@ -193,6 +197,7 @@ class Config:
             log_level=choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=choice("LOG_FORMAT", "text" if local else "json", ("json", "text")),
             metrics_enabled=choice("METRICS", "off" if local else "on", ("on", "off")) == "on",
+            reply_by_route=choice("REPLIES", "push", ("push", "route")) == "route",
         )
 
 

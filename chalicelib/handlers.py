@@ -69,29 +69,34 @@ class Handlers:
             return Response(body=err.to_body(), status_code=err.http_status)
         return None
 
-    def ws_message(self, event: WebsocketEvent) -> None:
+    def ws_message(self, event: WebsocketEvent) -> dict[str, Any] | None:
         """``$default``: every client frame, dispatched by its ``action``.
 
         Before anything else the connection's in-process frame budget is
-        taken (no AWS request). A reply to a connection that closed meanwhile
-        (410) is the client's loss, not an error: it resumes when it is back.
+        taken (no AWS request). The reply to the frame (``accepted``,
+        ``error``) is the route's response where the stack gives the route
+        one (``REPLIES=route``), else a push. A reply to a connection that
+        closed meanwhile (410) is the client's loss, not an error: it
+        resumes when it is back.
         """
         origin = _origin(event)
+        reply: dict[str, Any] | None = None
         try:
             try:
                 chat = self.chat
             except OnceChatError as err:  # misconfigured stage: say so on the socket
                 log.error("handler not configured: %s", err.message)
                 self._push_error(origin, err)
-                return
+                return None
             try:
                 chat.frame_limits.admit(origin.connection_id, "frame", chat.clock())
             except RateLimited as err:
-                self._push_error(origin, err)
-                return
-            chat.on_frame(origin, event.body)
+                reply = chat.answer(origin, error_frame(err))
+            else:
+                reply = chat.on_frame(origin, event.body)
         except ConnectionGone:
             log.info("connection %s left before its reply", origin.connection_id)
+        return None if reply is None else {"statusCode": 200, "body": encode(reply)}
 
     def _push_error(self, origin: Origin, err: OnceChatError) -> None:
         ChalicePusher(self._app.websocket_api).push(

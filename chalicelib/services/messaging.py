@@ -40,16 +40,21 @@ log = logging.getLogger("oncechat")
 class MessagingMixin(ServiceBase):
     """The hot path: every client frame, and the history routes."""
 
-    def on_frame(self, origin: Origin, raw: str | None) -> None:
-        """Handle one client frame; every failure becomes an ``error`` frame."""
+    def on_frame(self, origin: Origin, raw: str | None) -> dict[str, Any] | None:
+        """Handle one client frame; every failure becomes an ``error`` frame.
+
+        The reply to the frame's own connection (``accepted``, ``error``) is
+        returned when the route sends it as its response
+        (``config.reply_by_route``), else pushed now (and None returned).
+        """
         frame: core.AnyClientFrame | None = None
         try:
             principal = self.principal_of(origin.connection_id)
             frame = core.parse_client_frame(raw, self.config.max_body_bytes)
             self.frame_limits.admit(origin.connection_id, frame.action, self.clock())
             if isinstance(frame, SendFrame):
-                self.reply(origin, self.send(principal, origin, frame))
-            elif isinstance(frame, AckFrame):
+                return self.answer(origin, self.send(principal, origin, frame))
+            if isinstance(frame, AckFrame):
                 self.ack(principal, frame)
             elif isinstance(frame, ResumeFrame):
                 self.resume(principal, origin, frame)
@@ -58,14 +63,22 @@ class MessagingMixin(ServiceBase):
             else:
                 self.read(principal, origin, frame)
         except OnceChatError as err:
-            self.reply(origin, core.error_frame(err))
+            return self.answer(origin, core.error_frame(err))
         except ConnectionGone:
             log.info("connection %s left before its reply", origin.connection_id)
         except Exception:
             log.exception("frame on %s failed", origin.connection_id)
             message_id = frame.message_id if isinstance(frame, SendFrame) else None
-            self.reply(origin, core.error_frame(OnceChatError(
+            return self.answer(origin, core.error_frame(OnceChatError(
                 "internal error; retry with the same messageId", message_id=message_id)))
+        return None
+
+    def answer(self, origin: Origin, frame: dict[str, Any]) -> dict[str, Any] | None:
+        """The reply to a frame: returned for the route to send, or pushed now."""
+        if self.config.reply_by_route:
+            return frame
+        self.reply(origin, frame)
+        return None
 
     def reply(self, origin: Origin, frame: dict[str, Any]) -> None:
         """Push a frame to the connection a request came from."""

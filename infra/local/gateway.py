@@ -84,6 +84,9 @@ class GatewayConfig:
     max_queued_frames: int = DEFAULT_MAX_QUEUED_FRAMES
     #: Frames of one connection invoked at once (the rest wait in its queue).
     frame_concurrency: int = DEFAULT_FRAME_CONCURRENCY
+    #: Route keys with a route response (two-way routes): the body the
+    #: integration returns is sent to the client. Other routes drop it, as on AWS.
+    two_way_routes: frozenset[str] = frozenset()
 
     @property
     def domain_name(self) -> str:
@@ -168,6 +171,7 @@ class WebSocketGateway:
         self._runner: web.AppRunner | None = None
         # asyncio keeps only weak references to tasks: hold them until done.
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dropped_bodies: set[str] = set()  # one-way routes whose dropped body was logged
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -414,7 +418,16 @@ class WebSocketGateway:
             return
         event = events.websocket_message_event(self.config.api, conn.info, route_key, data)
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.routes[route_key], event)
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.routes[route_key], event)
+            body = result.get("body") if isinstance(result, dict) else None
+            if isinstance(body, str) and body:
+                if route_key in self.config.two_way_routes:
+                    await self._route_response(conn, body)
+                elif route_key not in self._dropped_bodies:
+                    self._dropped_bodies.add(route_key)
+                    log.warning("route %s returned a body but has no route response: dropped, "
+                                "as on AWS (declare an AWS::ApiGatewayV2::RouteResponse)", route_key)
         except InvocationCrashed:
             # Already logged where the crash was injected; the client learns
             # of it exactly as of any failed integration.
@@ -422,6 +435,13 @@ class WebSocketGateway:
         except Exception:
             log.exception("route %s of %s raised", route_key, conn.info.connection_id)
             await self._send_error(conn, "Internal server error", event["requestContext"]["requestId"])
+
+    async def _route_response(self, conn: _Connection, body: str) -> None:
+        """Send a two-way route's response to the connection the frame came from."""
+        try:
+            await self._send(conn, body)
+        except ConnectionError:
+            pass  # the client left meanwhile; AWS drops the response too
 
     async def _send_error(self, conn: _Connection, message: str, request_id: str) -> None:
         frame = events.gateway_error_frame(message, conn.info.connection_id, request_id)

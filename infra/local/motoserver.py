@@ -96,7 +96,8 @@ class KeepAliveHandler(WSGIRequestHandler):
         started: list[Any] = []
         written: list[bytes] = []
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        def start_response(status: str, headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Callable[[bytes], None]:
             started[:] = [status, headers]
             return written.append
 

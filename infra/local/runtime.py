@@ -29,6 +29,39 @@ from infra.local.sqs import MAX_WAIT_TIME_S, SqsPoller, SqsSourceConfig, queue_n
 log = logging.getLogger("infra.local")
 
 TEMPLATE_PATH = Path("infra") / "template.yaml"
+#: Where route responses are looked for: every CloudFormation template of the
+#: project's infra/ (a RouteResponse names a Chalice route, so it lives in
+#: the template merged over ``chalice package``'s, not in TEMPLATE_PATH).
+TEMPLATES_GLOB = "infra/*.yaml"
+#: Chalice's names of the WebSocket functions (the ``lambda_functions`` keys of
+#: .chalice/config.json); every other route key is the message handler's.
+CHALICE_WEBSOCKET_FUNCTIONS = {"$connect": "websocket_connect", "$disconnect": "websocket_disconnect"}
+#: ``chalice package``'s logical ids of the WebSocket routes, by route key.
+CHALICE_ROUTES = {"WebsocketConnectRoute": "$connect", "WebsocketMessageRoute": "$default",
+                  "WebsocketDisconnectRoute": "$disconnect"}
+
+
+def two_way_routes(project_dir: Path) -> frozenset[str]:
+    """Route keys the project's templates give a route response (``AWS::ApiGatewayV2::RouteResponse``).
+
+    On AWS a route sends its integration's response to the client only when
+    it has one; the local gateway does the same for these keys.
+    """
+    keys = set()
+    for path in sorted(project_dir.glob(TEMPLATES_GLOB)):
+        try:
+            template = aws.load_template(path)
+        except Exception as err:  # not a template (or not ours to judge): no routes from it
+            log.debug("%s skipped: %s", path, err)
+            continue
+        for resource in (template.get("Resources") or {}).values():
+            if not isinstance(resource, dict) or resource.get("Type") != "AWS::ApiGatewayV2::RouteResponse":
+                continue
+            route = (resource.get("Properties") or {}).get("RouteId")
+            ref = route.get("Ref") if isinstance(route, dict) else None
+            if ref in CHALICE_ROUTES:
+                keys.add(CHALICE_ROUTES[ref])
+    return frozenset(keys)
 
 
 @dataclass
@@ -240,16 +273,19 @@ class LocalCloud:
         # After the app is imported: its module-level code may set a session.
         redirect.install(self.app, f"http://{self.settings.host}:{self.settings.ws_port}")
 
-    def _function(self, name: str, handler_string: str) -> LambdaFunction:
+    def _function(self, name: str, handler_string: str, config_name: str | None = None) -> LambdaFunction:
         # For parity: Chalice names each Lambda function app-stage-handler.
-        # For parity: per-function settings (lambda_functions.NAME) win.
-        scoped = self.config.scope(self.settings.stage, name)
+        # For parity: per-function settings (lambda_functions.NAME) win;
+        # NAME is Chalice's name of the function (``config_name``), which
+        # for the WebSocket handlers is not the Python function's.
+        config_name = config_name or name
+        scoped = self.config.scope(self.settings.stage, config_name)
         timeout = float(getattr(scoped, "lambda_timeout", None) or 60)
         return LambdaFunction(
             name=f"{self.config.app_name}-{self.settings.stage}-{name}",
             handler=resolve_handler(handler_string),
             timeout_s=timeout,
-            environment=self._function_env(name),
+            environment=self._function_env(config_name),
         )
 
     def _function_env(self, name: str) -> dict[str, str]:
@@ -262,7 +298,8 @@ class LocalCloud:
     def _start_gateway(self) -> None:
         s = self.settings
         routes = {
-            route_key: self._function(handler.name, handler.handler_string).invoke
+            route_key: self._function(handler.name, handler.handler_string,
+                                      CHALICE_WEBSOCKET_FUNCTIONS.get(route_key, "websocket_message")).invoke
             for route_key, handler in getattr(self.app, "websocket_handlers", {}).items()
         }
         config = GatewayConfig(
@@ -274,6 +311,7 @@ class LocalCloud:
             max_message_bytes=s.max_message_bytes,
             max_queued_frames=s.max_queued_frames,
             frame_concurrency=s.frame_concurrency,
+            two_way_routes=two_way_routes(self.project_dir),
         )
         self.gateway = WebSocketGateway(routes, config, self._executor, self.faults)
         self._loop = _LoopThread()
@@ -290,7 +328,8 @@ class LocalCloud:
 
         self._stop_callbacks.append(stop_gateway)
         loop.run(gateway.start(), timeout_s=15)
-        log.info("WebSocket routes: %s", ", ".join(sorted(routes)) or "none")
+        log.info("WebSocket routes: %s (two-way: %s)", ", ".join(sorted(routes)) or "none",
+                 ", ".join(sorted(config.two_way_routes)) or "none")
 
     def _start_sqs_sources(self) -> None:
         from chalice.app import SQSEventConfig

@@ -75,3 +75,22 @@ def test_the_table_has_every_figure_of_the_issue(result):
                    "msgs/s", "burst", "resume", "cold import"):
         assert needle in figures
     assert result["imports"]["oncechat_ratio"] > 0
+
+
+def test_oncechat_replies_by_route_response_and_they_are_billed_as_messages_out(result):
+    paced = result["apps"]["oncechat"]["paced"]
+    types = paced["raw"]["cloud"]["push_types"]
+    # Every accepted frame went back as the $default route's response (two-way
+    # route): no management API call for it, and each billed as a message sent.
+    assert types.get("route response accepted", 0) >= result["params"]["messages"] * 2
+    assert "accepted" not in types
+    assert paced["route_responses"] >= 1.0
+    replies = paced["raw"]["cloud"]["route_responses"]
+    pushes = paced["raw"]["cloud"]["pushes"]
+    # API Gateway messages = frames in + pushes + route responses, in 32 KB units.
+    from bench.prices import PRICES
+
+    units = sum(v["units"] for v in paced["raw"]["cloud"]["frames_in"].values())
+    units += pushes["units"] + replies["units"]
+    assert paced["cost_per_million"]["apigw_messages"] == pytest.approx(
+        units * PRICES["apigw_ws_message"].each / paced["delivered"] * 1_000_000, abs=0.01)

@@ -95,13 +95,17 @@ def test_each_function_sees_only_its_own_lambda_functions_variables(cloud):
     message_env = run(ws_env())
     status, rest_env = get(cloud.rest_url + "/env")
     assert status == 200
+    # Chalice scopes a WebSocket handler's settings by its own name for the
+    # function (websocket_message), not the Python function's (message).
     assert message_env == {
         "SHARED": "message's override",
         "ONLY_MESSAGE": "message's own",
         "ONLY_API": None,
         "ONLY_AUTHORIZER": None,
+        "BY_PYTHON_NAME": None,
     }
-    assert rest_env == {"SHARED": "stage", "ONLY_MESSAGE": None, "ONLY_API": "api_handler's own", "ONLY_AUTHORIZER": None}
+    assert rest_env == {"SHARED": "stage", "ONLY_MESSAGE": None, "ONLY_API": "api_handler's own",
+                        "ONLY_AUTHORIZER": None, "BY_PYTHON_NAME": None}
     # The authorizer is a function of its own: it passes only if it sees its variable.
     assert get(cloud.rest_url + "/private", {"Authorization": "env"})[0] == 200
 

@@ -26,8 +26,10 @@ def post(url: str, data: bytes) -> int:
         return error.code
 
 
-async def with_gateway(routes: dict[str, Any], scenario: Any) -> Any:
-    config = GatewayConfig(port=free_port(), stage="dev", api_id="abcde12345")
+async def with_gateway(routes: dict[str, Any], scenario: Any, two_way: frozenset[str] = frozenset(),
+                       concurrency: int = 8) -> Any:
+    config = GatewayConfig(port=free_port(), stage="dev", api_id="abcde12345", two_way_routes=two_way,
+                           frame_concurrency=concurrency)
     with ThreadPoolExecutor(4) as executor:
         gateway = WebSocketGateway(routes, config, executor)
         await gateway.start()
@@ -57,6 +59,33 @@ def test_custom_route_keys_and_forbidden_without_default():
 
     asyncio.run(with_gateway({"sendmessage": send_message}, scenario))
     assert seen == ["sendmessage"]
+
+
+def test_a_two_way_route_sends_what_its_integration_returns_and_a_one_way_route_drops_it(caplog):
+    def answer(event: dict[str, Any]) -> dict[str, Any]:
+        return {"statusCode": 200, "body": f"reply to {event['body']}"}
+
+    # One frame of the connection at a time: a body sent for "quiet" would
+    # arrive before the reply to "first".
+
+    def nothing(event: dict[str, Any]) -> dict[str, Any]:
+        return {"statusCode": 200}
+
+    async def scenario(config: GatewayConfig) -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{config.port}/dev") as ws:
+            await ws.send(json.dumps({"action": "quiet"}))  # one-way: its body is dropped
+            await ws.send(json.dumps({"action": "none"}))  # two-way, but no body: nothing sent
+            await ws.send("first")
+            assert await ws.recv() == "reply to first"
+            await ws.send("second")  # the connection keeps working
+            assert await ws.recv() == "reply to second"
+
+    routes = {"$default": answer, "quiet": answer, "none": nothing}
+    with caplog.at_level("WARNING", logger="infra.local.gateway"):
+        asyncio.run(with_gateway(routes, scenario, two_way=frozenset({"$default", "none"}),
+                                 concurrency=1))
+    dropped = [r.getMessage() for r in caplog.records if "no route response" in r.getMessage()]
+    assert len(dropped) == 1 and dropped[0].startswith("route quiet returned a body")
 
 
 def test_management_errors_carry_the_aws_error_type():

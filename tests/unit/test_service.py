@@ -1,5 +1,7 @@
 """The services against the in-memory adapters: every rule of the message path."""
 
+import dataclasses
+import json
 import threading
 
 import pytest
@@ -614,3 +616,19 @@ def test_a_resume_stopped_by_a_seq_still_being_stored_says_the_client_is_behind(
     frame(chat, fresh, action="resume", cursors={cid: held - 1})
     replayed = chat.pusher.frames(fresh.connection_id, "message")
     assert [(f["seq"], f.get("void", False)) for f in replayed] == [(held, True), (held + 1, False)]
+
+
+def test_replies_are_returned_for_the_route_to_send_when_the_route_is_two_way(chatting):
+    chat, alice, bob, cid = chatting
+    chat.config = dataclasses.replace(chat.config, reply_by_route=True)
+    pushed = len(chat.pusher.frames(alice.connection_id))
+    reply = chat.on_frame(alice, json.dumps({"action": "send", "conversationId": cid, "messageId": "r1",
+                                             "body": "hi"}))
+    assert reply is not None and reply["type"] == "accepted" and reply["messageId"] == "r1"
+    assert chat.on_frame(alice, "{{{")["code"] == "bad_request"
+    again = chat.on_frame(alice, json.dumps({"action": "send", "conversationId": cid, "messageId": "r1",
+                                             "body": "hi"}))
+    assert again["seq"] == reply["seq"] and again["duplicate"] is True
+    assert chat.on_frame(alice, json.dumps({"action": "typing", "conversationId": cid})) is None
+    assert len(chat.pusher.frames(alice.connection_id)) == pushed  # nothing pushed to the sender
+    assert [f["messageId"] for f in chat.pusher.frames(bob.connection_id) if f["type"] == "message"][-1] == "r1"

@@ -19,7 +19,7 @@ app = Chalice(app_name="fidelity")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
 app.websocket_api.session = boto3.session.Session()
 
-NAMES = ("SHARED", "ONLY_MESSAGE", "ONLY_API", "ONLY_AUTHORIZER")
+NAMES = ("SHARED", "ONLY_MESSAGE", "ONLY_API", "ONLY_AUTHORIZER", "BY_PYTHON_NAME")
 
 _lock = threading.Lock()
 _disconnects = []
