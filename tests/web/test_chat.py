@@ -209,21 +209,25 @@ def test_two_console_tabs_of_one_agent_stay_consistent(cloud, contexts):
 def test_a_lost_answer_to_opening_then_a_reload_still_make_one_conversation(cloud, contexts):
     page = contexts().new_page()
     lost: list[str] = []
+    losing = [True]
 
-    def lose_the_first_answer(route):
-        if route.request.method == "POST" and not lost:
+    def lose_the_answers(route):
+        if route.request.method == "POST" and losing[0]:
             route.fetch()  # the server opens the conversation...
             lost.append(route.request.headers.get("idempotency-key", ""))
             route.abort()  # ...and its answer never reaches the page
         else:
             route.continue_()
 
-    page.route(f"{cloud.rest_url}/conversations", lose_the_first_answer)
+    # Every answer is lost until the reload, so the widget is still retrying
+    # (its banner up) when the page goes away.
+    page.route(f"{cloud.rest_url}/conversations", lose_the_answers)
     widget = Widget(page, cloud.web_url)
     page.goto(cloud.web_url + "/")
     widget.host.locator(".launcher").click()
     widget.host.locator(".banner").get_by_text("Starting the conversation").wait_for(timeout=TIMEOUT_MS)
-    assert lost and lost[0]
+    losing[0] = False
+    assert lost and lost[0] and set(lost) == {lost[0]}  # every retry sent the same key
     page.reload()
     page.wait_for_function("() => document.querySelector('oncechat-widget')?.dataset.conversationId",
                            timeout=TIMEOUT_MS)
