@@ -62,6 +62,7 @@ class Meters:
             # replies the gateway sent as a two-way route's response (billed
             # as messages out, like pushes, but no management API request)
             self.route_responses = defaultdict(float)
+            self.route_response_types: dict[str, float] = defaultdict(float)
             # per phase: ms the handler's own thread spent in HTTP calls to
             # AWS (the proxy) and to the management API (pushes)
             self.waits: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -80,6 +81,7 @@ class Meters:
                 "pushes": dict(self.pushes),
                 "push_types": dict(self.push_types),
                 "route_responses": dict(self.route_responses),
+                "route_response_types": dict(self.route_response_types),
                 "waits": {k: dict(v) for k, v in self.waits.items()},
                 "connections": dict(self.connections, open=len(self.open),
                                     seconds=self.connections.get("seconds", 0.0) + open_seconds),
@@ -234,7 +236,7 @@ def install() -> None:
             METERS.route_responses["frames"] += 1
             METERS.route_responses["bytes"] += size
             METERS.route_responses["units"] += max(1, math.ceil(size / WS_UNIT_BYTES))
-            METERS.push_types[f"route response {_frame_type(body)}"] += 1
+            METERS.route_response_types[_frame_type(body)] += 1
         await original_route_response(self, conn, body)
 
     WebSocketGateway._route_response = route_response  # type: ignore[method-assign]

@@ -519,8 +519,8 @@ async def burst(cloud: MeteredCloud, args: argparse.Namespace) -> dict[str, Any]
             appends += r.get("requests", 0)
             cancelled += r.get("condition_failed", 0)
     send_frames = stats["cloud"]["frames_in"].get("message:send", {}).get("frames", 0)
-    pushed = stats["cloud"].get("push_types", {})
-    refused = sum(v for k, v in pushed.items() if k.startswith("error") or k == "gateway error")
+    sent = errors_sent(stats["cloud"])
+    refused = sum(sent.values())
     failed = [o for o in outcomes if isinstance(o, BaseException)]
     return {
         "messages": args.burst, "delivered": len(registry.recv_at), "drained": drained,
@@ -528,12 +528,22 @@ async def burst(cloud: MeteredCloud, args: argparse.Namespace) -> dict[str, Any]
         "append_failed": int(cancelled), "other_send_transactions": int(rate_limit_tx),
         "appends_per_message": round(appends / max(1, args.burst), 2),
         "send_frames": int(send_frames), "resends": int(send_frames - args.burst),
-        "errors_pushed": {k: int(v) for k, v in pushed.items() if k.startswith("error") or k == "gateway error"},
+        "errors_sent": sent,
         "resends_after_timeout": int(max(0, send_frames - args.burst - refused)),
         "send_failures": len(failed),
         "aws_requests_per_message": round(sum(r.get("requests", 0) for r in stats["aws"]["requests"])
                                           / max(1, args.burst), 2),
     }
+
+
+def errors_sent(cloud: dict[str, Any]) -> dict[str, int]:
+    """Error frames the client was sent, by kind: pushed, or as a two-way route's response."""
+    sent: dict[str, int] = defaultdict(int)
+    for types in (cloud.get("push_types", {}), cloud.get("route_response_types", {})):
+        for kind, count in types.items():
+            if kind.startswith("error") or kind == "gateway error":
+                sent[kind] += int(count)
+    return dict(sorted(sent.items()))
 
 
 def seed_memberships(cloud: MeteredCloud, agent: str, count: int, tag: str) -> float:

@@ -56,10 +56,11 @@ def render(result: dict[str, Any]) -> str:
         for w in paced["index_writes"]:
             rows.append([w["index"], w["kind"], w["phase"], round(w["writes"] / d, 3), round(w["wru"] / d, 3)])
         out.append(_md(rows))
-        pushes = paced["raw"]["cloud"].get("push_types") or {}
-        if pushes:
-            out += ["", "Pushed frames per delivered message: "
-                    + ", ".join(f"{k} {round(v / d, 3)}" for k, v in sorted(pushes.items())) + "."]
+        for key, what in (("push_types", "Pushed frames"), ("route_response_types", "Route responses")):
+            sent = paced["raw"]["cloud"].get(key) or {}
+            if sent:
+                out += ["", f"{what} per delivered message: "
+                        + ", ".join(f"{k} {round(v / d, 3)}" for k, v in sorted(sent.items())) + "."]
         lam = paced["raw"]["cloud"]["lambdas"]
         out += ["", "Lambda invocations in the window: "
                 + ", ".join(f"{k} {int(v['invocations'])} ({v['ms'] / max(1, v['invocations']):.0f} ms each)"

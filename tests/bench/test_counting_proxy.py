@@ -222,3 +222,12 @@ def test_each_request_reports_its_time_in_the_proxy_apart_from_its_time_in_aws(e
     assert get["background_overhead_ms"] > 0 and get["background_upstream_ms"] > 0
     assert "overhead_ms" not in get
     assert counting.make_handler(counting.Proxy(url)).disable_nagle_algorithm  # TCP_NODELAY
+
+
+def test_errors_sent_count_pushed_errors_and_errors_answered_by_the_route():
+    from bench.perf import errors_sent
+
+    cloud = {"push_types": {"message": 5.0, "error:rate_limited": 2.0, "gateway error": 1.0},
+             "route_response_types": {"accepted": 9.0, "error:rate_limited": 3.0, "error:not_found": 1.0}}
+    assert errors_sent(cloud) == {"error:not_found": 1, "error:rate_limited": 5, "gateway error": 1}
+    assert errors_sent({"push_types": {"accepted": 1.0}}) == {}  # an older report: no route responses
