@@ -439,19 +439,23 @@ def _item_operations(client):
     return out
 
 
-def test_item_results_written_as_plain_json_parse_as_the_serializer_writes_them(monkeypatch):
-    from moto.dynamodb.responses import DynamoResult
-
+def _on_fresh_moto(monkeypatch, operations):
+    """``operations(client)`` on a fresh in-process moto DynamoDB: its answers."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
-        generic = _item_operations(boto3.client("dynamodb"))
+        return operations(boto3.client("dynamodb"))
+
+
+def test_item_results_written_as_plain_json_parse_as_the_serializer_writes_them(monkeypatch):
+    from moto.dynamodb.responses import DynamoResult
+
+    generic = _on_fresh_moto(monkeypatch, _item_operations)
     monkeypatch.setattr(DynamoResult, "execute_result", DynamoResult.execute_result)  # undone after
     moto_patches.plain_json_item_results()
     assert getattr(DynamoResult.execute_result, moto_patches._PATCHED)
-    with mock_aws():
-        plain = _item_operations(boto3.client("dynamodb"))
+    plain = _on_fresh_moto(monkeypatch, _item_operations)
     assert plain == generic
     assert generic[3]["Attributes"]["b"] == {"B": bytes([0, 1, 255])}  # bytes survive both ways
     assert generic[4]["Attributes"]["new"] == {"B": b"\x09"}
@@ -504,11 +508,7 @@ def test_kept_expression_parses_answer_as_moto_does(monkeypatch):
     from moto.dynamodb.comparisons import ConditionExpressionParser
     from moto.dynamodb.parsing.expressions import UpdateExpressionParser
 
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        stock = _conditional_operations(boto3.client("dynamodb"))
+    stock = _on_fresh_moto(monkeypatch, _conditional_operations)
     monkeypatch.setattr(ConditionExpressionParser, "parse", ConditionExpressionParser.parse)  # undone after
     monkeypatch.setattr(UpdateExpressionParser, "make", UpdateExpressionParser.__dict__["make"])
     parses = []
@@ -517,8 +517,7 @@ def test_kept_expression_parses_answer_as_moto_does(monkeypatch):
                         lambda self: parses.append(self.condition_expression) or real(self))
     moto_patches.cache_expression_parses()
     moto_patches.cache_expression_parses()  # idempotent
-    with mock_aws():
-        kept = _conditional_operations(boto3.client("dynamodb"))
+    kept = _on_fresh_moto(monkeypatch, _conditional_operations)
     assert kept == stock
     assert stock[1]["Attributes"]["n"] == {"N": "1"} and stock[1]["Attributes"]["stamp"] == {"N": "1"}
     assert stock[2][0] == "ConditionalCheckFailedException"  # bob does not hold it: ann's parse not reused
