@@ -59,6 +59,11 @@ that was about a quarter of its time. The DynamoDB protocol is plain JSON
 in exactly the shape moto's item results already have, so
 ``plain_json_item_results`` writes them with ``json.dumps`` (bytes as
 base64, absent members left out), as the serializer would.
+
+moto parses an ``UpdateItem``'s or a conditional write's expressions twice
+per request with a pure-Python parser; ``cache_expression_parses`` keeps
+each parse it made (a condition by its text, names and values, an update
+expression by its text) and never one that failed.
 """
 
 from __future__ import annotations

@@ -48,7 +48,6 @@ def connect(chat, user, role, cid=None):
 
 
 def frame(chat, origin, **f):
-    import json
     chat.on_frame(origin, json.dumps(f))
     return chat.pusher.frames(origin.connection_id)[-1] if chat.pusher.frames(origin.connection_id) else None
 
