@@ -65,7 +65,7 @@ class World:
 
         from chalicelib.config import Config
         from chalicelib.ports import MemoryPusher, SqsDeliveryQueue
-        from chalicelib.service import ChatService
+        from chalicelib.services import Ports, build_services
         from chalicelib.storage.dynamodb import DynamoStorage
 
         self.meter = Meter()
@@ -82,8 +82,8 @@ class World:
         self.clock_ms = 1_800_000_000_000
         self.pusher = MemoryPusher()
         self.queue = SqsDeliveryQueue(self.config.delivery_queue_name, session.client("sqs"))
-        self.chat = ChatService(self.config, DynamoStorage(self.config, session.client("dynamodb")),
-                                self.queue, self.pusher, clock=lambda: self.clock_ms)
+        self.chat = build_services(self.config, Ports(DynamoStorage(self.config, session.client("dynamodb")),
+                                                      self.queue, self.pusher, clock=lambda: self.clock_ms))
         self.sqs = session.client("sqs")
         self.queue_url = self.sqs.get_queue_url(QueueName=self.config.delivery_queue_name)["QueueUrl"]
         self._n = 0
@@ -94,10 +94,10 @@ class World:
 
     def connect(self, user: str, role: str) -> Any:
         from chalicelib.auth import mint_token
-        from chalicelib.service import Origin
+        from chalicelib.services import Origin
 
         origin = Origin(self.uid("conn"), "gw.example", "api")
-        self.chat.connect(mint_token(self.config.jwt_secret, user, role), origin)
+        self.chat.connections.connect(mint_token(self.config.jwt_secret, user, role), origin)
         return origin
 
     def conversation(self) -> tuple[Any, Any, str]:
@@ -105,15 +105,15 @@ class World:
         agent, customer = self.uid("agent"), self.uid("cust")
         a = self.connect(agent, "agent")
         c = self.connect(customer, "customer")
-        conv = self.chat.create_conversation(self.chat.principal_of(c.connection_id))
+        conv = self.chat.desk.create_conversation(self.chat.connections.principal_of(c.connection_id))
         self.drain()
         return c, a, conv.conversation_id
 
     def send(self, origin: Any, cid: str) -> None:
         from chalicelib.models import SendFrame
 
-        p = self.chat.principal_of(origin.connection_id)
-        self.chat.send(p, origin, SendFrame(action="send", conversation_id=cid,
+        p = self.chat.connections.principal_of(origin.connection_id)
+        self.chat.messaging.send(p, origin, SendFrame(action="send", conversation_id=cid,
                                             message_id=self.uid("m"), body="hello there"))
         self.clock_ms += 10
 
@@ -123,13 +123,11 @@ class World:
 
         last = self.chat.storage.get_conversation(cid).last_seq
         for origin in origins:
-            self.chat.ack(self.chat.principal_of(origin.connection_id),
+            self.chat.messaging.ack(self.chat.connections.principal_of(origin.connection_id),
                           AckFrame(action="ack", conversation_id=cid, seq=last))
 
     def drain(self) -> int:
         """Deliver everything queued, as the SQS event source would; return the batches."""
-        from chalicelib.service import DeliveryService
-
         batches = 0
         while True:
             got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
@@ -140,7 +138,7 @@ class World:
                 if self.meter.counting:
                     self.meter.calls["sqs:ReceiveMessage"] -= 1
                 return batches
-            DeliveryService(self.chat).deliver(m["Body"] for m in got)
+            self.chat.consumer.deliver(m["Body"] for m in got)
             self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
             batches += 1
@@ -189,32 +187,32 @@ def resume_after_closed_memberships(world: World, memberships: int) -> Counter[s
     agent = world.uid("agent")
     world.chat.storage.set_agent_status(agent, "online", 10**6, "2027-01-01T00:00:00.000Z")
     a = world.connect(agent, "agent")
-    pa = world.chat.principal_of(a.connection_id)
+    pa = world.chat.connections.principal_of(a.connection_id)
     for _ in range(memberships):
         c = world.connect(world.uid("cust"), "customer")
-        conv = world.chat.create_conversation(world.chat.principal_of(c.connection_id))
-        world.chat.close(pa, conv.conversation_id)
+        conv = world.chat.desk.create_conversation(world.chat.connections.principal_of(c.connection_id))
+        world.chat.desk.close(pa, conv.conversation_id)
     world.drain()
     open_c = world.connect(world.uid("cust"), "customer")
-    world.chat.create_conversation(world.chat.principal_of(open_c.connection_id))  # one still open
+    world.chat.desk.create_conversation(world.chat.connections.principal_of(open_c.connection_id))  # one still open
     world.drain()
     before = len(world.pusher.sent.get(a.connection_id, []))
     with world.meter.measure() as calls:
-        world.chat.resume(pa, a, ResumeFrame(action="resume"))
+        world.chat.messaging.resume(pa, a, ResumeFrame(action="resume"))
     calls["push"] = len(world.pusher.sent.get(a.connection_id, [])) - before
     return calls
 
 
 def deliver_to_connections(world: World, connections: int) -> Counter[str]:
     c, a, cid = world.conversation()
-    agent = world.chat.principal_of(a.connection_id).user_id
+    agent = world.chat.connections.principal_of(a.connection_id).user_id
     for _ in range(connections - 1):
         world.connect(agent, "agent")
     return _send_and_deliver(world, c, cid)
 
 
 def sweep_window(world: World, messages: int) -> Counter[str]:
-    world.chat.sweep()  # the first sweep sets the watermark
+    world.chat.sweeper.sweep()  # the first sweep sets the watermark
     c, a, cid = world.conversation()
     for _ in range(messages):
         world.send(c, cid)
@@ -222,12 +220,12 @@ def sweep_window(world: World, messages: int) -> Counter[str]:
     world.ack_all(cid, c, a)  # as clients do within seconds (ack_delay)
     world.clock_ms += (world.config.sweep_grace_seconds + 60) * 1000
     with world.meter.measure() as calls:
-        world.chat.sweep()
+        world.chat.sweeper.sweep()
     return calls
 
 
 def sweep_conversations(world: World, conversations: int) -> Counter[str]:
-    world.chat.sweep()  # the first sweep sets the watermark
+    world.chat.sweeper.sweep()  # the first sweep sets the watermark
     for _ in range(conversations):
         c, a, cid = world.conversation()
         world.send(c, cid)
@@ -235,7 +233,7 @@ def sweep_conversations(world: World, conversations: int) -> Counter[str]:
         world.ack_all(cid, c, a)
     world.clock_ms += (world.config.sweep_grace_seconds + 60) * 1000
     with world.meter.measure() as calls:
-        world.chat.sweep()
+        world.chat.sweeper.sweep()
     return calls
 
 

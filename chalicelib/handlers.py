@@ -23,10 +23,10 @@ from chalicelib import observability
 from chalicelib.auth import bearer_token, single_token, verify_token
 from chalicelib.config import Config
 from chalicelib.core import encode, error_frame, load_json, valid_id
-from chalicelib.errors import BadRequest, ConnectionGone, OnceChatError, RateLimited
+from chalicelib.errors import BadRequest, ConnectionGone, OnceChatError
 from chalicelib.models import MAX_SEQ, AgentStatusRequest, TransferRequest
 from chalicelib.ports import ChalicePusher, SqsDeliveryQueue
-from chalicelib.service import ChatService, DeliveryService, Origin
+from chalicelib.services import Clock, Origin, Ports, Services, build_services, wall_clock_ms
 
 log = logging.getLogger("oncechat")
 
@@ -39,20 +39,20 @@ B = TypeVar("B", bound=BaseModel)
 class Handlers:
     """The entry points ``app.py`` wires to Chalice's decorators."""
 
-    def __init__(self, app: Chalice, build: Callable[[Chalice], ChatService] | None = None) -> None:
+    def __init__(self, app: Chalice, build: Callable[[Chalice], Services] | None = None) -> None:
         self._app = app
         self._build = build or build_aws_services
-        self._chat: ChatService | None = None
+        self._services: Services | None = None
         self._lock = threading.Lock()
 
     @property
-    def chat(self) -> ChatService:
-        """The chat service, built on first use."""
-        if self._chat is None:
+    def services(self) -> Services:
+        """The services, built on first use."""
+        if self._services is None:
             with self._lock:
-                if self._chat is None:
-                    self._chat = self._build(self._app)
-        return self._chat
+                if self._services is None:
+                    self._services = self._build(self._app)
+        return self._services
 
     # ------------------------------------------------------------ WebSocket
 
@@ -62,7 +62,7 @@ class Handlers:
         try:
             token = single_token(raw.get("queryStringParameters"),
                                  raw.get("multiValueQueryStringParameters"))
-            self.chat.connect(token, _origin(event))
+            self.services.connections.connect(token, _origin(event))
         except OnceChatError as err:
             if err.http_status >= 500:
                 log.error("connect failed: %s", err.message)
@@ -72,8 +72,7 @@ class Handlers:
     def ws_message(self, event: WebsocketEvent) -> dict[str, Any] | None:
         """``$default``: every client frame, dispatched by its ``action``.
 
-        Before anything else the connection's in-process frame budget is
-        taken (no AWS request). The reply to the frame (``accepted``,
+        The reply to the frame (``accepted``,
         ``error``) is the route's response where the stack gives the route
         one (``REPLIES=route``), else a push. A reply to a connection that
         closed meanwhile (410) is the client's loss, not an error: it
@@ -83,17 +82,12 @@ class Handlers:
         reply: dict[str, Any] | None = None
         try:
             try:
-                chat = self.chat
+                services = self.services
             except OnceChatError as err:  # misconfigured stage: say so on the socket
                 log.error("handler not configured: %s", err.message)
                 self._push_error(origin, err)
                 return None
-            try:
-                chat.frame_limits.admit(origin.connection_id, "frame", chat.clock())
-            except RateLimited as err:
-                reply = chat.answer(origin, error_frame(err))
-            else:
-                reply = chat.on_frame(origin, event.body)
+            reply = services.messaging.on_frame(origin, event.body)
         except ConnectionGone:
             log.info("connection %s left before its reply", origin.connection_id)
         return None if reply is None else {"statusCode": 200, "body": encode(reply)}
@@ -104,31 +98,30 @@ class Handlers:
 
     def ws_disconnect(self, event: WebsocketEvent) -> None:
         """``$disconnect``: forget the connection."""
-        self.chat.disconnect(event.connection_id)
-        self.chat.frame_limits.forget(event.connection_id)
+        self.services.connections.disconnect(event.connection_id)
 
     # ------------------------------------------------------------------ SQS
 
     def deliver(self, event: SQSEvent) -> None:
         """The FIFO consumer; raising makes SQS redeliver the whole batch."""
-        DeliveryService(self.chat).deliver(record.body for record in event)
+        self.services.consumer.deliver(record.body for record in event)
 
     def sweep(self, event: Any) -> None:
-        """The scheduled sweeper: enqueue what connected participants have not acked (``chat.sweep``).
+        """The scheduled sweeper: enqueue what connected participants have not acked (``Sweeper.sweep``).
 
         Then counts the conversations active before the sweep bound (grace
         plus two schedule periods) that no sweep has covered yet (sweeps
         failing): the figure its alarm watches.
         """
-        chat = self.chat
+        sweeper = self.services.sweeper
         count = 0
         try:
-            count = chat.sweep()
+            count = sweeper.sweep()
             if count:
                 log.info("sweeper enqueued %d unacknowledged message(s)", count)
         finally:  # reported even when the sweep itself failed
-            bound = chat.config.sweep_grace_seconds + observability.SWEEP_BOUND_EXTRA_SECONDS
-            stuck = chat.unswept_before(chat.clock() // 1000 - bound, 100)
+            bound = sweeper.config.sweep_grace_seconds + observability.SWEEP_BOUND_EXTRA_SECONDS
+            stuck = sweeper.unswept_before(sweeper.clock() // 1000 - bound, 100)
             obs = observability.current()
             if obs is not None:
                 obs.sweep_report(count, len(stuck))
@@ -138,7 +131,7 @@ class Handlers:
     def middleware(self, event: Any, get_response: Callable[[Any], Any]) -> Any:
         """Every invocation: correlation ids on the logs, one ``handled`` line, metrics flushed."""
         try:
-            config = self.chat.config
+            config = self.services.config
         except OnceChatError:  # misconfigured: the handler answers for itself
             return get_response(event)
         return observability.setup(config).handle(event, get_response)
@@ -150,8 +143,8 @@ class Handlers:
         headers: Mapping[str, str] = request.headers or {}
         key = headers.get("idempotency-key")
 
-        def call(chat: ChatService, who: Any) -> tuple[int, Any]:
-            conv, created = chat.open_conversation(who, key)
+        def call(s: Services, who: Any) -> tuple[int, Any]:
+            conv, created = s.desk.open_conversation(who, key)
             return (201 if created else 200), conv.rest_view()
         return self._rest(request, call)
 
@@ -161,19 +154,19 @@ class Handlers:
         status = query.get("status")
         if status is not None and status not in STATUSES:
             return _error(BadRequest(f"status must be one of {', '.join(STATUSES)}"))
-        return self._rest(request, lambda chat, who: (200, chat.list_conversations(
+        return self._rest(request, lambda s, who: (200, s.desk.list_conversations(
             who, status, _int_param(query, "limit", 50, 1, MAX_PAGE), query.get("cursor"))))
 
     def get_conversation(self, request: Request, conversation_id: str) -> Response:
         """``GET /conversations/{id}``."""
-        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (
-            200, chat.get_conversation(who, conversation_id)))
+        return self._rest(request, lambda s, who: _check_id(conversation_id) or (
+            200, s.desk.get_conversation(who, conversation_id)))
 
     def list_messages(self, request: Request, conversation_id: str) -> Response:
         """``GET /conversations/{id}/messages?after=N|before=N&limit=L``."""
         query: Mapping[str, str] = request.query_params or {}
-        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (
-            200, chat.list_messages(
+        return self._rest(request, lambda s, who: _check_id(conversation_id) or (
+            200, s.messaging.list_messages(
                 who, conversation_id,
                 after=_int_param(query, "after", None, 0, MAX_SEQ),
                 limit=_int_param(query, "limit", 50, 1, MAX_PAGE),
@@ -181,42 +174,42 @@ class Handlers:
 
     def close_conversation(self, request: Request, conversation_id: str) -> Response:
         """``POST /conversations/{id}/close``."""
-        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (
-            200, chat.close(who, conversation_id).rest_view()))
+        return self._rest(request, lambda s, who: _check_id(conversation_id) or (
+            200, s.desk.close(who, conversation_id).rest_view()))
 
     def transfer_conversation(self, request: Request, conversation_id: str) -> Response:
         """``POST /conversations/{id}/transfer`` ``{"agentId": A}``."""
-        return self._rest(request, lambda chat, who: _check_id(conversation_id) or (200, chat.transfer(
+        return self._rest(request, lambda s, who: _check_id(conversation_id) or (200, s.desk.transfer(
             who, conversation_id, _body(request, TransferRequest).agent_id).rest_view()))
 
     def set_agent_status(self, request: Request) -> Response:
         """``PUT /agents/me/status`` ``{"status": S, "capacity": N}``."""
-        def call(chat: ChatService, who: Any) -> tuple[int, Any]:
+        def call(s: Services, who: Any) -> tuple[int, Any]:
             body = _body(request, AgentStatusRequest)
             if body.status is None and body.capacity is None:
                 raise BadRequest("give status, capacity or both")
-            return 200, chat.set_agent_status(who, body.status, body.capacity).rest_view()
+            return 200, s.desk.set_agent_status(who, body.status, body.capacity).rest_view()
         return self._rest(request, call)
 
     def list_agents(self, request: Request) -> Response:
         """``GET /agents`` (agents only)."""
-        return self._rest(request, lambda chat, who: (
-            200, {"agents": [a.rest_view() for a in chat.list_agents(who)]}))
+        return self._rest(request, lambda s, who: (
+            200, {"agents": [a.rest_view() for a in s.desk.list_agents(who)]}))
 
     def waiting_queue(self, request: Request) -> Response:
         """``GET /queue?limit=L`` (agents only): waiting conversations, oldest first."""
         query: Mapping[str, str] = request.query_params or {}
-        return self._rest(request, lambda chat, who: (
-            200, chat.waiting_queue(who, _int_param(query, "limit", 50, 1, MAX_PAGE))))
+        return self._rest(request, lambda s, who: (
+            200, s.desk.waiting_queue(who, _int_param(query, "limit", 50, 1, MAX_PAGE))))
 
     def _rest(self, request: Request,
-              call: Callable[[ChatService, Any], tuple[int, Any]]) -> Response:
+              call: Callable[[Services, Any], tuple[int, Any]]) -> Response:
         try:
-            chat = self.chat
+            services = self.services
             who = verify_token(bearer_token(request.headers.get("authorization")),
-                               chat.config.jwt_secret,
-                               max_lifetime_seconds=chat.config.token_max_lifetime_seconds)
-            status, body = call(chat, who)
+                               services.config.jwt_secret,
+                               max_lifetime_seconds=services.config.token_max_lifetime_seconds)
+            status, body = call(services, who)
         except OnceChatError as err:
             if err.http_status >= 500:
                 log.error("request failed: %s", err.message)
@@ -278,17 +271,20 @@ def _int_param(query: Mapping[str, str], name: str, default: Any, low: int,
     return value
 
 
-def build_aws_services(app: Chalice) -> ChatService:
-    """The production wiring: DynamoDB, SQS FIFO, and Chalice's management API client."""
+def build_aws_services(app: Chalice, clock: Clock = wall_clock_ms) -> Services:
+    """The production wiring: DynamoDB, SQS FIFO, and Chalice's management API client, observed.
+
+    ``clock`` is the wall clock but in tests that move time on.
+    """
     from chalicelib.storage.dynamodb import DynamoStorage
 
     config = Config.from_env()
-    chat = ChatService(
-        config=config,
+    ports = Ports(
         storage=DynamoStorage(config),
         queue=observability.ObservedQueue(SqsDeliveryQueue(config.delivery_queue_name),
                                           observability.current),
-        pusher=ChalicePusher(app.websocket_api),
+        pusher=observability.ObservedPusher(ChalicePusher(app.websocket_api), observability.current,
+                                            clock),
+        clock=clock,
     )
-    chat.pusher = observability.ObservedPusher(chat.pusher, observability.current, chat.clock)
-    return chat
+    return build_services(config, ports)

@@ -6,21 +6,35 @@ import logging
 
 from chalicelib import core
 from chalicelib.auth import verify_token
-from chalicelib.errors import (
-    RateLimited,
-    Unauthorized,
-)
-from chalicelib.models import (
-    ConnectionRecord,
-    Principal,
-)
-from chalicelib.services.base import Origin, ServiceBase
+from chalicelib.config import Config
+from chalicelib.errors import RateLimited, Unauthorized
+from chalicelib.limits import FrameLimits
+from chalicelib.models import ConnectionRecord, Principal
+from chalicelib.ports import Pusher
+from chalicelib.services.common import Clock, Origin
+from chalicelib.services.desk import Desk
+from chalicelib.services.local_state import BoundedCache
+from chalicelib.storage.base import Storage
 
 log = logging.getLogger("oncechat")
 
+#: Connections whose principal a container remembers.
+PRINCIPAL_CACHE_SIZE = 50_000
 
-class ConnectionsMixin(ServiceBase):
-    """The connection records behind every frame."""
+
+class Connections:
+    """The connection records behind every frame; an agent's connections make its presence."""
+
+    def __init__(self, config: Config, storage: Storage, pusher: Pusher, desk: Desk,
+                 frame_limits: FrameLimits, clock: Clock) -> None:
+        self.config = config
+        self.storage = storage
+        self.pusher = pusher
+        self.desk = desk
+        self.frame_limits = frame_limits
+        self.clock = clock
+        #: Who is behind each connection this container has seen (see local_state).
+        self.principals: BoundedCache[str, Principal] = BoundedCache(PRINCIPAL_CACHE_SIZE)
 
     def connect(self, token: str | None, origin: Origin) -> Principal:
         """Verify the token and record the connection. Never pushes (AWS answers 410 in $connect)."""
@@ -43,7 +57,7 @@ class ConnectionsMixin(ServiceBase):
         if principal.role == "agent":
             agent = self.storage.agent_connected(principal.user_id, core.iso_ms(now))
             if agent.has_room:
-                self.assign_waiting()
+                self.desk.assign_waiting()
         return principal
 
     def _check_connection_cap(self, principal: Principal, now: int) -> None:
@@ -71,8 +85,9 @@ class ConnectionsMixin(ServiceBase):
             raise RateLimited(f"too many open connections (at most {cap} per user)")
 
     def disconnect(self, connection_id: str) -> None:
-        """Forget a connection (``$disconnect``, best-effort on AWS)."""
+        """Forget a connection and its frame budgets (``$disconnect``, best-effort on AWS)."""
         self.forget_connection(connection_id)
+        self.frame_limits.forget(connection_id)
 
     def forget_connection(self, connection_id: str, user_id: str | None = None) -> None:
         """Remove a connection record once; an agent's last connection takes it offline."""

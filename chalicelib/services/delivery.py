@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from chalicelib import core
 from chalicelib.errors import (
@@ -16,25 +15,27 @@ from chalicelib.models import (
     Conversation,
     MessageRecord,
 )
-from chalicelib.ports import Delivery
+from chalicelib.ports import Delivery, Pusher
+from chalicelib.services.connections import Connections
+from chalicelib.services.fanout import Fanout
 from chalicelib.storage.base import Storage
 
-if TYPE_CHECKING:
-    from chalicelib.service import ChatService
-
 log = logging.getLogger("oncechat")
+
 
 class DeliveryFailed(OnceChatError):
     """Some pushes of a batch failed with something other than 410: SQS must redeliver."""
 
 
-class DeliveryService:
+class Consumer:
     """The SQS FIFO consumer: push each stored message to its recipients' connections."""
 
-    def __init__(self, chat: ChatService) -> None:
-        self.chat = chat
-        self.storage = chat.storage
-        self.pusher = chat.pusher
+    def __init__(self, storage: Storage, pusher: Pusher, connections: Connections,
+                 fanout: Fanout) -> None:
+        self.storage = storage
+        self.pusher = pusher
+        self.connections = connections
+        self.fanout = fanout
 
     def deliver(self, bodies: Iterable[str]) -> int:
         """Push a batch; return the number of frames pushed.
@@ -77,7 +78,7 @@ class DeliveryService:
                     self.pusher.push(conn.connection_id, conn.domain_name, conn.stage, data)
                     pushed += 1
                 except ConnectionGone:
-                    self.chat.prune_gone(conn)
+                    self.connections.prune_gone(conn)
                     batch.drop(conn.connection_id)
                 except Exception as exc:
                     log.warning("push of %s#%d to %s failed: %s", cid, message.seq,
@@ -104,7 +105,7 @@ class DeliveryService:
             return
         users = list(dict.fromkeys(u for u in (conv.customer_id, message.agent_id,
                                                message.previous_agent_id) if u))
-        self.chat.push_to_users(users, core.conversation_frame(message, conv),
+        self.fanout.push_to_users(users, core.conversation_frame(message, conv),
                                 known=batch.connections_of(users))
 
 

@@ -1,4 +1,8 @@
-"""The customer-service desk: conversations, their lifecycle, agents and assignment."""
+"""The customer-service desk: conversations, their lifecycle, agents and assignment.
+
+Every lifecycle step runs the lifecycle state machine
+(``chalicelib.core.lifecycle``); ``Desk._step`` executes its commands.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,22 @@ from collections.abc import Callable
 from typing import Any
 
 from chalicelib import core
+from chalicelib.config import Config
+from chalicelib.core import lifecycle
 from chalicelib.errors import (
     AgentUnavailable,
     BadRequest,
     Conflict,
     DuplicateRequest,
     NotFound,
-    OnceChatError,
     SequenceConflict,
     StaleConversation,
 )
-from chalicelib.models import (
-    AgentRecord,
-    Conversation,
-    Principal,
-)
-from chalicelib.ports import Delivery
-from chalicelib.services.base import TRANSITION_ATTEMPTS, ServiceBase
+from chalicelib.limits import RestLimits
+from chalicelib.models import AgentRecord, Conversation, Principal
+from chalicelib.services.common import Clock, Conversations
+from chalicelib.services.outbox import Outbox
+from chalicelib.storage.base import Storage
 
 log = logging.getLogger("oncechat")
 
@@ -31,8 +34,18 @@ log = logging.getLogger("oncechat")
 QUEUE_POSITION_LIMIT = 100
 
 
-class DeskMixin(ServiceBase):
+class Desk:
     """Open, view, close, transfer, reopen; agents' status; the waiting queue."""
+
+    def __init__(self, config: Config, storage: Storage, outbox: Outbox, conversations: Conversations,
+                 limits: RestLimits, clock: Clock, new_id: Callable[[], str]) -> None:
+        self.config = config
+        self.storage = storage
+        self.outbox = outbox
+        self.conversations = conversations
+        self.limits = limits
+        self.clock = clock
+        self.new_id = new_id
 
     def create_conversation(self, principal: Principal) -> Conversation:
         """``open_conversation`` without an idempotency key."""
@@ -49,7 +62,7 @@ class DeskMixin(ServiceBase):
         core.require_role(principal, "customer", "open conversations")
         if request_key is not None and not core.valid_request_key(request_key):
             raise BadRequest("Idempotency-Key must be 1 to 128 characters of A-Z a-z 0-9 _ - . :")
-        self._limit_requests(principal)
+        self.limits.admit(principal)
         now_ms = self.clock()
         now = core.iso_ms(now_ms)
         conv = Conversation(
@@ -64,16 +77,16 @@ class DeskMixin(ServiceBase):
                 conv, request_key, now_ms // 1000 + self.config.idempotency_ttl_seconds,
                 now_ms // 1000)
         except DuplicateRequest as dup:
-            existing = self._conversation(dup.existing_id)
+            existing = self.conversations.get(dup.existing_id)
             if existing.customer_id != principal.user_id:  # cannot happen: keys are per customer
                 raise Conflict("Idempotency-Key belongs to another request") from None
             return existing, False
         self.assign_new_waiting(conv.conversation_id)
-        return self._conversation(conv.conversation_id), True
+        return self.conversations.get(conv.conversation_id), True
 
     def get_conversation(self, principal: Principal, conversation_id: str) -> dict[str, Any]:
         """One conversation with its participants' cursors (participants; agents also while it waits)."""
-        conv = self._conversation(conversation_id)
+        conv = self.conversations.get(conversation_id)
         core.require_view(principal, conv)
         current = set(conv.participant_ids())
         members = [p for p in self.storage.participants_of_conversation(conversation_id)
@@ -105,7 +118,7 @@ class DeskMixin(ServiceBase):
 
     def close(self, principal: Principal, conversation_id: str) -> Conversation:
         """waiting/active -> closed, by its customer or its agent; frees the agent's place."""
-        self._limit_requests(principal)
+        self.limits.admit(principal)
         conv = self._transition(conversation_id, lambda c, now: core.plan_close(principal, c, now))
         self.assign_waiting()
         return conv
@@ -113,42 +126,63 @@ class DeskMixin(ServiceBase):
     def transfer(self, principal: Principal, conversation_id: str, to_agent: str) -> Conversation:
         """Move an active conversation from the calling agent to ``to_agent`` (online, with room)."""
         core.require_role(principal, "agent", "transfer conversations")
-        self._limit_requests(principal)
+        self.limits.admit(principal)
         if self.storage.get_agent(to_agent) is None:
             raise NotFound(f"agent {to_agent} not found")
-        try:
-            conv = self._transition(conversation_id,
-                                    lambda c, now: core.plan_transfer(principal, c, to_agent, now))
-        except AgentUnavailable:
-            raise Conflict(f"agent {to_agent} is not online or has no room") from None
+        conv = self._transition(conversation_id,
+                                lambda c, now: core.plan_transfer(principal, c, to_agent, now))
         self.assign_waiting()
         return conv
 
     def _transition(self, conversation_id: str,
                     plan: Callable[[Conversation, int], core.Transition]) -> Conversation:
         """Plan and commit one lifecycle step, re-planning when the conversation moved meanwhile."""
-        for _ in range(TRANSITION_ATTEMPTS):
-            conv = self._conversation(conversation_id)
-            transition = plan(conv, self.clock())  # raises Conflict / Forbidden when illegal now
-            if self._commit_once(transition):
-                return transition.after
-        raise Conflict(f"conversation {conversation_id} is too busy; retry")
+        done = self.step(lifecycle.LifecycleProtocol(
+            conversation_id, lambda conv, now, _agent: plan(conv, now), self.clock()))
+        assert done.after is not None
+        return done.after
 
-    def _commit_once(self, transition: core.Transition) -> bool:
-        """Write a step and enqueue its system message; False when the conversation moved first."""
+    def step(self, machine: lifecycle.LifecycleProtocol) -> lifecycle.Done:
+        """Drive a lifecycle step to its end; raise its failure."""
+        command = machine.start()
+        while True:
+            if isinstance(command, lifecycle.Done):
+                return command
+            if isinstance(command, lifecycle.Fail):
+                raise command.error
+            command = machine.advance(self.execute(command), self.clock())
+
+    def execute(self, command: lifecycle.Command) -> lifecycle.Outcome:
+        """Run one command of a lifecycle step against storage and the outbox."""
+        if isinstance(command, lifecycle.ReadConversation):
+            conv = self.storage.get_conversation(command.conversation_id)
+            if conv is not None:
+                self.conversations.seen(conv)
+            return lifecycle.ConversationRead(conv)
+        if isinstance(command, lifecycle.ReadAgents):
+            return lifecycle.AgentsRead(tuple(self.storage.online_agents()))
+        if isinstance(command, lifecycle.Commit):
+            try:
+                self.storage.apply_transition(command.transition, self.clock() // 1000)
+            except (StaleConversation, SequenceConflict):
+                return lifecycle.Moved()
+            except AgentUnavailable as full:
+                return lifecycle.AgentFull(full.agent_id)
+            return lifecycle.Committed()
+        if isinstance(command, lifecycle.Announce):
+            self.outbox.announce(command.message)
+            return lifecycle.Announced()
+        raise TypeError(f"not a command to execute: {command!r}")
+
+    def reopen(self, transition: core.Transition) -> bool:
+        """Commit a reopening planned by a send; False when the conversation moved first."""
+        machine = lifecycle.LifecycleProtocol(
+            transition.before.conversation_id, lambda _c, _n, _a: transition, self.clock(),
+            known=transition.before, max_attempts=0)
         try:
-            self._commit(transition)
-        except (StaleConversation, SequenceConflict):
+            return self.step(machine).after is not None
+        except Conflict:  # moved first: the send plans again
             return False
-        return True
-
-    def _commit(self, transition: core.Transition) -> None:
-        """Write a step (raising the storage's signals), then enqueue its system message."""
-        self.storage.apply_transition(transition, self.clock() // 1000)
-        try:
-            self._enqueue(Delivery(transition.message, None))
-        except OnceChatError:
-            pass  # stored and pending: the sweeper enqueues it
 
     # ------------------------------------------------------------- agents
 
@@ -156,7 +190,7 @@ class DeskMixin(ServiceBase):
                          capacity: int | None) -> AgentRecord:
         """``PUT /agents/me/status``: presence and/or capacity; an agent with room gets work."""
         core.require_role(principal, "agent", "set an agent status")
-        self._limit_requests(principal)
+        self.limits.admit(principal)
         agent = self.storage.set_agent_status(principal.user_id, status, capacity,
                                               core.iso_ms(self.clock()))
         if agent.has_room:
@@ -210,23 +244,13 @@ class DeskMixin(ServiceBase):
 
     def _assign_one(self, conv: Conversation) -> int | None:
         """1 when assigned here, 0 when it no longer waits, None when no agent has room."""
-        for _ in range(TRANSITION_ATTEMPTS):
-            agents = [a for a in self.storage.online_agents() if a.has_room]
-            if not agents:
-                return None
-            try:
-                transition = core.plan_assign(conv, agents[0].agent_id, self.clock())
-            except Conflict:
-                return 0
-            try:
-                self._commit(transition)
-            except AgentUnavailable:
-                continue  # that agent filled up or left meanwhile: choose again
-            except (StaleConversation, SequenceConflict):
-                fresh = self.storage.get_conversation(conv.conversation_id)
-                if fresh is None or fresh.status != "waiting":
-                    return 0
-                conv = fresh
-                continue
-            return 1
-        return 0
+        done = self.step(lifecycle.LifecycleProtocol(
+            conv.conversation_id, _plan_assign, self.clock(), assign=True, known=conv))
+        if done.no_room:
+            return None
+        return 0 if done.after is None else 1
+
+
+def _plan_assign(conv: Conversation, now_ms: int, agent_id: str | None) -> core.Transition:
+    assert agent_id is not None
+    return core.plan_assign(conv, agent_id, now_ms)

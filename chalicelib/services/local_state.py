@@ -1,6 +1,6 @@
 """What a Lambda container may keep between invocations without asking AWS.
 
-Two things are safe to remember across the frames a container serves:
+Three things are safe to remember across the frames a container serves:
 
 - **Who is behind a connection.** A connection id is never reused, and
   the principal recorded at ``$connect`` never changes for the life of the
@@ -14,21 +14,16 @@ Two things are safe to remember across the frames a container serves:
 - **How far a conversation's counter has got.** ``lastSeq`` only grows, so
   an ack up to a seq this container has seen is known to be in range
   without reading the conversation again.
-- **Frame counts of fixed-window rate limits.** Counting the frames of a
-  connection (and of a user) in the container costs no AWS request. On
-  AWS, concurrent frames of one connection may run in several containers,
-  each with its own counts, so the limit a flood meets is the configured
-  one times the containers it spreads over; API Gateway's route throttling
-  is the account-wide backstop (docs/protocol.md, "Limits").
 
-Both are bounded: the least recently used entries are dropped first.
+Frame rate limits are kept in the container too (chalicelib/limits.py).
+
+All are bounded: the least recently used entries are dropped first.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -77,21 +72,3 @@ class HighWaterMarks:
         with self._lock:
             if value > self.get(key):
                 self._marks.put(key, value)
-
-
-class WindowCounter:
-    """Fixed-window hit counters kept in the container: all of a request's buckets move, or none."""
-
-    def __init__(self, size: int = 100_000) -> None:
-        self._counts: BoundedCache[str, int] = BoundedCache(size)
-        self._lock = threading.Lock()
-
-    def take(self, buckets: Sequence[tuple[str, int]]) -> bool:
-        """Count one hit in every ``(key, limit)`` bucket, or none when one is full."""
-        with self._lock:
-            counts = [self._counts.get(key) or 0 for key, _ in buckets]
-            if any(count >= limit for count, (_, limit) in zip(counts, buckets, strict=True)):
-                return False
-            for count, (key, _) in zip(counts, buckets, strict=True):
-                self._counts.put(key, count + 1)
-            return True

@@ -1,29 +1,23 @@
-"""The outbox: the delivery queue for what the fast path could not push, and the sweeper."""
+"""The outbox: the delivery queue for what a push could not deliver."""
 
 from __future__ import annotations
 
 import logging
 
-from chalicelib import core
-from chalicelib.errors import (
-    OnceChatError,
-)
-from chalicelib.models import (
-    MessageRecord,
-)
-from chalicelib.ports import Delivery
-from chalicelib.services.base import ServiceBase
+from chalicelib.errors import OnceChatError
+from chalicelib.models import Conversation, MessageRecord
+from chalicelib.ports import Delivery, DeliveryQueue
 
 log = logging.getLogger("oncechat")
 
-#: The window the very first sweep of a deployment looks back over, past the grace.
-SWEEP_FIRST_WINDOW_S = 300
 
+class Outbox:
+    """Enqueue deliveries of committed messages (SQS FIFO: group = conversation, dedup = seq)."""
 
-class OutboxMixin(ServiceBase):
-    """Enqueue after commit; the sweeper for what a dead handler left behind."""
+    def __init__(self, queue: DeliveryQueue) -> None:
+        self.queue = queue
 
-    def _enqueue(self, delivery: Delivery) -> None:
+    def enqueue(self, delivery: Delivery) -> None:
         """Enqueue a delivery of a committed message; nothing records that it was.
 
         Stored but not queued (this raises, or the handler dies first): the
@@ -40,123 +34,24 @@ class OutboxMixin(ServiceBase):
             raise OnceChatError("message stored but not yet queued; retry with the same messageId",
                                 message_id=message.message_id) from err
 
-    def sweep(self) -> int:
-        """Enqueue what connected participants have not acked in the conversations active lately; return how many.
+    def enqueue_many(self, deliveries: list[Delivery]) -> None:
+        """Enqueue deliveries in as few requests as the queue allows; raise if any failed."""
+        self.queue.enqueue_many(deliveries)
 
-        Nothing marks a message pushed or enqueued, and nothing indexes it
-        (each would cost a write per message). The sending handler pushes
-        at once and queues only what it could not push; the sweeper covers
-        a handler that died between commit and push, for a sender who never
-        retries. It reads the conversations that took a seq since its
-        watermark (``active_conversations``: one index entry per
-        conversation, moved at most once a minute), then their
-        participants' ack cursors and connections, one batch read each, and
-        finally, where a connected participant lags, the messages it lacks:
+    def announce(self, message: MessageRecord) -> None:
+        """Enqueue a lifecycle event's system message; best effort (stored: the sweeper has it)."""
+        try:
+            self.queue.enqueue(Delivery(message, None))
+        except OnceChatError as err:
+            log.info("event %s#%d not enqueued: %s", message.conversation_id, message.seq, err.message)
 
-        - a participant who acked a message has it;
-        - a participant with no connection gets it by resume when it connects;
-        - every other participant gets each message of the window it lacks
-          through the queue (group = the conversation, deduplication id =
-          the message): pushed within grace + one schedule period. The
-          window is the messages taken between the watermark and
-          ``now - grace`` (``sweep_grace_seconds`` is longer than any send
-          takes, so a living handler has pushed by then). Clients ack within
-          seconds (``ack_delay``), so a message pushed but not yet acked is
-          rare; if one is pushed again, recipients drop the copy by seq.
+    def void(self, conv: Conversation, void: MessageRecord) -> None:
+        """Deliver a void just made (best effort: resume also has it).
 
-        The watermark moves only after the window was enqueued, so a sweep
-        that fails is repeated by the next one.
+        Recipients that got later seqs are waiting for this one; the push
+        spares them a resume.
         """
-        now_s = self.clock() // 1000
-        grace = self.config.sweep_grace_seconds
-        end = now_s - grace
-        mark = self.storage.get_sweep_mark()
-        start = end - SWEEP_FIRST_WINDOW_S if mark is None else mark
-        undelivered: list[Delivery] = []
-        if start < end:
-            # The conversations active from one grace before the window: a
-            # conversation whose activity was stamped by a handler whose
-            # clock is a little behind ours is still read.
-            active = self.storage.active_conversations(start - grace)
-            undelivered = self._unacked(active, start * 1000, end * 1000)
-            if undelivered:
-                self.queue.enqueue_many(undelivered)
-            self.storage.set_sweep_mark(end)
-        self.reconcile_presence()
-        # The queue runs on every trigger (a conversation waits, an agent comes
-        # online or frees a place); a trigger lost with a crashed handler is
-        # made up for here, within one schedule period.
-        assigned = self.assign_waiting()
-        if assigned:
-            log.warning("sweeper assigned %d waiting conversation(s)", assigned)
-        return len(undelivered)
-
-    def _unacked(self, conversation_ids: list[str], since_ms: int, before_ms: int) -> list[Delivery]:
-        """Deliveries of the messages taken in ``[since_ms, before_ms)`` to the connected participants that lack them.
-
-        Three batch reads however many conversations (their records, the
-        participants' cursors, the lagging participants' connections), then
-        the newest messages of each conversation where a connected
-        participant lags, down to its cursor or the window's start.
-        """
-        if not conversation_ids:
-            return []
-        convs = self.storage.conversations_at(conversation_ids)
-        keys = [(user, c.conversation_id) for c in convs for user in c.participant_ids()]
-        acked = {(p.user_id, p.conversation_id): p.ack_seq for p in self.storage.participants_at(keys)}
-        lagging = {c.conversation_id: [u for u in c.participant_ids()
-                                       if acked.get((u, c.conversation_id), 0) < c.last_seq]
-                   for c in convs}
-        users = list(dict.fromkeys(u for lag in lagging.values() for u in lag))
-        connected = self.storage.connections_of_users(users) if users else {}
-        deliveries = []
-        for conv in convs:
-            cid = conv.conversation_id
-            reachable = [u for u in lagging[cid] if connected.get(u)]
-            if not reachable:
-                continue
-            floor = min(acked.get((u, cid), 0) for u in reachable)
-            for m in self._taken_since(cid, conv.last_seq, floor, since_ms):
-                if core.epoch_ms(m.sent_at) >= before_ms:
-                    continue  # within the grace: its handler is still on it
-                wanting = tuple(u for u in reachable if acked.get((u, cid), 0) < m.seq)
-                if wanting:
-                    deliveries.append(Delivery(m, None, wanting))
-        return deliveries
-
-    def _taken_since(self, conversation_id: str, last_seq: int, floor: int,
-                     since_ms: int) -> list[MessageRecord]:
-        """The messages above ``floor`` up to ``last_seq`` taken at or after ``since_ms``, in seq order.
-
-        Read newest first, a page at a time, stopping at ``floor`` or at the
-        first message older than the window (seqs are taken in time order):
-        a participant that never acks costs one page, not its whole backlog.
-        """
-        found: list[MessageRecord] = []
-        upper = last_seq + 1
-        while upper > floor + 1:
-            want = min(self.config.page_size, upper - floor - 1)
-            page = self.storage.messages_before(conversation_id, upper, want)
-            for m in reversed(page):
-                if m.seq <= floor or core.epoch_ms(m.sent_at) < since_ms:
-                    return found[::-1]
-                found.append(m)
-            if len(page) < want:
-                break
-            upper = page[0].seq
-        return found[::-1]
-
-    def unswept_before(self, before: int, limit: int) -> list[str]:
-        """Up to ``limit`` conversations with unswept messages, once the watermark lags behind ``before`` (epoch s).
-
-        Empty while sweeps succeed (the watermark is at ``now - grace``); it
-        grows when they fail, which is what the sweep-bound alarm watches.
-        Every conversation active since the watermark counts, also one
-        active again since ``before`` (its entry moved on, its older
-        messages are still unswept). Costs no request unless the watermark
-        lags behind ``before``.
-        """
-        mark = self.storage.get_sweep_mark()
-        if mark is None or mark >= before:
-            return []
-        return self.storage.active_conversations(mark)[:limit]
+        try:
+            self.queue.enqueue(Delivery(void, None, tuple(conv.participant_ids())))
+        except OnceChatError as err:
+            log.info("void %s#%d not enqueued: %s", conv.conversation_id, void.seq, err.message)

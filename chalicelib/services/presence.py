@@ -5,13 +5,22 @@ from __future__ import annotations
 import logging
 
 from chalicelib import core
-from chalicelib.services.base import ServiceBase
+from chalicelib.ports import Pusher
+from chalicelib.services.common import Clock
+from chalicelib.services.connections import Connections
+from chalicelib.storage.base import Storage
 
 log = logging.getLogger("oncechat")
 
 
-class PresenceMixin(ServiceBase):
+class Presence:
     """Keep agents' presence true to their real connections."""
+
+    def __init__(self, storage: Storage, pusher: Pusher, connections: Connections, clock: Clock) -> None:
+        self.storage = storage
+        self.pusher = pusher
+        self.connections = connections
+        self.clock = clock
 
     def reconcile_presence(self) -> int:
         """Make agents' presence follow their real connections; return how many fixes.
@@ -39,7 +48,7 @@ class PresenceMixin(ServiceBase):
             for conn in recorded.get(agent.agent_id, []):
                 settled = now - core.epoch_ms(conn.connected_at) >= core.CONNECT_SETTLE_MS
                 if settled and not self.pusher.alive(conn.connection_id, conn.domain_name, conn.stage):
-                    pruned += self.prune_gone(conn)
+                    pruned += self.connections.prune_gone(conn)
                 else:
                     live.append(conn)
             fixed += pruned

@@ -88,6 +88,18 @@ class ManualClock:
         self.now_ms += int(seconds * 1000)
 
 
+class MovableClock:
+    """The wall clock (ms), plus ``offset_ms`` that a test moves on instead of waiting."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def __call__(self) -> int:
+        from chalicelib.services import wall_clock_ms
+
+        return wall_clock_ms() + self.offset_ms
+
+
 class Cloud:
     """Drives app.py's handlers with API Gateway-shaped events."""
 
@@ -97,17 +109,14 @@ class Cloud:
         self.sqs = boto3.client("sqs", region_name=REGION)
         self.queue_url = self.sqs.get_queue_url(QueueName=f"oncechat-{STAGE}-delivery.fifo")["QueueUrl"]
         self._ids = itertools.count(1)
+        #: The services' clock: the wall clock, moved on by tests (``clock.offset_ms``).
+        self.clock = MovableClock()
 
     def use_clock(self, clock: Any) -> None:
         """Build app.py's services with ``clock`` instead of the wall clock (for the rest of the test)."""
         from chalicelib.handlers import Handlers, build_aws_services
 
-        def build(app: Any) -> Any:
-            service = build_aws_services(app)
-            service.clock = clock
-            return service
-
-        self.mod.handlers = Handlers(self.mod.app, build=build)  # the fixture's monkeypatch restores it
+        self.mod.handlers = Handlers(self.mod.app, build=lambda app: build_aws_services(app, clock))  # the fixture's monkeypatch restores it
 
     # ---------------------------------------------------------------- events
     def _context(self, conn: str, route: str, event_type: str) -> dict[str, Any]:
@@ -218,7 +227,7 @@ def cloud(monkeypatch):
         cfn.create_stack(StackName="oncechat-test", TemplateBody=(ROOT / "infra/template.yaml").read_text(),
                          Parameters=[{"ParameterKey": "Stage", "ParameterValue": STAGE}])
         import app as app_module
-        from chalicelib.handlers import Handlers
+        from chalicelib.handlers import Handlers, build_aws_services
 
         pushes = PushRecorder()
         session = boto3.session.Session()
@@ -228,8 +237,10 @@ def cloud(monkeypatch):
         monkeypatch.setattr(api, "session", session)
         monkeypatch.setattr(api, "_client", None)
         monkeypatch.setattr(api, "_endpoint", None)
-        monkeypatch.setattr(app_module, "handlers", Handlers(app_module.app))
-        yield Cloud(app_module, pushes)
+        cloud = Cloud(app_module, pushes)
+        monkeypatch.setattr(app_module, "handlers", Handlers(
+            app_module.app, build=lambda app: build_aws_services(app, cloud.clock)))
+        yield cloud
 
 
 # ------------------------------------------------------- AWS calls of the code

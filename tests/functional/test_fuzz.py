@@ -110,7 +110,7 @@ def test_fuzz_frames(chat, monkeypatch, caplog):
                 "RATE_CONNECTION_RESUMES", "RATE_CONNECTION_TYPING"):
         monkeypatch.setenv(var, "100000")
     monkeypatch.setattr(cloud.mod, "handlers", Handlers(cloud.mod.app))
-    max_body = cloud.mod.handlers.chat.config.max_body_bytes
+    max_body = cloud.mod.handlers.services.config.max_body_bytes
     caplog.set_level(logging.INFO)
     rng = random.Random(SEED)
     before = {t: len(table_items(t)) for t in ("messages", "idempotency", "participants")}

@@ -48,7 +48,7 @@ def chat(cloud):
 
 def last_seq(cloud, cid):
     """The conversation's counter (what the setup's system messages used)."""
-    return cloud.mod.handlers.chat.storage.get_conversation(cid).last_seq
+    return cloud.mod.handlers.services.storage.get_conversation(cid).last_seq
 
 
 def send(cloud, conn, cid, mid, body="hello"):
@@ -186,7 +186,7 @@ class _AtomicRequests:
 def test_concurrent_senders_gapless(chat, monkeypatch):
     cloud, customer, agent, cid = chat
     s = last_seq(cloud, cid)
-    storage = cloud.mod.handlers.chat.storage
+    storage = cloud.mod.handlers.services.storage
     monkeypatch.setattr(storage, "_client", _AtomicRequests(storage._db))
     sent, lock = {customer: set(), agent: set()}, threading.Lock()
 
@@ -205,7 +205,7 @@ def test_concurrent_senders_gapless(chat, monkeypatch):
     assert not sent[customer] & sent[agent]
     # Every seq up to the counter holds a message answered with it, or is void
     # (reserved by the losing copy of a racing duplicate): none empty.
-    last = cloud.mod.handlers.chat.storage.get_conversation(cid).last_seq
+    last = cloud.mod.handlers.services.storage.get_conversation(cid).last_seq
     items = table_items("messages")
     assert sorted(int(i["seq"]["N"]) for i in items) == list(range(1, last + 1))
     voids = {int(i["seq"]["N"]) for i in items if i.get("void")}
@@ -223,9 +223,7 @@ def test_stale_connection_is_pruned_on_410(chat, monkeypatch):
     cloud, customer, agent, cid = chat
     cloud.pushes.gone.add(agent)
     send(cloud, customer, cid, "m1")
-    service = cloud.mod.handlers.chat
-    later = service.clock() + 31_000  # long after the agent's $connect
-    monkeypatch.setattr(service, "clock", lambda: later)
+    cloud.clock.offset_ms += 31_000  # long after the agent's $connect
     cloud.consume()
     assert not [i for i in table_items("connections") if i["connectionId"]["S"] == agent]
     assert [i for i in table_items("agents") if i["agentId"]["S"] == "agent-1"][0]["presence"]["S"] == "offline"
@@ -279,11 +277,12 @@ def test_ack_cursor_never_moves_back(chat):
     assert int(p["ackSeq"]["N"]) == s + 4
 
 
-def test_resume_pages_through_long_backlog(chat):
+def test_resume_pages_through_long_backlog(chat, monkeypatch):
     cloud, customer, agent, cid = chat
     # rate limits are not under test here: let one customer send the whole backlog at once
-    object.__setattr__(cloud.mod.handlers.chat.config, "rate_user_sends", 1000)  # a frozen dataclass
-    object.__setattr__(cloud.mod.handlers.chat.config, "rate_connection_sends", 1000)
+    monkeypatch.setenv("RATE_USER_SENDS", "1000")
+    monkeypatch.setenv("RATE_CONNECTION_SENDS", "1000")
+    cloud.use_clock(cloud.clock)  # the services again, with these limits
     s = last_seq(cloud, cid)
     for i in range(250):
         assert send(cloud, customer, cid, f"m{i}")["seq"] == s + i + 1
@@ -397,7 +396,7 @@ def test_waiting_conversation_assigned_when_agent_connects(cloud):
 
 def test_scheduled_sweeper_recovers_commit_without_enqueue(chat, monkeypatch):
     cloud, customer, agent, cid = chat
-    chat_service = cloud.mod.handlers.chat
+    chat_service = cloud.mod.handlers.services
     real = chat_service.queue.enqueue
     calls = {"n": 0}
 
@@ -409,7 +408,7 @@ def test_scheduled_sweeper_recovers_commit_without_enqueue(chat, monkeypatch):
 
     monkeypatch.setattr(chat_service.queue, "enqueue", die_once)
     # The handler dies before its fast path too: only the sweeper can deliver it.
-    monkeypatch.setattr(chat_service, "_push_now", lambda *args: None)
+    monkeypatch.setattr(chat_service.fanout, "push_now", lambda *args: None)
     err = send(cloud, customer, cid, "m1", "orphan")
     assert err["code"] == "internal" and err["messageId"] == "m1"
     cloud.consume()
@@ -421,10 +420,7 @@ def test_scheduled_sweeper_recovers_commit_without_enqueue(chat, monkeypatch):
     cloud.consume()
     assert cloud.pushes.of(agent, "message") == []
     # Past the grace period: the service's clock moves on (no waiting on the wall clock).
-    from chalicelib.service import wall_clock_ms
-
-    grace_ms = chat_service.config.sweep_grace_seconds * 1000
-    monkeypatch.setattr(chat_service, "clock", lambda: wall_clock_ms() + grace_ms + 2000)
+    cloud.clock.offset_ms += chat_service.config.sweep_grace_seconds * 1000 + 2000
     cloud.mod.sweep(sweep_event, None)
     cloud.consume()
     assert [m["body"] for m in cloud.pushes.of(agent, "message")] == ["orphan"]

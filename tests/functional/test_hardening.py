@@ -255,12 +255,11 @@ class FakeClock:
 ])
 def test_every_action_is_rate_limited_per_connection(chat, monkeypatch, action, limit_var):
     cloud, customer, agent, cid = chat
-    from chalicelib.handlers import Handlers
+    from chalicelib.handlers import Handlers, build_aws_services
 
     monkeypatch.setenv(limit_var, "3")
-    monkeypatch.setattr(cloud.mod, "handlers", Handlers(cloud.mod.app))
     clock = FakeClock()
-    cloud.mod.handlers.chat.clock = clock
+    monkeypatch.setattr(cloud.mod, "handlers", Handlers(cloud.mod.app, build=lambda app: build_aws_services(app, clock)))
     frame = {"action": action, "conversationId": cid, "seq": 1} if action != "resume" else {
         "action": "resume", "cursors": {cid: 1}}
     replies = [cloud.frame(customer, frame) for _ in range(5)]
@@ -276,16 +275,15 @@ def test_every_action_is_rate_limited_per_connection(chat, monkeypatch, action, 
 
 def test_frame_flood_is_refused_before_any_aws_request(chat, monkeypatch):
     cloud, customer, agent, cid = chat
-    from chalicelib.handlers import Handlers
+    from chalicelib.handlers import Handlers, build_aws_services
 
     monkeypatch.setenv("RATE_CONNECTION_FRAMES", "10")
-    monkeypatch.setattr(cloud.mod, "handlers", Handlers(cloud.mod.app))
-    cloud.mod.handlers.chat.clock = FakeClock()
+    monkeypatch.setattr(cloud.mod, "handlers", Handlers(cloud.mod.app, build=lambda app: build_aws_services(app, FakeClock())))
     for _ in range(10):
         assert cloud.frame(customer, "{garbage")["code"] == "bad_request"
     calls = []
     boto3.DEFAULT_SESSION = None
-    storage = cloud.mod.handlers.chat.storage
+    storage = cloud.mod.handlers.services.storage
     monkeypatch.setattr(storage, "get_connection", lambda *a: calls.append(a))
     for _ in range(50):
         assert cloud.frame(customer, "{garbage")["code"] == "rate_limited"
@@ -293,12 +291,11 @@ def test_frame_flood_is_refused_before_any_aws_request(chat, monkeypatch):
 
 
 def test_connection_cap_per_user(cloud, monkeypatch):
-    from chalicelib.handlers import Handlers
+    from chalicelib.handlers import Handlers, build_aws_services
 
     monkeypatch.setenv("MAX_CONNECTIONS_PER_USER", "2")
-    monkeypatch.setattr(cloud.mod, "handlers", Handlers(cloud.mod.app))
     clock = FakeClock()
-    cloud.mod.handlers.chat.clock = clock
+    monkeypatch.setattr(cloud.mod, "handlers", Handlers(cloud.mod.app, build=lambda app: build_aws_services(app, clock)))
     first, r1 = cloud.connect("capped")
     second, r2 = cloud.connect("capped")
     third, r3 = cloud.connect("capped")

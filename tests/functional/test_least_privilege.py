@@ -44,14 +44,15 @@ def drive_everything(cloud, monkeypatch) -> None:
     import boto3
 
     from chalicelib import config
-    from chalicelib.handlers import Handlers
+    from chalicelib.handlers import Handlers, build_aws_services
 
     boto3.client("ssm", region_name=REGION).put_parameter(
         Name=f"/oncechat/{STAGE}/jwt-secret", Value=SECRET, Type="SecureString")
     monkeypatch.setenv("JWT_SECRET_PARAMETER", f"/oncechat/{STAGE}/jwt-secret")
     monkeypatch.setenv("MAX_CONNECTIONS_PER_USER", "2")
     monkeypatch.setattr(config, "_secret_cache", {})
-    monkeypatch.setattr(cloud.mod, "handlers", Handlers(cloud.mod.app))
+    monkeypatch.setattr(cloud.mod, "handlers", Handlers(
+        cloud.mod.app, build=lambda app: build_aws_services(app, cloud.clock)))
     agent, _ = cloud.connect("lp-agent", "agent")
     agent2, _ = cloud.connect("lp-agent-2", "agent")
     customer, _ = cloud.connect("lp-cust")
@@ -86,9 +87,7 @@ def drive_everything(cloud, monkeypatch) -> None:
     assert cloud.frame(customer, frame)["type"] == "accepted"
     cloud.consume()
     # The connection cap probes a settled connection; a gone one is pruned on push.
-    chat = cloud.mod.handlers.chat
-    real_clock = chat.clock
-    chat.clock = lambda: real_clock() + 120_000
+    cloud.clock.offset_ms += 120_000
     cloud.connect("lp-cust")
     cloud.pushes.gone.add(agent)
     cloud.pushes.gone.add(agent2)
@@ -96,7 +95,7 @@ def drive_everything(cloud, monkeypatch) -> None:
     frame["messageId"] = "m3"
     cloud.frame(customer, frame)
     cloud.consume()
-    chat.config.__dict__["sweep_grace_seconds"] = 0
+    cloud.mod.handlers.services.config.__dict__["sweep_grace_seconds"] = 0
     time.sleep(1.1)
     cloud.mod.sweep(SWEEP_EVENT, None)
     # A cold container remembers no principal and no counter: the frames that

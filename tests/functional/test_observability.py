@@ -23,7 +23,7 @@ def observed(chat, monkeypatch, capsys):
     stream = io.StringIO()
     cloud = chat[0]
     monkeypatch.setattr(observability, "_current",
-                        observability.Observability(cloud.mod.handlers.chat.config, stream=stream))
+                        observability.Observability(cloud.mod.handlers.services.config, stream=stream))
     capsys.readouterr()
 
     def lines():
@@ -91,8 +91,8 @@ def test_sweep_reports_enqueues_and_pending_past_the_bound(observed, monkeypatch
     (cloud, customer, agent, cid), lines, emf, stream = observed
     from tests.functional.test_least_privilege import SWEEP_EVENT
 
-    chat_service = cloud.mod.handlers.chat
-    monkeypatch.setattr(chat_service, "_push_now", lambda *a: None)  # no fast path: queue it all
+    chat_service = cloud.mod.handlers.services
+    monkeypatch.setattr(chat_service.fanout, "push_now", lambda *a: None)  # no fast path: queue it all
     monkeypatch.setattr(chat_service.queue, "enqueue", lambda d: (_ for _ in ()).throw(
         RuntimeError("queue down")))
     monkeypatch.setattr(chat_service.queue, "enqueue_many", lambda ds: (_ for _ in ()).throw(
@@ -101,8 +101,7 @@ def test_sweep_reports_enqueues_and_pending_past_the_bound(observed, monkeypatch
     cloud.mod.sweep(SWEEP_EVENT, None)
     blobs = emf()
     assert metric_values(blobs, "PendingPastBound") == [0]
-    real_clock = chat_service.clock
-    chat_service.clock = lambda: real_clock() + 10 * 60_000  # ten minutes later, still down
+    cloud.clock.offset_ms += 10 * 60_000  # ten minutes later, still down
     with pytest.raises(RuntimeError):
         cloud.mod.sweep(SWEEP_EVENT, None)
     # the conversation of the stuck message: no sweep covered it
@@ -110,7 +109,6 @@ def test_sweep_reports_enqueues_and_pending_past_the_bound(observed, monkeypatch
     assert pending >= 1
     assert any(e["message"] == "conversations unswept past the sweep bound" and e["level"] == "ERROR"
                for e in lines())
-    chat_service.clock = real_clock
     monkeypatch.undo()
 
 

@@ -13,7 +13,7 @@ transfer. After every step:
 - conversations were assigned oldest-waiting first: whatever a step
   assigned had waited longer than anything it left waiting.
 
-The system is the real ChatService on the in-memory adapters.
+The system is the real services (build_services) on the in-memory adapters.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ NO_FRAME_LIMITS = {"MAX_CONNECTIONS_PER_USER": "100000", "RATE_CONNECTION_FRAMES
 from chalicelib.errors import Conflict, Forbidden, OnceChatError
 from chalicelib.models import Principal
 from chalicelib.ports import MemoryPusher, MemoryQueue
-from chalicelib.service import ChatService, Origin
+from chalicelib.services import Origin, Ports, build_services
 from chalicelib.storage.memory import MemoryStorage
 
 SECRET = "property-test-secret-0123456789abcdef"
@@ -56,8 +56,8 @@ class Desk(RuleBasedStateMachine):
         config = Config.from_env({"STAGE": "test", "JWT_SECRET": SECRET,
                                   "REOPEN_WINDOW_SECONDS": "3600", **NO_FRAME_LIMITS})
         ids = iter(f"conv{i:03d}" for i in range(10_000))
-        self.chat = ChatService(config, MemoryStorage(), MemoryQueue(), MemoryPusher(),
-                                clock=Clock(), new_id=lambda: next(ids))
+        self.chat = build_services(config, Ports(MemoryStorage(), MemoryQueue(), MemoryPusher(),
+                                                 clock=Clock(), new_id=lambda: next(ids)))
         self.connections: dict[str, list[str]] = {a: [] for a in AGENTS}
         self.serial = 0
         self.assignments = 0
@@ -90,14 +90,14 @@ class Desk(RuleBasedStateMachine):
         before = self.snapshot_waiting()
         self.serial += 1
         conn = f"{agent}-{self.serial}"
-        self.chat.connect(mint_token(SECRET, agent, "agent"), Origin(conn, "gw", "api"))
+        self.chat.connections.connect(mint_token(SECRET, agent, "agent"), Origin(conn, "gw", "api"))
         self.connections[agent].append(conn)
         self.track(before)
 
     @rule(agent=st.sampled_from(AGENTS))
     def agent_disconnects(self, agent: str) -> None:
         if self.connections[agent]:
-            self.chat.disconnect(self.connections[agent].pop(0))
+            self.chat.connections.disconnect(self.connections[agent].pop(0))
 
     @rule(agent=st.sampled_from(AGENTS), status=st.sampled_from(["online", "away", "offline", None]),
           capacity=st.one_of(st.none(), st.integers(0, 3)))
@@ -105,13 +105,13 @@ class Desk(RuleBasedStateMachine):
         if status is None and capacity is None:
             return
         before = self.snapshot_waiting()
-        self.chat.set_agent_status(Principal(user_id=agent, role="agent"), status, capacity)
+        self.chat.desk.set_agent_status(Principal(user_id=agent, role="agent"), status, capacity)
         self.track(before)
 
     @rule(customer=st.sampled_from(CUSTOMERS))
     def customer_opens(self, customer: str) -> None:
         before = self.snapshot_waiting()
-        conv = self.chat.create_conversation(Principal(user_id=customer, role="customer"))
+        conv = self.chat.desk.create_conversation(Principal(user_id=customer, role="customer"))
         before[conv.conversation_id] = conv.queue_position_key  # queued at its creation
         self.track(before)
 
@@ -124,7 +124,7 @@ class Desk(RuleBasedStateMachine):
         who = (Principal(user_id=conv.agent_id, role="agent") if by_agent and conv.agent_id
                else Principal(user_id=conv.customer_id, role="customer"))
         before = self.snapshot_waiting()
-        self.chat.close(who, conv.conversation_id)
+        self.chat.desk.close(who, conv.conversation_id)
         self.track(before)
 
     @rule(pick=st.integers(0, 50), to=st.sampled_from(AGENTS))
@@ -135,7 +135,7 @@ class Desk(RuleBasedStateMachine):
         conv = active[pick % len(active)]
         before = self.snapshot_waiting()
         try:
-            self.chat.transfer(Principal(user_id=conv.agent_id, role="agent"), conv.conversation_id, to)
+            self.chat.desk.transfer(Principal(user_id=conv.agent_id, role="agent"), conv.conversation_id, to)
         except (Conflict, Forbidden, OnceChatError):
             pass  # to oneself, or no room: refused, nothing changed (checked by the invariants)
         self.track(before)
@@ -149,11 +149,11 @@ class Desk(RuleBasedStateMachine):
         self.serial += 1
         conn = f"{conv.customer_id}-{self.serial}"
         origin = Origin(conn, "gw", "api")
-        self.chat.connect(mint_token(SECRET, conv.customer_id, "customer"), origin)
+        self.chat.connections.connect(mint_token(SECRET, conv.customer_id, "customer"), origin)
         before = self.snapshot_waiting()
-        self.chat.on_frame(origin, '{"action":"send","conversationId":"%s","messageId":"m%d","body":"x"}'
+        self.chat.messaging.on_frame(origin, '{"action":"send","conversationId":"%s","messageId":"m%d","body":"x"}'
                            % (conv.conversation_id, self.serial))
-        self.chat.disconnect(conn)
+        self.chat.connections.disconnect(conn)
         reopened = self.chat.storage.get_conversation(conv.conversation_id)
         assert reopened.status != "closed"
         before[conv.conversation_id] = reopened.queue_position_key  # queued at its reopening

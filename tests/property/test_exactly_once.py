@@ -3,7 +3,7 @@ deliveries, acks, resumes and reconnects gives gapless sequences, and every
 device that follows the protocol's client rule processes every message
 exactly once, in order.
 
-The system is the real ChatService and DeliveryService on the in-memory
+The system is the real services (messaging, desk, the consumer) on the in-memory
 adapters; the network is a model that loses frames to dead connections,
 delivers queue entries at least once, and lets a handler die between its
 claim and its message, between its message and its push, or at its enqueue.
@@ -24,9 +24,10 @@ from chalicelib.config import Config
 #: (tests/unit/test_limits.py, tests/functional/test_hardening.py): out of its way.
 NO_FRAME_LIMITS = {"MAX_CONNECTIONS_PER_USER": "100000", "RATE_CONNECTION_FRAMES": "100000",
                    "RATE_CONNECTION_ACKS": "100000", "RATE_CONNECTION_READS": "100000",
-                   "RATE_CONNECTION_RESUMES": "100000", "RATE_CONNECTION_TYPING": "100000"}
+                   "RATE_CONNECTION_RESUMES": "100000", "RATE_CONNECTION_TYPING": "100000",
+                   "REPLIES": "route"}
 from chalicelib.ports import Delivery, MemoryPusher, MemoryQueue
-from chalicelib.service import ChatService, DeliveryFailed, DeliveryService, Origin
+from chalicelib.services import DeliveryFailed, Origin, Ports, build_services
 from chalicelib.storage.memory import MemoryStorage
 
 SECRET = "property-test-secret-0123456789abcdef"
@@ -61,13 +62,19 @@ class ExactlyOnce(RuleBasedStateMachine):
                                   "RESUME_MAX_MESSAGES": "4", **NO_FRAME_LIMITS})
         self.queue = MemoryQueue()
         self.pusher = MemoryPusher()
-        self.chat = ChatService(config, MemoryStorage(), self.queue, self.pusher,
-                                clock=self.tick, new_id=lambda: "conv1")
+        self.chat = build_services(config, Ports(MemoryStorage(), self.queue, self.pusher,
+                                                 clock=self.tick, new_id=lambda: "conv1"))
         self.devices = {name: Device(name) for name in DEVICES}
         self.in_flight: list[Delivery] = []  # taken from the queue, not yet deleted
         self.sent_bodies: dict[tuple[str, str], str] = {}  # (user, messageId) -> body
         self.accepted: dict[tuple[str, str], int] = {}  # (user, messageId) -> seq
 
+
+    def on_frame(self, origin: Origin, raw: str) -> None:
+        """A frame through the $default route; its response reaches the connection as the gateway sends it."""
+        reply = self.chat.messaging.on_frame(origin, raw)
+        if reply is not None:
+            self.pusher.sent.setdefault(origin.connection_id, []).append(reply)
     def tick(self) -> int:
         self.clock_ms += 7
         return self.clock_ms
@@ -82,7 +89,7 @@ class ExactlyOnce(RuleBasedStateMachine):
         device.connection = f"{device.name}-{device.generation}"
         device.read = 0
         user, role = USERS[device.name]
-        self.chat.connect(mint_token(SECRET, user, role), self.origin(device))
+        self.chat.connections.connect(mint_token(SECRET, user, role), self.origin(device))
 
     def pump_frames(self, device: Device) -> None:
         """The device reads what reached its current connection."""
@@ -106,7 +113,7 @@ class ExactlyOnce(RuleBasedStateMachine):
                     device.advance_own()
                 elif seq > device.last + 1 and not resumed:
                     resumed = True
-                    self.chat.on_frame(self.origin(device), json.dumps(
+                    self.on_frame(self.origin(device), json.dumps(
                         {"action": "resume", "cursors": {"conv1": device.last}}))
             elif frame["type"] == "error":
                 assert frame["code"] == "internal", frame  # only injected enqueue failures
@@ -117,7 +124,7 @@ class ExactlyOnce(RuleBasedStateMachine):
         self.connect(self.devices["agent-desk"])
         for name in ("cust-phone", "cust-laptop"):
             self.connect(self.devices[name])
-        conv = self.chat.create_conversation(self.chat.principal_of("cust-phone-1"))
+        conv = self.chat.desk.create_conversation(self.chat.connections.principal_of("cust-phone-1"))
         assert conv.agent_id == "agent"
         # the assignment is seq 1, a system message every device must process like any other
         system = self.chat.storage.get_message("conv1", 1)
@@ -142,11 +149,11 @@ class ExactlyOnce(RuleBasedStateMachine):
 
         storage = self.chat.storage
         target, name = {"after_claim": (storage, "put_message"),
-                        "after_store": (self.chat, "_deliver_now")}.get(handler_dies or "", (None, ""))
+                        "after_store": (self.chat.fanout, "deliver_now")}.get(handler_dies or "", (None, ""))
         if target is not None:
             setattr(target, name, die)
         try:
-            self.chat.on_frame(self.origin(d), json.dumps(
+            self.on_frame(self.origin(d), json.dumps(
                 {"action": "send", "conversationId": "conv1", "messageId": f"m{n}", "body": body}))
         finally:
             if target is not None:
@@ -162,7 +169,7 @@ class ExactlyOnce(RuleBasedStateMachine):
         if not batch:
             return
         try:
-            DeliveryService(self.chat).deliver(d.to_json() for d in batch)
+            self.chat.consumer.deliver(d.to_json() for d in batch)
         except DeliveryFailed:
             redeliver = True
         if redeliver:  # at-least-once: the batch comes back
@@ -184,9 +191,9 @@ class ExactlyOnce(RuleBasedStateMachine):
         if d.connection is not None:
             self.pusher.gone.add(d.connection)
             if tell_server:
-                self.chat.disconnect(d.connection)
+                self.chat.connections.disconnect(d.connection)
         self.connect(d)
-        self.chat.on_frame(self.origin(d), json.dumps(
+        self.on_frame(self.origin(d), json.dumps(
             {"action": "resume", "cursors": {"conv1": d.last}}))
         self.pump_frames(d)
 
@@ -194,14 +201,14 @@ class ExactlyOnce(RuleBasedStateMachine):
     def ack(self, device: str) -> None:
         d = self.devices[device]
         if d.connection is not None:
-            self.chat.on_frame(self.origin(d), json.dumps(
+            self.on_frame(self.origin(d), json.dumps(
                 {"action": "ack", "conversationId": "conv1", "seq": d.last}))
 
     @rule(device=st.sampled_from(DEVICES))
     def resume(self, device: str) -> None:
         d = self.devices[device]
         if d.connection is not None:
-            self.chat.on_frame(self.origin(d), json.dumps(
+            self.on_frame(self.origin(d), json.dumps(
                 {"action": "resume", "cursors": {"conv1": d.last}}))
             self.pump_frames(d)
 
@@ -210,7 +217,7 @@ class ExactlyOnce(RuleBasedStateMachine):
         # Past the sweep grace, but a run stays well inside the 24 h
         # idempotency window (a resend after it is a new message, by contract).
         self.clock_ms += 120_000
-        self.chat.sweep()
+        self.chat.sweeper.sweep()
 
     # ------------------------------------------------------------- invariants
     @invariant()
@@ -240,7 +247,7 @@ class ExactlyOnce(RuleBasedStateMachine):
     def teardown(self) -> None:
         # Let everything settle: sweep, drain the queue, everyone reconnects and resumes.
         self.clock_ms += 3_600_000
-        self.chat.sweep()
+        self.chat.sweeper.sweep()
         self.pusher.gone.clear()
         for d in self.devices.values():
             self.reconnect(d.name, tell_server=True)

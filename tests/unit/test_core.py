@@ -1,15 +1,19 @@
-"""The pure core: frame validation, decisions, recipients, resume cursors. No AWS."""
+"""The pure core: frame validation, authorization, recipients, frames. No AWS.
+
+The protocols' state machines have their own tests (test_send_protocol.py,
+test_lifecycle_protocol.py, test_replay_protocol.py) and the interleaving
+check (tests/property/test_interleavings.py).
+"""
 
 import json
 
 import pytest
 
 from chalicelib import core
-from chalicelib.errors import BadRequest, Conflict, ConversationClosed, Forbidden, PayloadTooLarge
+from chalicelib.errors import BadRequest, Conflict, PayloadTooLarge
 from chalicelib.models import (
     ConnectionRecord,
     Conversation,
-    Participant,
     Principal,
     SendFrame,
 )
@@ -81,44 +85,6 @@ class TestParse:
         assert core.parse_client_frame('{"action":"resume"}', 100).cursors == {}
 
 
-class TestDecideSend:
-    def test_new_message_takes_next_seq(self):
-        d = core.decide_send(ALICE, conv(), send(), None, NOW, 60)
-        assert isinstance(d, core.Append)
-        assert d.message.seq == 5 and d.expected_last_seq == 4
-        assert d.message.sent_at == core.iso_ms(NOW) and d.message.sender_role == "customer"
-        assert d.idem.seq == 5 and d.idem.expires_at == NOW // 1000 + 60
-
-    def test_retry_with_same_body_replays(self):
-        first = core.decide_send(ALICE, conv(), send(), None, NOW, 60)
-        again = core.decide_send(ALICE, conv(last_seq=9), send(), first.idem, NOW + 5, 60)
-        assert isinstance(again, core.Replay) and again.idem.seq == 5
-
-    def test_same_id_other_body_conflicts(self):
-        first = core.decide_send(ALICE, conv(), send(), None, NOW, 60)
-        with pytest.raises(Conflict) as info:
-            core.decide_send(ALICE, conv(), send(body="other"), first.idem, NOW, 60)
-        assert info.value.message_id == "m1"
-
-    def test_non_participant_is_forbidden(self):
-        with pytest.raises(Forbidden):
-            core.decide_send(EVE, conv(), send(), None, NOW, 60)
-        with pytest.raises(Forbidden):
-            core.decide_send(Principal(user_id="carol", role="agent"), conv(), send(), None, NOW, 60)
-
-    def test_customer_id_does_not_grant_agent_role(self):
-        # an agent whose id equals the customer's is still not the assigned agent
-        with pytest.raises(Forbidden):
-            core.decide_send(Principal(user_id="alice", role="agent"), conv(), send(), None, NOW, 60)
-
-    def test_closed_refuses_new_but_replays_old(self):
-        first = core.decide_send(ALICE, conv(), send(), None, NOW, 60)
-        with pytest.raises(ConversationClosed):
-            core.decide_send(ALICE, conv(status="closed"), send(mid="m2"), None, NOW, 60)
-        assert isinstance(core.decide_send(ALICE, conv(status="closed"), send(), first.idem, NOW, 60),
-                          core.Replay)
-
-
 def test_iso_ms_is_utc_with_milliseconds():
     assert core.iso_ms(1_700_000_000_007) == "2023-11-14T22:13:20.007Z"
 
@@ -138,12 +104,6 @@ def test_delivery_targets_are_every_recipient_connection_but_the_origin():
     got = core.delivery_targets(["alice", "bob"], conns, "a1")
     assert [c.connection_id for c in got] == ["a2", "b1"]
     assert [c.connection_id for c in core.delivery_targets(["bob"], conns, None)] == ["b1"]
-
-
-def test_resume_cursors_prefer_client_then_stored():
-    ps = [Participant(user_id="u", conversation_id=c, role="customer", ack_seq=n, joined_at="t")
-          for c, n in (("c1", 3), ("c2", 7))]
-    assert core.resume_cursors({"c1": 1}, ps) == {"c1": 1, "c2": 7}
 
 
 def test_frames():

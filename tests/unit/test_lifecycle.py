@@ -17,7 +17,7 @@ from chalicelib.auth import mint_token
 from chalicelib.config import Config
 from chalicelib.errors import BadRequest, Conflict, Forbidden, NotFound
 from chalicelib.ports import MemoryPusher, MemoryQueue
-from chalicelib.service import ChatService, DeliveryService, Origin
+from chalicelib.services import Origin, Ports, Services, build_services
 from chalicelib.storage.memory import MemoryStorage
 
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
@@ -40,44 +40,52 @@ class Clock:
             self.t += int(seconds * 1000)
 
 
-def make_chat(**env: str) -> ChatService:
-    config = Config.from_env({"STAGE": "test", "JWT_SECRET": SECRET, **env})
+def make_chat(**env: str) -> Services:
+    """The services on memory, replying as every deployed stage does (REPLIES=route)."""
+    config = Config.from_env({"STAGE": "test", "JWT_SECRET": SECRET, "REPLIES": "route", **env})
     ids = iter(f"conv{i}" for i in range(10_000))
-    return ChatService(config, MemoryStorage(), MemoryQueue(), MemoryPusher(), clock=Clock(),
-                       new_id=lambda: next(ids))
+    return build_services(config, Ports(MemoryStorage(), MemoryQueue(), MemoryPusher(), clock=Clock(),
+                                        new_id=lambda: next(ids)))
 
 
 @pytest.fixture
-def chat() -> ChatService:
+def chat() -> Services:
     return make_chat(REOPEN_WINDOW_SECONDS="600")
 
 
-def connect(chat: ChatService, user: str, role: str, conn: str | None = None) -> Origin:
+def connect(chat: Services, user: str, role: str, conn: str | None = None) -> Origin:
     origin = Origin(conn or f"{user}-conn", "gw.example", "api")
-    chat.connect(mint_token(SECRET, user, role), origin)
+    chat.connections.connect(mint_token(SECRET, user, role), origin)
     return origin
 
 
-def who(chat: ChatService, origin: Origin):
-    return chat.principal_of(origin.connection_id)
+def on_frame(chat: Services, origin: Origin, raw: str) -> None:
+    """One frame through the $default route: its response reaches the connection, as the gateway sends it."""
+    reply = chat.messaging.on_frame(origin, raw)
+    if reply is not None:
+        chat.pusher.sent.setdefault(origin.connection_id, []).append(reply)
 
 
-def frames(chat: ChatService, origin: Origin, type_: str | None = None) -> list[dict]:
+def who(chat: Services, origin: Origin):
+    return chat.connections.principal_of(origin.connection_id)
+
+
+def frames(chat: Services, origin: Origin, type_: str | None = None) -> list[dict]:
     got = [json.loads(f) if isinstance(f, str) else f for f in chat.pusher.frames(origin.connection_id)]
     return [f for f in got if type_ is None or f.get("type") == type_]
 
 
-def send(chat: ChatService, origin: Origin, cid: str, mid: str, body: str = "hi") -> dict:
-    chat.on_frame(origin, json.dumps({"action": "send", "conversationId": cid, "messageId": mid,
+def send(chat: Services, origin: Origin, cid: str, mid: str, body: str = "hi") -> dict:
+    on_frame(chat, origin, json.dumps({"action": "send", "conversationId": cid, "messageId": mid,
                                       "body": body}))
     return frames(chat, origin)[-1]
 
 
-def pump(chat: ChatService) -> int:
-    return DeliveryService(chat).deliver(d.to_json() for d in chat.queue.drain())
+def pump(chat: Services) -> int:
+    return chat.consumer.deliver(d.to_json() for d in chat.queue.drain())
 
 
-def stored(chat: ChatService, cid: str) -> list:
+def stored(chat: Services, cid: str) -> list:
     return chat.storage.messages_after(cid, 0, 1000)
 
 
@@ -87,7 +95,7 @@ def stored(chat: ChatService, cid: str) -> list:
 def test_assignment_appends_an_assigned_system_message_delivered_and_announced(chat):
     bob = connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
-    conv = chat.create_conversation(who(chat, alice))
+    conv = chat.desk.create_conversation(who(chat, alice))
     assert (conv.status, conv.agent_id, conv.last_seq) == ("active", "bob", 1)
     pump(chat)
     for origin in (alice, bob):
@@ -103,11 +111,11 @@ def test_assignment_appends_an_assigned_system_message_delivered_and_announced(c
 def test_waiting_conversations_go_oldest_first_to_the_least_loaded_agent_within_capacity(chat):
     from chalicelib.models import Principal
     alice = connect(chat, "alice", "customer")
-    convs = [chat.create_conversation(who(chat, alice)).conversation_id for _ in range(5)]
+    convs = [chat.desk.create_conversation(who(chat, alice)).conversation_id for _ in range(5)]
     assert [chat.storage.get_conversation(c).status for c in convs] == ["waiting"] * 5
     # Capacities set before the agents come online (the record starts offline).
-    chat.set_agent_status(Principal(user_id="bob", role="agent"), None, 2)
-    chat.set_agent_status(Principal(user_id="carol", role="agent"), None, 1)
+    chat.desk.set_agent_status(Principal(user_id="bob", role="agent"), None, 2)
+    chat.desk.set_agent_status(Principal(user_id="carol", role="agent"), None, 1)
     assert chat.storage.get_agent("bob").presence == "offline"
     connect(chat, "bob", "agent")
     assert [chat.storage.get_conversation(c).agent_id for c in convs] == ["bob", "bob", None, None, None]
@@ -121,12 +129,12 @@ def test_waiting_conversations_go_oldest_first_to_the_least_loaded_agent_within_
 
 def test_capacity_is_never_exceeded_and_a_freed_place_takes_the_next_waiting(chat):
     bob = connect(chat, "bob", "agent")
-    chat.set_agent_status(who(chat, bob), None, 2)
+    chat.desk.set_agent_status(who(chat, bob), None, 2)
     alice = connect(chat, "alice", "customer")
-    convs = [chat.create_conversation(who(chat, alice)) for _ in range(3)]
+    convs = [chat.desk.create_conversation(who(chat, alice)) for _ in range(3)]
     assert [c.status for c in convs] == ["active", "active", "waiting"]
     assert chat.storage.get_agent("bob").active_count == 2
-    chat.close(who(chat, bob), convs[0].conversation_id)
+    chat.desk.close(who(chat, bob), convs[0].conversation_id)
     third = chat.storage.get_conversation(convs[2].conversation_id)
     assert (third.status, third.agent_id) == ("active", "bob")
     assert chat.storage.get_agent("bob").active_count == 2
@@ -136,20 +144,20 @@ def test_fewest_active_wins_ties_by_id(chat):
     for agent in ("bob", "amy"):
         connect(chat, agent, "agent")
     alice = connect(chat, "alice", "customer")
-    got = [chat.create_conversation(who(chat, alice)).agent_id for _ in range(4)]
+    got = [chat.desk.create_conversation(who(chat, alice)).agent_id for _ in range(4)]
     assert got == ["amy", "bob", "amy", "bob"]
 
 
 def test_away_and_offline_agents_get_nothing_and_coming_online_takes_work(chat):
     bob = connect(chat, "bob", "agent")
-    chat.set_agent_status(who(chat, bob), "away", None)
+    chat.desk.set_agent_status(who(chat, bob), "away", None)
     alice = connect(chat, "alice", "customer")
-    conv = chat.create_conversation(who(chat, alice))
+    conv = chat.desk.create_conversation(who(chat, alice))
     assert conv.status == "waiting"
     # A second device of an away agent keeps him away.
     connect(chat, "bob", "agent", "bob-phone")
     assert chat.storage.get_agent("bob").presence == "away"
-    agent = chat.set_agent_status(who(chat, bob), "online", None)
+    agent = chat.desk.set_agent_status(who(chat, bob), "online", None)
     assert (agent.presence, agent.active_count) == ("online", 1)
     assert chat.storage.get_conversation(conv.conversation_id).agent_id == "bob"
 
@@ -157,19 +165,19 @@ def test_away_and_offline_agents_get_nothing_and_coming_online_takes_work(chat):
 def test_the_last_connection_going_takes_the_agent_offline(chat):
     connect(chat, "bob", "agent", "b1")
     connect(chat, "bob", "agent", "b2")
-    chat.disconnect("b1")
+    chat.connections.disconnect("b1")
     assert chat.storage.get_agent("bob").presence == "online"
-    chat.disconnect("b2")
+    chat.connections.disconnect("b2")
     assert chat.storage.get_agent("bob").presence == "offline"
 
 
 def test_transfer_moves_the_conversation_and_both_agents_screens_follow(chat):
     bob = connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
     carol = connect(chat, "carol", "agent")
     send(chat, alice, cid, "m1")
-    conv = chat.transfer(who(chat, bob), cid, "carol")
+    conv = chat.desk.transfer(who(chat, bob), cid, "carol")
     assert (conv.agent_id, conv.status, conv.last_seq) == ("carol", "active", 3)
     assert (chat.storage.get_agent("bob").active_count,
             chat.storage.get_agent("carol").active_count) == (0, 1)
@@ -182,31 +190,31 @@ def test_transfer_moves_the_conversation_and_both_agents_screens_follow(chat):
     # bob is no longer a participant: he cannot write, read or transfer again.
     assert send(chat, bob, cid, "b1")["code"] == "forbidden"
     with pytest.raises(Forbidden):
-        chat.list_messages(who(chat, bob), cid)
+        chat.messaging.list_messages(who(chat, bob), cid)
     with pytest.raises(Forbidden):
-        chat.transfer(who(chat, bob), cid, "bob")
+        chat.desk.transfer(who(chat, bob), cid, "bob")
     # carol sees the whole history, from seq 1.
-    page = chat.list_messages(who(chat, carol), cid)
+    page = chat.messaging.list_messages(who(chat, carol), cid)
     assert [m["seq"] for m in page["messages"]] == [1, 2, 3]
 
 
 def test_transfer_rules(chat):
     bob = connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
     with pytest.raises(Forbidden):
-        chat.transfer(who(chat, alice), cid, "bob")  # customers do not transfer
+        chat.desk.transfer(who(chat, alice), cid, "bob")  # customers do not transfer
     with pytest.raises(NotFound):
-        chat.transfer(who(chat, bob), cid, "nobody")
+        chat.desk.transfer(who(chat, bob), cid, "nobody")
     with pytest.raises(Conflict):
-        chat.transfer(who(chat, bob), cid, "bob")  # to oneself
+        chat.desk.transfer(who(chat, bob), cid, "bob")  # to oneself
     carol = connect(chat, "carol", "agent")
-    chat.set_agent_status(who(chat, carol), "away", None)
+    chat.desk.set_agent_status(who(chat, carol), "away", None)
     with pytest.raises(Conflict):
-        chat.transfer(who(chat, bob), cid, "carol")  # away: no room
-    chat.set_agent_status(who(chat, carol), "online", 0)
+        chat.desk.transfer(who(chat, bob), cid, "carol")  # away: no room
+    chat.desk.set_agent_status(who(chat, carol), "online", 0)
     with pytest.raises(Conflict):
-        chat.transfer(who(chat, bob), cid, "carol")  # capacity 0
+        chat.desk.transfer(who(chat, bob), cid, "carol")  # capacity 0
     assert chat.storage.get_conversation(cid).agent_id == "bob"
     assert chat.storage.get_conversation(cid).last_seq == 1  # nothing was appended
 
@@ -214,27 +222,27 @@ def test_transfer_rules(chat):
 def test_close_is_once_then_conflict_and_read_only_for_the_agent(chat):
     bob = connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
-    closed = chat.close(who(chat, bob), cid)
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
+    closed = chat.desk.close(who(chat, bob), cid)
     assert (closed.status, closed.last_seq, closed.agent_id) == ("closed", 2, "bob")
     with pytest.raises(Conflict):
-        chat.close(who(chat, alice), cid)
+        chat.desk.close(who(chat, alice), cid)
     assert chat.storage.get_conversation(cid).last_seq == 2
     reply = send(chat, bob, cid, "late")
     assert reply["code"] == "conversation_closed" and reply["messageId"] == "late"
     # Still readable by both.
-    assert [m["event"] for m in chat.list_messages(who(chat, bob), cid)["messages"]] == [
+    assert [m["event"] for m in chat.messaging.list_messages(who(chat, bob), cid)["messages"]] == [
         "assigned", "closed"]
     outsider = connect(chat, "eve", "customer")
     with pytest.raises(Forbidden):
-        chat.close(who(chat, outsider), cid)
+        chat.desk.close(who(chat, outsider), cid)
 
 
 def test_the_customer_reopens_within_the_window_and_the_message_follows_the_event(chat):
     _bob = connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
-    chat.close(who(chat, alice), cid)
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
+    chat.desk.close(who(chat, alice), cid)
     acc = send(chat, alice, cid, "again", "one more thing")
     assert acc["type"] == "accepted" and acc["seq"] == 4
     events = [(m.seq, m.event) for m in stored(chat, cid)]
@@ -250,13 +258,13 @@ def test_the_customer_reopens_within_the_window_and_the_message_follows_the_even
 def test_after_the_window_the_customer_must_open_a_new_conversation(chat):
     connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
-    chat.close(who(chat, alice), cid)
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
+    chat.desk.close(who(chat, alice), cid)
     chat.clock.advance(601)
     reply = send(chat, alice, cid, "too-late")
     assert reply["code"] == "conversation_closed"
     assert chat.storage.get_conversation(cid).status == "closed"
-    fresh = chat.create_conversation(who(chat, alice))
+    fresh = chat.desk.create_conversation(who(chat, alice))
     assert fresh.conversation_id != cid and fresh.status == "active"
 
 
@@ -264,7 +272,7 @@ def test_racing_closes_and_transfers_apply_exactly_once(chat):
     connect(chat, "bob", "agent")
     connect(chat, "carol", "agent")
     alice = connect(chat, "alice", "customer")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
     agent = chat.storage.get_conversation(cid).agent_id
     other = "carol" if agent == "bob" else "bob"
     from chalicelib.models import Principal
@@ -275,10 +283,10 @@ def test_racing_closes_and_transfers_apply_exactly_once(chat):
         barrier.wait()
         try:
             if i % 2:
-                chat.close(Principal(user_id="alice", role="customer"), cid)
+                chat.desk.close(Principal(user_id="alice", role="customer"), cid)
                 results.append("closed")
             else:
-                chat.transfer(Principal(user_id=agent, role="agent"), cid, other)
+                chat.desk.transfer(Principal(user_id=agent, role="agent"), cid, other)
                 results.append("transferred")
         except (Conflict, Forbidden):
             pass
@@ -300,13 +308,13 @@ def test_racing_closes_and_transfers_apply_exactly_once(chat):
 def test_racing_assignments_from_many_creates_never_exceed_capacity(chat):
     for agent in ("bob", "carol"):
         connect(chat, agent, "agent")
-        chat.set_agent_status(chat.principal_of(f"{agent}-conn"), None, 3)
+        chat.desk.set_agent_status(chat.connections.principal_of(f"{agent}-conn"), None, 3)
     customers = [connect(chat, f"cust{i}", "customer") for i in range(10)]
     barrier = threading.Barrier(10)
 
     def create(i: int) -> None:
         barrier.wait()
-        chat.create_conversation(who(chat, customers[i]))
+        chat.desk.create_conversation(who(chat, customers[i]))
 
     threads = [threading.Thread(target=create, args=(i,)) for i in range(10)]
     for t in threads:
@@ -331,14 +339,14 @@ def test_typing_is_relayed_to_the_others_only_and_never_stored(chat):
     bob = connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
     alice_phone = connect(chat, "alice", "customer", "alice-phone")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
-    chat.on_frame(alice, json.dumps({"action": "typing", "conversationId": cid}))
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
+    on_frame(chat, alice, json.dumps({"action": "typing", "conversationId": cid}))
     assert frames(chat, bob, "typing") == [
         {"type": "typing", "conversationId": cid, "userId": "alice", "role": "customer"}]
     assert frames(chat, alice_phone, "typing") == [] and frames(chat, alice, "typing") == []
     assert chat.storage.get_conversation(cid).last_seq == 1
     outsider = connect(chat, "eve", "customer")
-    chat.on_frame(outsider, json.dumps({"action": "typing", "conversationId": cid}))
+    on_frame(chat, outsider, json.dumps({"action": "typing", "conversationId": cid}))
     assert frames(chat, outsider, "error")[-1]["code"] == "forbidden"
 
 
@@ -346,13 +354,13 @@ def test_typing_is_rate_limited_per_connection():
     chat = make_chat(RATE_CONNECTION_TYPING="3")
     bob = connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
     for _ in range(5):
-        chat.on_frame(alice, json.dumps({"action": "typing", "conversationId": cid}))
+        on_frame(chat, alice, json.dumps({"action": "typing", "conversationId": cid}))
     assert len(frames(chat, bob, "typing")) == 3
     assert [f["code"] for f in frames(chat, alice, "error")] == ["rate_limited"] * 2
     chat.clock.advance(10)
-    chat.on_frame(alice, json.dumps({"action": "typing", "conversationId": cid}))
+    on_frame(chat, alice, json.dumps({"action": "typing", "conversationId": cid}))
     assert len(frames(chat, bob, "typing")) == 4
 
 
@@ -360,17 +368,17 @@ def test_read_moves_forward_only_and_is_forwarded(chat):
     bob = connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
     alice_phone = connect(chat, "alice", "customer", "alice-phone")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
     send(chat, bob, cid, "b1")
-    chat.on_frame(alice, json.dumps({"action": "read", "conversationId": cid, "seq": 2}))
-    chat.on_frame(alice, json.dumps({"action": "read", "conversationId": cid, "seq": 1}))
+    on_frame(chat, alice, json.dumps({"action": "read", "conversationId": cid, "seq": 2}))
+    on_frame(chat, alice, json.dumps({"action": "read", "conversationId": cid, "seq": 1}))
     expected = {"type": "read", "conversationId": cid, "userId": "alice", "role": "customer", "seq": 2}
     assert frames(chat, bob, "read") == [expected]
     assert frames(chat, alice_phone, "read") == [expected]  # the reader's other device
     assert frames(chat, alice, "read") == []
-    view = chat.get_conversation(who(chat, bob), cid)
+    view = chat.desk.get_conversation(who(chat, bob), cid)
     assert {p["userId"]: p["readSeq"] for p in view["participants"]} == {"alice": 2, "bob": 0}
-    chat.on_frame(alice, json.dumps({"action": "read", "conversationId": cid, "seq": 9}))
+    on_frame(chat, alice, json.dumps({"action": "read", "conversationId": cid, "seq": 9}))
     assert frames(chat, alice, "error")[-1]["code"] == "bad_request"
 
 
@@ -382,7 +390,7 @@ def test_every_device_gets_every_message_and_a_fresh_device_resumes_from_the_ser
     laptop = connect(chat, "alice", "customer", "laptop")
     phone = connect(chat, "alice", "customer", "phone")
     bob = Origin("bob-conn", "gw.example", "api")
-    cid = chat.create_conversation(who(chat, laptop)).conversation_id
+    cid = chat.desk.create_conversation(who(chat, laptop)).conversation_id
     send(chat, laptop, cid, "m1")
     send(chat, bob, cid, "b1")
     pump(chat)
@@ -390,9 +398,9 @@ def test_every_device_gets_every_message_and_a_fresh_device_resumes_from_the_ser
     # event through the queue, so it may arrive after them (the seq rule orders).
     assert sorted(f["seq"] for f in frames(chat, phone, "message")) == [1, 2, 3]
     assert sorted(f["seq"] for f in frames(chat, laptop, "message")) == [1, 3]  # its own: "accepted"
-    chat.on_frame(phone, json.dumps({"action": "ack", "conversationId": cid, "seq": 2}))
+    on_frame(chat, phone, json.dumps({"action": "ack", "conversationId": cid, "seq": 2}))
     tablet = connect(chat, "alice", "customer", "tablet")
-    chat.on_frame(tablet, json.dumps({"action": "resume"}))
+    on_frame(chat, tablet, json.dumps({"action": "resume"}))
     assert [f["seq"] for f in frames(chat, tablet, "message")] == [3]
     assert frames(chat, tablet, "resumed")[-1]["conversations"] == {cid: 3}
 
@@ -403,75 +411,75 @@ def test_every_device_gets_every_message_and_a_fresh_device_resumes_from_the_ser
 def test_authorization_matrix(chat):
     bob = connect(chat, "bob", "agent")
     carol = connect(chat, "carol", "agent")
-    chat.set_agent_status(who(chat, carol), "away", None)
+    chat.desk.set_agent_status(who(chat, carol), "away", None)
     alice = connect(chat, "alice", "customer")
     eve = connect(chat, "eve", "customer")
-    mine = chat.create_conversation(who(chat, alice)).conversation_id  # bob's
-    chat.set_agent_status(who(chat, bob), "away", None)
-    waiting = chat.create_conversation(who(chat, eve)).conversation_id
+    mine = chat.desk.create_conversation(who(chat, alice)).conversation_id  # bob's
+    chat.desk.set_agent_status(who(chat, bob), "away", None)
+    waiting = chat.desk.create_conversation(who(chat, eve)).conversation_id
     A, B, C, E = (who(chat, o) for o in (alice, bob, carol, eve))
 
     # Opening is for customers; agent-only routes are for agents.
     with pytest.raises(Forbidden):
-        chat.open_conversation(B)
-    for call in (lambda p: chat.list_agents(p), lambda p: chat.waiting_queue(p, 10),
-                 lambda p: chat.set_agent_status(p, "online", None)):
+        chat.desk.open_conversation(B)
+    for call in (lambda p: chat.desk.list_agents(p), lambda p: chat.desk.waiting_queue(p, 10),
+                 lambda p: chat.desk.set_agent_status(p, "online", None)):
         with pytest.raises(Forbidden):
             call(A)
     # Viewing: customers their own; agents their assigned ones and the waiting queue.
-    assert chat.get_conversation(A, mine)["conversationId"] == mine
-    assert chat.get_conversation(B, mine)["agentId"] == "bob"
-    assert chat.get_conversation(C, waiting)["status"] == "waiting"
+    assert chat.desk.get_conversation(A, mine)["conversationId"] == mine
+    assert chat.desk.get_conversation(B, mine)["agentId"] == "bob"
+    assert chat.desk.get_conversation(C, waiting)["status"] == "waiting"
     for principal, cid in ((E, mine), (C, mine), (A, waiting)):
         with pytest.raises(Forbidden):
-            chat.get_conversation(principal, cid)
+            chat.desk.get_conversation(principal, cid)
         with pytest.raises(Forbidden):
-            chat.list_messages(principal, cid)
+            chat.messaging.list_messages(principal, cid)
         with pytest.raises(Forbidden):
-            chat.close(principal, cid)
+            chat.desk.close(principal, cid)
     with pytest.raises(Forbidden):
-        chat.list_messages(C, waiting)  # the queue shows summaries, not messages
-    assert [c["conversationId"] for c in chat.list_conversations(A, None, 10, None)["conversations"]] == [mine]
-    assert [c["conversationId"] for c in chat.list_conversations(B, None, 10, None)["conversations"]] == [mine]
-    assert chat.list_conversations(C, None, 10, None)["conversations"] == []
-    queue = chat.waiting_queue(C, 10)["conversations"]
+        chat.messaging.list_messages(C, waiting)  # the queue shows summaries, not messages
+    assert [c["conversationId"] for c in chat.desk.list_conversations(A, None, 10, None)["conversations"]] == [mine]
+    assert [c["conversationId"] for c in chat.desk.list_conversations(B, None, 10, None)["conversations"]] == [mine]
+    assert chat.desk.list_conversations(C, None, 10, None)["conversations"] == []
+    queue = chat.desk.waiting_queue(C, 10)["conversations"]
     assert [(c["conversationId"], c["position"]) for c in queue] == [(waiting, 1)]
     with pytest.raises(NotFound):
-        chat.get_conversation(A, "nope")
+        chat.desk.get_conversation(A, "nope")
 
 
 def test_history_pages_both_ways(chat):
     bob = connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
     for i in range(9):
         send(chat, alice if i % 2 else bob, cid, f"m{i}")
     A = who(chat, alice)
-    first = chat.list_messages(A, cid, after=0, limit=4)
+    first = chat.messaging.list_messages(A, cid, after=0, limit=4)
     assert [m["seq"] for m in first["messages"]] == [1, 2, 3, 4]
     assert (first["next"], first["prev"]) == (4, None)
-    latest = chat.list_messages(A, cid, before=11, limit=4)
+    latest = chat.messaging.list_messages(A, cid, before=11, limit=4)
     assert [m["seq"] for m in latest["messages"]] == [7, 8, 9, 10]
     assert (latest["next"], latest["prev"]) == (None, 7)
-    older = chat.list_messages(A, cid, before=latest["prev"], limit=4)
+    older = chat.messaging.list_messages(A, cid, before=latest["prev"], limit=4)
     assert [m["seq"] for m in older["messages"]] == [3, 4, 5, 6]
     with pytest.raises(BadRequest):
-        chat.list_messages(A, cid, after=1, before=5)
+        chat.messaging.list_messages(A, cid, after=1, before=5)
 
 
 def test_open_conversation_with_an_idempotency_key_returns_the_same_conversation(chat):
     alice = connect(chat, "alice", "customer")
     eve = connect(chat, "eve", "customer")
-    first, created = chat.open_conversation(who(chat, alice), "order-17")
-    again, created_again = chat.open_conversation(who(chat, alice), "order-17")
+    first, created = chat.desk.open_conversation(who(chat, alice), "order-17")
+    again, created_again = chat.desk.open_conversation(who(chat, alice), "order-17")
     assert created and not created_again and again.conversation_id == first.conversation_id
-    other, _ = chat.open_conversation(who(chat, eve), "order-17")
+    other, _ = chat.desk.open_conversation(who(chat, eve), "order-17")
     assert other.conversation_id != first.conversation_id
     with pytest.raises(BadRequest):
-        chat.open_conversation(who(chat, alice), "bad key with spaces")
+        chat.desk.open_conversation(who(chat, alice), "bad key with spaces")
     # After the retention window the key opens a new conversation.
     chat.clock.advance(chat.config.idempotency_ttl_seconds + 1)
-    later, created_later = chat.open_conversation(who(chat, alice), "order-17")
+    later, created_later = chat.desk.open_conversation(who(chat, alice), "order-17")
     assert created_later and later.conversation_id != first.conversation_id
 
 
@@ -483,7 +491,7 @@ def test_sends_over_the_limit_are_refused_and_nothing_is_stored():
     connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
     phone = connect(chat, "alice", "customer", "alice-phone")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
     replies = [send(chat, alice, cid, f"m{i}") for i in range(4)]
     assert [r["type"] for r in replies] == ["accepted"] * 3 + ["error"]
     assert (replies[3]["code"], replies[3]["messageId"]) == ("rate_limited", "m3")
@@ -502,14 +510,14 @@ def test_messages_are_kept_unless_a_retention_is_configured():
     kept = make_chat()
     connect(kept, "bob", "agent")
     alice = connect(kept, "alice", "customer")
-    cid = kept.create_conversation(who(kept, alice)).conversation_id
+    cid = kept.desk.create_conversation(who(kept, alice)).conversation_id
     send(kept, alice, cid, "m1")
     assert kept.storage.get_message(cid, 2).expires_at is None
 
     expiring = make_chat(MESSAGE_RETENTION_DAYS="30")
     connect(expiring, "bob", "agent")
     alice = connect(expiring, "alice", "customer")
-    cid = expiring.create_conversation(who(expiring, alice)).conversation_id
+    cid = expiring.desk.create_conversation(who(expiring, alice)).conversation_id
     acc = send(expiring, alice, cid, "m1")
     from chalicelib.core import epoch_ms
     assert expiring.storage.get_message(cid, 2).expires_at == epoch_ms(acc["sentAt"]) // 1000 + 30 * 86400
@@ -522,23 +530,23 @@ def test_a_new_conversation_the_lagging_queue_index_misses_is_still_assigned(cha
         def waiting_conversations(self, limit):
             return super().waiting_conversations(limit)[:-1]
 
-    lagging = ChatService(chat.config, LaggingIndex(), MemoryQueue(), MemoryPusher(),
-                          clock=Clock(), new_id=iter(f"c{i}" for i in range(10)).__next__)
+    lagging = build_services(chat.config, Ports(LaggingIndex(), MemoryQueue(), MemoryPusher(), clock=Clock(),
+                                                new_id=iter(f"c{i}" for i in range(10)).__next__))
     connect(lagging, "bob", "agent")
     alice = connect(lagging, "alice", "customer")
-    conv = lagging.create_conversation(who(lagging, alice))
+    conv = lagging.desk.create_conversation(who(lagging, alice))
     assert (conv.status, conv.agent_id) == ("active", "bob")
 
 
 def test_the_sweep_assigns_what_a_lost_trigger_left_waiting(chat):
     alice = connect(chat, "alice", "customer")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
     # An agent came online but the handler died before it ran the queue.
-    run_queue, chat.assign_waiting = chat.assign_waiting, lambda limit=25: 0
+    run_queue, chat.desk.assign_waiting = chat.desk.assign_waiting, lambda limit=25: 0
     connect(chat, "bob", "agent")
-    chat.assign_waiting = run_queue
+    chat.desk.assign_waiting = run_queue
     assert chat.storage.get_conversation(cid).status == "waiting"
-    chat.sweep()
+    chat.sweeper.sweep()
     assert chat.storage.get_conversation(cid).agent_id == "bob"
 
 
@@ -546,7 +554,7 @@ def test_over_the_limit_a_retry_of_a_stored_message_is_still_answered():
     chat = make_chat(RATE_CONNECTION_SENDS="2")
     connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
-    cid = chat.create_conversation(who(chat, alice)).conversation_id
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
     first = send(chat, alice, cid, "m0")
     send(chat, alice, cid, "m1")
     again = send(chat, alice, cid, "m0")
@@ -557,17 +565,17 @@ def test_over_the_limit_a_retry_of_a_stored_message_is_still_answered():
 def test_rest_writes_are_rate_limited_per_user():
     chat = make_chat(RATE_USER_REQUESTS="3")
     alice = connect(chat, "alice", "customer")
-    convs = [chat.create_conversation(who(chat, alice)) for _ in range(3)]
+    convs = [chat.desk.create_conversation(who(chat, alice)) for _ in range(3)]
     from chalicelib.errors import RateLimited
     with pytest.raises(RateLimited):
-        chat.create_conversation(who(chat, alice))
+        chat.desk.create_conversation(who(chat, alice))
     with pytest.raises(RateLimited):
-        chat.close(who(chat, alice), convs[0].conversation_id)
+        chat.desk.close(who(chat, alice), convs[0].conversation_id)
     assert len(chat.storage.conversations_of("alice", "customer", None, 10, None)[0]) == 3
     eve = connect(chat, "eve", "customer")
-    chat.create_conversation(who(chat, eve))  # per user
+    chat.desk.create_conversation(who(chat, eve))  # per user
     chat.clock.advance(10)
-    assert chat.close(who(chat, alice), convs[0].conversation_id).status == "closed"
+    assert chat.desk.close(who(chat, alice), convs[0].conversation_id).status == "closed"
 
 
 # ------------------------------------------------------------ presence
@@ -581,13 +589,13 @@ def test_the_sweep_takes_agents_whose_connections_vanished_offline(chat):
     # expired by TTL (deleted without the count going down).
     chat.pusher.gone.add("bob-laptop")
     chat.storage._connections.pop("bob-phone")
-    assert chat.reconcile_presence() == 0  # too young: may still be in $connect
+    assert chat.presence.reconcile_presence() == 0  # too young: may still be in $connect
     chat.clock.advance(31)
-    chat.sweep()  # the dead socket is pruned (count 2 -> 1) ...
+    chat.sweeper.sweep()  # the dead socket is pruned (count 2 -> 1) ...
     assert chat.storage.get_connection("bob-laptop") is None
     assert chat.storage.get_agent("bob").connections == 1
     chat.clock.advance(31)
-    chat.sweep()  # ... and once that has settled, the count follows the records
+    chat.sweeper.sweep()  # ... and once that has settled, the count follows the records
     bob_now = chat.storage.get_agent("bob")
     assert (bob_now.presence, bob_now.connections) == ("offline", 0)
     assert chat.storage.get_connection("bob-laptop") is None
@@ -595,7 +603,7 @@ def test_the_sweep_takes_agents_whose_connections_vanished_offline(chat):
     assert (amy.presence, amy.connections) == ("online", 1)  # alive: untouched
     # Offline now, so new conversations go to amy only.
     alice = connect(chat, "alice", "customer")
-    assert {chat.create_conversation(who(chat, alice)).agent_id for _ in range(3)} == {"amy"}
+    assert {chat.desk.create_conversation(who(chat, alice)).agent_id for _ in range(3)} == {"amy"}
     assert bob.connection_id == "bob-laptop"
 
 
@@ -605,5 +613,5 @@ def test_reconciliation_keeps_an_agent_who_just_connected(chat):
     seen = chat.storage.get_agent("bob")
     connect(chat, "bob", "agent", "b2")  # a connect between the read and the write
     assert chat.storage.set_agent_connections("bob", seen.updated_at, 0, "x") is False
-    chat.reconcile_presence()
+    chat.presence.reconcile_presence()
     assert chat.storage.get_agent("bob").connections == 2

@@ -12,8 +12,8 @@ def customer(i: int) -> Principal:
 
 def test_a_waiting_conversation_knows_its_place_and_moves_up():
     chat = make_chat()
-    convs = [chat.open_conversation(customer(i))[0].conversation_id for i in range(3)]
-    assert [chat.get_conversation(customer(i), c)["position"] for i, c in enumerate(convs)] == [1, 2, 3]
-    chat.close(customer(0), convs[0])
-    assert chat.get_conversation(customer(2), convs[2])["position"] == 2
-    assert "position" not in chat.get_conversation(customer(0), convs[0])  # closed: no place in the queue
+    convs = [chat.desk.open_conversation(customer(i))[0].conversation_id for i in range(3)]
+    assert [chat.desk.get_conversation(customer(i), c)["position"] for i, c in enumerate(convs)] == [1, 2, 3]
+    chat.desk.close(customer(0), convs[0])
+    assert chat.desk.get_conversation(customer(2), convs[2])["position"] == 2
+    assert "position" not in chat.desk.get_conversation(customer(0), convs[0])  # closed: no place in the queue

@@ -1,6 +1,5 @@
 """The services against the in-memory adapters: every rule of the message path."""
 
-import dataclasses
 import json
 import threading
 
@@ -12,7 +11,7 @@ from chalicelib.config import Config
 from chalicelib.errors import ConnectionGone, Forbidden, NotFound, OnceChatError, Unauthorized
 from chalicelib.models import AckFrame, ResumeFrame, SendFrame
 from chalicelib.ports import MemoryPusher, MemoryQueue
-from chalicelib.service import ChatService, DeliveryFailed, DeliveryService, Origin
+from chalicelib.services import DeliveryFailed, Origin, Ports, build_services
 from chalicelib.storage.memory import MemoryStorage
 
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
@@ -34,27 +33,30 @@ def env():
     # Rate limits are not under test here (the message path is): high enough for the backlogs.
     config = Config.from_env({"STAGE": "test", "JWT_SECRET": SECRET, "RESUME_MAX_MESSAGES": "500",
                               "PAGE_SIZE": "40", "RATE_USER_SENDS": "100000",
-                              "RATE_CONNECTION_SENDS": "100000"})
+                              "RATE_CONNECTION_SENDS": "100000", "REPLIES": "route"})
     storage, queue, pusher = MemoryStorage(), MemoryQueue(), MemoryPusher()
     ids = iter(f"conv{i}" for i in range(1000))
-    chat = ChatService(config, storage, queue, pusher, clock=Clock(), new_id=lambda: next(ids))
+    chat = build_services(config, Ports(storage, queue, pusher, clock=Clock(), new_id=lambda: next(ids)))
     return chat
 
 
 def connect(chat, user, role, cid=None):
     origin = Origin(cid or f"{user}-conn", "gw.example", "api")
-    chat.connect(mint_token(SECRET, user, role), origin)
+    chat.connections.connect(mint_token(SECRET, user, role), origin)
     return origin
 
 
 def frame(chat, origin, **f):
-    chat.on_frame(origin, json.dumps(f))
+    """Handle a frame as every stage does (REPLIES=route): the reply is the route's response, or else the last push."""
+    reply = chat.messaging.on_frame(origin, json.dumps(f))
+    if reply is not None:
+        return reply
     return chat.pusher.frames(origin.connection_id)[-1] if chat.pusher.frames(origin.connection_id) else None
 
 
 def pump(chat):
     """Run the consumer over everything enqueued so far."""
-    return DeliveryService(chat).deliver(d.to_json() for d in chat.queue.drain())
+    return chat.consumer.deliver(d.to_json() for d in chat.queue.drain())
 
 
 def last_seq(chat, cid):
@@ -71,7 +73,7 @@ def chatting(env):
     """
     bob = connect(env, "bob", "agent")
     alice = connect(env, "alice", "customer")
-    conv = env.create_conversation(env.principal_of(alice.connection_id))
+    conv = env.desk.create_conversation(env.connections.principal_of(alice.connection_id))
     cid = conv.conversation_id
     assert conv.status == "active" and conv.agent_id == "bob" and conv.last_seq == 1
     system = env.storage.get_message(cid, 1)
@@ -88,11 +90,11 @@ def chatting(env):
 
 def test_bad_token_is_refused_and_nothing_recorded(env):
     with pytest.raises(Unauthorized):
-        env.connect("garbage", Origin("x", "d", "s"))
+        env.connections.connect("garbage", Origin("x", "d", "s"))
     with pytest.raises(Unauthorized):
-        env.connect(mint_token("other-secret", "u", "customer"), Origin("x", "d", "s"))
+        env.connections.connect(mint_token("other-secret", "u", "customer"), Origin("x", "d", "s"))
     with pytest.raises(Unauthorized):
-        env.connect(mint_token(SECRET, "u", "admin"), Origin("x", "d", "s"))
+        env.connections.connect(mint_token(SECRET, "u", "admin"), Origin("x", "d", "s"))
     assert env.storage.get_connection("x") is None
 
 
@@ -211,10 +213,10 @@ def test_concurrent_senders_get_gapless_distinct_seqs(chatting):
     results, lock = [], threading.Lock()
 
     def worker(who, n):
-        p = chat.principal_of(who.connection_id)
+        p = chat.connections.principal_of(who.connection_id)
         for i in range(n):
             f = SendFrame(action="send", conversation_id=cid, message_id=f"{p.user_id}-{i}", body="b")
-            acc = chat.send(p, who, f)
+            acc = chat.messaging.send(p, who, f)
             with lock:
                 results.append((acc["messageId"], acc["seq"]))
 
@@ -269,10 +271,10 @@ def test_other_push_failure_fails_batch_after_trying_all(chatting):
     frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="hi")
     batch = [d.to_json() for d in chat.queue.drain()]
     with pytest.raises(DeliveryFailed):
-        DeliveryService(chat).deliver(batch)
+        chat.consumer.deliver(batch)
     assert len(chat.pusher.frames(alice2.connection_id, "message")) == 1
     chat.pusher.failing.clear()
-    DeliveryService(chat).deliver(batch)  # the redelivery
+    chat.consumer.deliver(batch)  # the redelivery
     assert len(chat.pusher.frames(bob.connection_id, "message")) == 1
 
 
@@ -289,8 +291,8 @@ def test_a_redelivered_batch_pushes_again_and_reads_no_conversation(chatting):
     frame(chat, alice, action="send", conversationId=cid, messageId="m2", body="again")
     chat.pusher.failing.discard(bob.connection_id)
     batch = [d.to_json() for d in chat.queue.drain()]  # the fast push to bob failed
-    DeliveryService(chat).deliver(batch)
-    DeliveryService(chat).deliver(batch)  # SQS redelivered it
+    chat.consumer.deliver(batch)
+    chat.consumer.deliver(batch)  # SQS redelivered it
     assert [f["body"] for f in chat.pusher.frames(bob.connection_id, "message")] == ["hi", "again", "again"]
     assert reads == []
 
@@ -312,7 +314,7 @@ def test_resume_replays_a_long_backlog_in_order(chatting):
     chat, alice, bob, cid = chatting
     s = last_seq(chat, cid)
     for i in range(1200):
-        acc = chat.send(chat.principal_of(alice.connection_id), alice,
+        acc = chat.messaging.send(chat.connections.principal_of(alice.connection_id), alice,
                         SendFrame(action="send", conversation_id=cid, message_id=f"m{i}", body=str(i)))
         assert acc["seq"] == s + i + 1
     fresh = connect(chat, "bob", "agent", "bob-laptop")
@@ -347,7 +349,7 @@ def test_only_participants(chatting):
         assert frame(chat, who, action="ack", conversationId=cid, seq=0)["code"] == "forbidden"
         assert frame(chat, who, action="resume", cursors={cid: 0})["code"] == "forbidden"
         with pytest.raises(Forbidden):
-            chat.list_messages(chat.principal_of(who.connection_id), cid, 0, 10)
+            chat.messaging.list_messages(chat.connections.principal_of(who.connection_id), cid, 0, 10)
     assert frame(chat, eve, action="send", conversationId="nope", messageId="m", body="x")["code"] == "not_found"
 
 
@@ -355,8 +357,8 @@ def test_unknown_connection_and_garbage_get_error_frames(chatting):
     chat, alice, bob, cid = chatting
     stranger = Origin("ghost", "d", "s")
     assert frame(chat, stranger, action="ack", conversationId=cid, seq=0)["code"] == "unauthorized"
-    chat.on_frame(alice, "{{{")
-    assert chat.pusher.frames(alice.connection_id)[-1]["code"] == "bad_request"
+    assert frame(chat, alice, **{"{": "x"})["code"] == "bad_request"
+    assert chat.messaging.on_frame(alice, "{{{")["code"] == "bad_request"
     # and the connection keeps working
     acc = frame(chat, alice, action="send", conversationId=cid, messageId="ok", body="x")
     assert acc["type"] == "accepted"
@@ -364,21 +366,21 @@ def test_unknown_connection_and_garbage_get_error_frames(chatting):
 
 def test_waiting_conversation_goes_to_least_loaded_agent_on_connect(env):
     alice = connect(env, "alice", "customer")
-    c1 = env.create_conversation(env.principal_of(alice.connection_id))
-    c2 = env.create_conversation(env.principal_of(alice.connection_id))
+    c1 = env.desk.create_conversation(env.connections.principal_of(alice.connection_id))
+    c2 = env.desk.create_conversation(env.connections.principal_of(alice.connection_id))
     assert c1.status == "waiting" and c1.agent_id is None
     connect(env, "bob", "agent")
     assert env.storage.get_conversation(c1.conversation_id).agent_id == "bob"
     assert env.storage.get_conversation(c2.conversation_id).agent_id == "bob"
     connect(env, "zed", "agent")
-    c3 = env.create_conversation(env.principal_of(alice.connection_id))
+    c3 = env.desk.create_conversation(env.connections.principal_of(alice.connection_id))
     assert c3.agent_id == "zed"  # fewest active conversations
 
 
 def test_agent_cannot_create_conversation(env):
     bob = connect(env, "bob", "agent")
     with pytest.raises(Forbidden):
-        env.create_conversation(env.principal_of(bob.connection_id))
+        env.desk.create_conversation(env.connections.principal_of(bob.connection_id))
 
 
 def test_list_messages_pages(chatting):
@@ -386,24 +388,24 @@ def test_list_messages_pages(chatting):
     s = last_seq(chat, cid)
     for i in range(7):
         frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body=str(i))
-    who = chat.principal_of(bob.connection_id)
-    page = chat.list_messages(who, cid, 0, 1)  # history starts with the assignment
+    who = chat.connections.principal_of(bob.connection_id)
+    page = chat.messaging.list_messages(who, cid, 0, 1)  # history starts with the assignment
     [first] = page["messages"]
     assert (first["seq"], first["senderRole"], first["event"]) == (1, "system", "assigned")
     assert page["next"] == 1 and page["prev"] is None
-    page = chat.list_messages(who, cid, s, 3)
+    page = chat.messaging.list_messages(who, cid, s, 3)
     assert [m["seq"] for m in page["messages"]] == [s + 1, s + 2, s + 3] and page["next"] == s + 3
     assert [m["body"] for m in page["messages"]] == ["0", "1", "2"]
-    page = chat.list_messages(who, cid, s + 6, 3)
+    page = chat.messaging.list_messages(who, cid, s + 6, 3)
     assert [m["seq"] for m in page["messages"]] == [s + 7] and page["next"] is None
     with pytest.raises(NotFound):
-        chat.list_messages(who, "missing", 0, 3)
+        chat.messaging.list_messages(who, "missing", 0, 3)
 
 
 def test_disconnect_forgets_connection_and_agent_presence(chatting):
     chat, alice, bob, cid = chatting
-    chat.disconnect(bob.connection_id)
-    chat.disconnect(bob.connection_id)  # $disconnect may repeat after a 410 prune
+    chat.connections.disconnect(bob.connection_id)
+    chat.connections.disconnect(bob.connection_id)  # $disconnect may repeat after a 410 prune
     assert chat.storage.get_agent("bob").connections == 0
     assert chat.storage.get_agent("bob").presence == "offline"
 
@@ -412,7 +414,7 @@ def test_reply_to_vanished_origin_is_not_an_error(chatting):
     chat, alice, bob, cid = chatting
     chat.pusher.gone.add(alice.connection_id)
     s = last_seq(chat, cid)
-    chat.on_frame(alice, '{"action":"send","conversationId":"%s","messageId":"m","body":"x"}' % cid)
+    chat.messaging.on_frame(alice, '{"action":"send","conversationId":"%s","messageId":"m","body":"x"}' % cid)
     assert chat.storage.get_conversation(cid).last_seq == s + 1
 
 
@@ -425,49 +427,49 @@ def test_resume_ack_frames_validate(chatting):
 
 def test_sweeper_enqueues_a_message_whose_sender_never_returned(chatting, monkeypatch):
     chat, alice, bob, cid = chatting
-    chat.sweep()  # the first sweep sets the watermark
+    chat.sweeper.sweep()  # the first sweep sets the watermark
     acked = frame(chat, alice, action="send", conversationId=cid, messageId="m0", body="seen")
     for who in (alice, bob):
         frame(chat, who, action="ack", conversationId=cid, seq=acked["seq"])
-    real = chat._deliver_now
-    monkeypatch.setattr(chat, "_deliver_now", lambda *a: (_ for _ in ()).throw(RuntimeError("died")))
+    real = chat.fanout.deliver_now
+    monkeypatch.setattr(chat.fanout, "deliver_now", lambda *a: (_ for _ in ()).throw(RuntimeError("died")))
     err = frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="lost?")
     assert err["code"] == "internal"  # the handler "dies" between commit and push
-    monkeypatch.setattr(chat, "_deliver_now", real)
-    assert chat.sweep() == 0  # within the grace period a retry is still expected
+    monkeypatch.setattr(chat.fanout, "deliver_now", real)
+    assert chat.sweeper.sweep() == 0  # within the grace period a retry is still expected
     chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
     # m0 and the "assigned" event, acked by both: not enqueued again;
     # m1, never pushed nor acked: enqueued, to both (one delivery)
-    assert chat.sweep() == 1
+    assert chat.sweeper.sweep() == 1
     [swept] = chat.queue.items
     assert swept.message.message_id == "m1" and set(swept.recipients) == {"alice", "bob"}
-    assert chat.sweep() == 0  # the watermark moved past it: swept once
+    assert chat.sweeper.sweep() == 0  # the watermark moved past it: swept once
     pump(chat)
     assert [f["body"] for f in chat.pusher.frames(bob.connection_id, "message")] == ["seen", "lost?"]
 
 
 def test_the_sweeper_skips_recipients_without_a_connection(chatting):
     chat, alice, bob, cid = chatting
-    chat.sweep()
+    chat.sweeper.sweep()
     chat.pusher.failing.add(bob.connection_id)
     frame(chat, alice, action="send", conversationId=cid, messageId="m1", body="x")
     chat.queue.drain()  # the failed push was queued; then both left
-    chat.disconnect(alice.connection_id)
-    chat.disconnect(bob.connection_id)
+    chat.connections.disconnect(alice.connection_id)
+    chat.connections.disconnect(bob.connection_id)
     chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
-    assert chat.sweep() == 0 and chat.queue.items == []  # both resume when they come back
+    assert chat.sweeper.sweep() == 0 and chat.queue.items == []  # both resume when they come back
 
 
 def test_a_connected_participant_that_never_acks_costs_the_sweeper_one_page(chatting, monkeypatch):
     chat, alice, bob, cid = chatting
-    chat.sweep()  # the watermark
+    chat.sweeper.sweep()  # the watermark
     for i in range(chat.config.page_size + 20):  # a backlog never acked, older than the window
         frame(chat, alice, action="send", conversationId=cid, messageId=f"old{i}", body="x")
     chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
-    chat.sweep()
+    chat.sweeper.sweep()
     chat.queue.drain()
     chat.clock.t += 600 * 1000  # ten minutes pass; then one new message, whose push dies
-    monkeypatch.setattr(chat, "_deliver_now", lambda *a: None)
+    monkeypatch.setattr(chat.fanout, "deliver_now", lambda *a: None)
     new = frame(chat, alice, action="send", conversationId=cid, messageId="new", body="y")
     monkeypatch.undo()
     chat.clock.t += (chat.config.sweep_grace_seconds + 1) * 1000
@@ -475,7 +477,7 @@ def test_a_connected_participant_that_never_acks_costs_the_sweeper_one_page(chat
     real = chat.storage.messages_before
     monkeypatch.setattr(chat.storage, "messages_before",
                         lambda *a: pages.append(a) or real(*a))
-    assert chat.sweep() == 1
+    assert chat.sweeper.sweep() == 1
     [swept] = chat.queue.drain()
     # neither acked anything: the new message goes to both, the backlog is left alone
     assert (swept.message.seq, swept.recipients) == (new["seq"], ("alice", "bob"))
@@ -484,21 +486,21 @@ def test_a_connected_participant_that_never_acks_costs_the_sweeper_one_page(chat
 
 def test_the_unswept_count_keeps_a_conversation_that_stays_busy_while_sweeps_fail(chatting):
     chat, alice, bob, cid = chatting
-    chat.sweep()  # the watermark
+    chat.sweeper.sweep()  # the watermark
     bound = chat.config.sweep_grace_seconds + 120
-    assert chat.unswept_before(chat.clock() // 1000 - bound, 100) == []
+    assert chat.sweeper.unswept_before(chat.clock() // 1000 - bound, 100) == []
     chat.queue.fail_next = 10**6  # SQS down from now on: every sweep fails
     for i in range(6):  # a message a minute: the conversation's activity keeps moving on
         chat.clock.t += 60_000
         frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body="x")
         with pytest.raises(OnceChatError):
-            chat.sweep()
-    assert chat.unswept_before(chat.clock() // 1000 - bound, 100) == [cid]
+            chat.sweeper.sweep()
+    assert chat.sweeper.unswept_before(chat.clock() // 1000 - bound, 100) == [cid]
 
 
 def test_each_window_is_swept_once_and_a_failed_sweep_is_repeated(chatting):
     chat, alice, bob, cid = chatting
-    chat.sweep()  # the first sweep sets the watermark
+    chat.sweeper.sweep()  # the first sweep sets the watermark
     sent = []
     for i in range(3):
         sent.append(frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}",
@@ -508,18 +510,18 @@ def test_each_window_is_swept_once_and_a_failed_sweep_is_repeated(chatting):
     chat.clock.t += chat.config.sweep_grace_seconds * 1000
     chat.queue.fail_next = 1
     with pytest.raises(OnceChatError):
-        chat.sweep()  # SQS down: the watermark stays
-    swept = chat.sweep()  # the window also holds the conversation's "assigned" event
+        chat.sweeper.sweep()  # SQS down: the watermark stays
+    swept = chat.sweeper.sweep()  # the window also holds the conversation's "assigned" event
     again = [d.message.seq for d in chat.queue.drain()]
     assert swept == len(again) and again[-3:] == sent
     chat.clock.t += 3600 * 1000
-    assert chat.sweep() == 0
+    assert chat.sweeper.sweep() == 0
     assert chat.queue.drain() == []
 
 
 def test_a_batch_reads_each_conversations_audience_once(chatting, monkeypatch):
     chat, alice, bob, cid = chatting
-    monkeypatch.setattr(chat, "_push_now", lambda *args: None)  # no fast path: the consumer does it all
+    monkeypatch.setattr(chat.fanout, "push_now", lambda *args: None)  # no fast path: the consumer does it all
     for i in range(4):
         frame(chat, alice, action="send", conversationId=cid, messageId=f"m{i}", body=str(i))
     chat.pusher.gone.add(bob.connection_id)
@@ -573,8 +575,8 @@ def test_a_burst_of_sends_reserves_once_each(chatting):
             calls[_name] += 1
             return _real(*args, **kwargs)
         setattr(chat.storage, name, counted)
-    p = chat.principal_of(alice.connection_id)
-    threads = [threading.Thread(target=lambda i=i: chat.send(p, alice, SendFrame(
+    p = chat.connections.principal_of(alice.connection_id)
+    threads = [threading.Thread(target=lambda i=i: chat.messaging.send(p, alice, SendFrame(
         action="send", conversation_id=cid, message_id=f"b{i}", body="x"))) for i in range(40)]
     [t.start() for t in threads]
     [t.join() for t in threads]
@@ -603,7 +605,7 @@ def test_a_resume_stopped_by_a_seq_still_being_stored_says_the_client_is_behind(
     """A later seq may have been pushed to a connection the client lost: `resumed`
     must name the latest seq, so the client resumes again once the hole is filled."""
     chat, alice, bob, cid = chatting
-    p = chat.principal_of(alice.connection_id)
+    p = chat.connections.principal_of(alice.connection_id)
     held = chat.storage.reserve_seq(cid, p, chat.clock()).last_seq  # a send still storing
     later = frame(chat, alice, action="send", conversationId=cid, messageId="m2", body="later")
     assert later["seq"] == held + 1
@@ -617,17 +619,36 @@ def test_a_resume_stopped_by_a_seq_still_being_stored_says_the_client_is_behind(
     assert [(f["seq"], f.get("void", False)) for f in replayed] == [(held, True), (held + 1, False)]
 
 
-def test_replies_are_returned_for_the_route_to_send_when_the_route_is_two_way(chatting):
+def test_replies_are_the_routes_response_when_the_route_is_two_way(chatting):
+    """REPLIES=route, as every deployed stage runs: nothing is pushed to the sender's connection."""
     chat, alice, bob, cid = chatting
-    chat.config = dataclasses.replace(chat.config, reply_by_route=True)
+    assert chat.config.reply_by_route
     pushed = len(chat.pusher.frames(alice.connection_id))
-    reply = chat.on_frame(alice, json.dumps({"action": "send", "conversationId": cid, "messageId": "r1",
-                                             "body": "hi"}))
+    reply = chat.messaging.on_frame(alice, json.dumps({"action": "send", "conversationId": cid, "messageId": "r1",
+                                                       "body": "hi"}))
     assert reply is not None and reply["type"] == "accepted" and reply["messageId"] == "r1"
-    assert chat.on_frame(alice, "{{{")["code"] == "bad_request"
-    again = chat.on_frame(alice, json.dumps({"action": "send", "conversationId": cid, "messageId": "r1",
-                                             "body": "hi"}))
+    assert chat.messaging.on_frame(alice, "{{{")["code"] == "bad_request"
+    again = chat.messaging.on_frame(alice, json.dumps({"action": "send", "conversationId": cid, "messageId": "r1",
+                                                       "body": "hi"}))
     assert again["seq"] == reply["seq"] and again["duplicate"] is True
-    assert chat.on_frame(alice, json.dumps({"action": "typing", "conversationId": cid})) is None
+    assert chat.messaging.on_frame(alice, json.dumps({"action": "typing", "conversationId": cid})) is None
     assert len(chat.pusher.frames(alice.connection_id)) == pushed  # nothing pushed to the sender
     assert [f["messageId"] for f in chat.pusher.frames(bob.connection_id) if f["type"] == "message"][-1] == "r1"
+
+
+def test_replies_are_pushed_when_the_route_is_one_way():
+    """REPLIES=push (a stack without a route response): the same replies arrive as pushes."""
+    config = Config.from_env({"STAGE": "test", "JWT_SECRET": SECRET, "REPLIES": "push"})
+    ids = iter(f"conv{i}" for i in range(10))
+    chat = build_services(config, Ports(MemoryStorage(), MemoryQueue(), MemoryPusher(), clock=Clock(),
+                                        new_id=lambda: next(ids)))
+    connect(chat, "bob", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.desk.create_conversation(chat.connections.principal_of(alice.connection_id)).conversation_id
+    sent = {"action": "send", "conversationId": cid, "messageId": "p1", "body": "hi"}
+    assert chat.messaging.on_frame(alice, json.dumps(sent)) is None
+    assert chat.messaging.on_frame(alice, json.dumps(sent)) is None
+    assert chat.messaging.on_frame(alice, "{{{") is None
+    accepted = chat.pusher.frames(alice.connection_id, "accepted")
+    assert [(a["messageId"], a["seq"], a["duplicate"]) for a in accepted] == [("p1", 2, False), ("p1", 2, True)]
+    assert chat.pusher.frames(alice.connection_id, "error")[-1]["code"] == "bad_request"

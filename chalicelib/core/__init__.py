@@ -1,8 +1,14 @@
 """The pure core: decisions and frames, no I/O.
 
 Everything here is a function of its arguments, so the rules of the
-protocol (validation, authorization, idempotency, recipients, resume
-cursors) are tested without any AWS.
+protocol (validation, authorization, idempotency, recipients, frames) are
+tested without any AWS. The protocols that keep the promise are state
+machines beside it, driven by the services:
+
+- ``chalicelib.core.send``: a send, from reservation to ``accepted``;
+- ``chalicelib.core.lifecycle``: one lifecycle step (assign, transfer,
+  close, reopen);
+- ``chalicelib.core.replay``: the replay of a resume.
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ from chalicelib.models import (
     Conversation,
     IdempotencyRecord,
     MessageRecord,
-    Participant,
     Principal,
     ReadFrame,
     ResumeFrame,
@@ -212,19 +217,11 @@ def require_role(principal: Principal, role: str, what: str) -> None:
 
 
 @dataclass(frozen=True)
-class Replay:
-    """The send is a retry of a stored message: answer with its seq again."""
-
-    idem: IdempotencyRecord
-
-
-@dataclass(frozen=True)
 class Append:
-    """Store a new message at ``message.seq`` after ``expected_last_seq``."""
+    """A new message at its reserved seq and the claim of its messageId there."""
 
     message: MessageRecord
     idem: IdempotencyRecord
-    expected_last_seq: int
 
 
 def idempotency_key_of(principal: Principal, frame: SendFrame) -> str:
@@ -232,15 +229,14 @@ def idempotency_key_of(principal: Principal, frame: SendFrame) -> str:
     return idempotency_key(principal.user_id, frame.conversation_id, frame.message_id)
 
 
-def replay_of(frame: SendFrame, existing: IdempotencyRecord) -> Replay:
-    """A send whose messageId was stored before: its stored answer, if the payload is the same.
+def replay_of(frame: SendFrame, existing: IdempotencyRecord) -> None:
+    """Check that a send of a claimed messageId repeats the claimed payload.
 
     Raises Conflict when the messageId was used with another body.
     """
     if existing.payload_hash != payload_hash(frame.conversation_id, frame.body):
         raise Conflict("messageId was already used with a different body",
                        message_id=frame.message_id)
-    return Replay(existing)
 
 
 def claimed_message(principal: Principal, frame: SendFrame, claim: IdempotencyRecord,
@@ -294,7 +290,7 @@ def new_message(
         sent_at=sent_at,
         expires_at=now_ms // 1000 + idempotency_ttl_seconds,
     )
-    return Append(message=message, idem=idem, expected_last_seq=seq - 1)
+    return Append(message=message, idem=idem)
 
 
 def void_message(conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
@@ -303,30 +299,6 @@ def void_message(conversation_id: str, seq: int, now_epoch: int) -> MessageRecor
         conversation_id=conversation_id, seq=seq, message_id=f"void-{seq}",
         sender_id="system", sender_role="system", body="",
         sent_at=iso_ms(now_epoch * 1000), void=True)
-
-
-def decide_send(
-    principal: Principal,
-    conv: Conversation,
-    frame: SendFrame,
-    existing: IdempotencyRecord | None,
-    now_ms: int,
-    idempotency_ttl_seconds: int,
-    retention_seconds: int = 0,
-) -> Replay | Append:
-    """Decide what a ``send`` does given the stored conversation and idempotency record.
-
-    Raises Forbidden (not a participant), Conflict (same messageId, other
-    payload) or ConversationClosed.
-    """
-    require_participant(principal, conv)
-    if existing is not None:
-        return replay_of(frame, existing)
-    if conv.status == "closed":
-        raise ConversationClosed("conversation is closed; the customer may open a new one",
-                                 message_id=frame.message_id)
-    return new_message(principal, conv.conversation_id, frame, conv.last_seq + 1, now_ms,
-                       idempotency_ttl_seconds, retention_seconds)
 
 
 # ----------------------------------------------------------------- lifecycle
@@ -482,23 +454,6 @@ def delivery_targets(
     """
     return [conn for user_id in recipients for conn in connections.get(user_id, ())
             if conn.connection_id != origin_connection_id]
-
-
-# --------------------------------------------------------------------- resume
-
-
-def resume_cursors(
-    requested: Mapping[str, int], memberships: Iterable[Participant]
-) -> dict[str, int]:
-    """Where to replay each conversation from.
-
-    Listed conversations start after the client's cursor; the user's other
-    conversations start after the server-stored ack cursor.
-    """
-    cursors = dict(requested)
-    for p in memberships:
-        cursors.setdefault(p.conversation_id, p.ack_seq)
-    return cursors
 
 
 # --------------------------------------------------------------------- frames
