@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chromium test-fast lint chaos bench scale bench-flood install clean token chat dlq-list dlq-redrive screenshots package cfn-lint deploy smoke smoke-local flood
+.PHONY: run test chromium test-fast lint chaos interleavings bench scale bench-flood install clean token chat dlq-list dlq-redrive screenshots package cfn-lint deploy smoke smoke-local flood
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test-fast: $(STAMP)
 ## The CI-sized chaos run (about 2,000 messages, every fault kind on); larger: make chaos ARGS="-C 500 -M 100 -K 60"
 chaos: $(STAMP)
 	$(PY) -m bench.chaos $(ARGS)
+
+## Every interleaving of the send, lifecycle and replay protocols in deeper scenarios than make test runs
+interleavings: $(STAMP)
+	$(PY) -m tests.property.interleavings $(ARGS)
 
 ## Cost and speed per delivered message against the wschat and relay baselines (docs/performance.md);
 ## smoke-sized: make bench ARGS=--quick

@@ -119,9 +119,15 @@ class Desk:
     def close(self, principal: Principal, conversation_id: str) -> Conversation:
         """waiting/active -> closed, by its customer or its agent; frees the agent's place."""
         self.limits.admit(principal)
-        conv = self._transition(conversation_id, lambda c, now: core.plan_close(principal, c, now))
+        done = self.step(self.close_machine(principal, conversation_id))
         self.assign_waiting()
-        return conv
+        assert done.after is not None
+        return done.after
+
+    def close_machine(self, principal: Principal, conversation_id: str) -> lifecycle.LifecycleProtocol:
+        """The lifecycle step of ``principal`` closing a conversation, not started yet."""
+        return lifecycle.LifecycleProtocol(
+            conversation_id, lambda conv, now, _agent: core.plan_close(principal, conv, now), self.clock())
 
     def transfer(self, principal: Principal, conversation_id: str, to_agent: str) -> Conversation:
         """Move an active conversation from the calling agent to ``to_agent`` (online, with room)."""

@@ -136,6 +136,22 @@ class Messaging:
         storing is covered by the sender's retry and by the sweeper.
         Raises the protocol's refusal.
         """
+        machine, run = self.begin_send(principal, origin, frame)
+        command = machine.start()
+        while True:
+            if isinstance(command, send_protocol.Accept):
+                return run.accept(command)
+            if isinstance(command, send_protocol.Fail):
+                raise command.error
+            command = machine.advance(run.execute(command), self.clock())
+
+    def begin_send(self, principal: Principal, origin: Origin | None,
+                   frame: SendFrame) -> tuple[send_protocol.SendProtocol, SendRun]:
+        """The send protocol of one frame and the I/O that runs its commands, not started yet.
+
+        The frame is admitted by the send limits here (a refusal is the
+        machine's to answer: a retry of an accepted message still is).
+        """
         origin_id = origin.connection_id if origin else None
         limited: RateLimited | None = None
         if origin_id is not None:
@@ -148,15 +164,7 @@ class Messaging:
         cached = self.accepted.get(core.idempotency_key_of(principal, frame))
         if cached is not None and cached.expires_at < self.clock() // 1000:
             cached = None
-        machine = self.send_machine(principal, frame, limited, cached)
-        run = _SendRun(self, principal, frame, origin_id)
-        command = machine.start()
-        while True:
-            if isinstance(command, send_protocol.Accept):
-                return run.accept(command)
-            if isinstance(command, send_protocol.Fail):
-                raise command.error
-            command = machine.advance(run.execute(command), self.clock())
+        return self.send_machine(principal, frame, limited, cached), SendRun(self, principal, frame, origin_id)
 
     def send_machine(self, principal: Principal, frame: SendFrame, limited: RateLimited | None = None,
                      cached: IdempotencyRecord | None = None) -> send_protocol.SendProtocol:
@@ -313,7 +321,7 @@ class Messaging:
             joined_at=core.iso_ms(self.clock())))
 
 
-class _SendRun:
+class SendRun:
     """The I/O of one send: executes the send protocol's commands and its final ``Accept``."""
 
     def __init__(self, messaging: Messaging, principal: Principal, frame: SendFrame,
