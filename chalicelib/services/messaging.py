@@ -31,6 +31,7 @@ from chalicelib.models import (
     ConnectionRecord,
     Conversation,
     IdempotencyRecord,
+    MessageRecord,
     Participant,
     Principal,
     ReadFrame,
@@ -174,7 +175,7 @@ class Messaging:
             self.config.message_retention_days * 86400, self.config.reopen_window_seconds,
             self.config.append_max_attempts, limited, cached)
 
-    def void(self, conv: Conversation, seq: int, now_ms: int) -> Any:
+    def void(self, conv: Conversation, seq: int, now_ms: int) -> MessageRecord:
         """Make an empty seq void and deliver it like a message (best effort: resume also has it)."""
         filled = self.storage.fill_hole(conv.conversation_id, seq, now_ms // 1000)
         if filled.void:
