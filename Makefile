@@ -2,6 +2,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# npm ci writes node_modules/.package-lock.json: the Node side is reinstalled when the lock file changes.
+NODE_STAMP := node_modules/.package-lock.json
 
 .PHONY: run test chromium test-fast lint chaos interleavings bench scale bench-flood install clean token chat dlq-list dlq-redrive screenshots package cfn-lint deploy smoke smoke-local flood
 
@@ -11,15 +13,21 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
-install: $(STAMP)
+# The browser SDK's type checker (typescript, exactly as package-lock.json pins it).
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+install: $(STAMP) $(NODE_STAMP)
 
 ## Run the whole local cloud (embedded AWS, WebSocket gateway, SQS event source) plus the app.
 run: $(STAMP)
 	$(PY) -m infra.local
 
-## Run the test suite.
-test: $(STAMP) chromium
+## Run the test suite: pytest, then the browser SDK's core under Node's test runner.
+test: install chromium
 	$(PY) -m pytest -q
+	node --test tests/js/
 
 # The browser tests drive Debian's Chromium: installed here when missing and apt-get can (root).
 chromium:
@@ -31,14 +39,18 @@ chromium:
 screenshots: $(STAMP)
 	$(PY) -m tests.web.screenshots
 
-## Lint and type-check: ruff over the repo, mypy --strict over the Lambda code (configuration in pyproject.toml)
-lint: $(STAMP)
+## Lint and type-check: ruff over the repo, mypy --strict over the Lambda code (configuration in pyproject.toml),
+## tsc over the browser SDK's JSDoc types (jsconfig.json)
+lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --strict chalicelib app.py
+	node_modules/.bin/tsc -p jsconfig.json
 
-## The fast loop: pure core, services, property tests, storage contract on memory (no moto, no sockets)
+## The fast loop: pure core, services, property tests, storage contract on memory (no moto, no sockets),
+## and the browser SDK's pure core (node --test)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m fast
+	node --test tests/js/
 
 ## The CI-sized chaos run (about 2,000 messages, every fault kind on); larger: make chaos ARGS="-C 500 -M 100 -K 60"
 chaos: $(STAMP)
@@ -116,4 +128,4 @@ flood: $(STAMP)
 	$(PY) -m bench.flood $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache build
+	rm -rf $(VENV) .pytest_cache build node_modules

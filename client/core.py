@@ -8,6 +8,7 @@ is the asyncio layer that feeds frames in and writes frames out.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import random
 import re
@@ -19,10 +20,18 @@ from client.errors import ProtocolError
 
 MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_BODY_BYTES = 16384
+MAX_SEQ = 2**53 - 1  # seqs are 0 to 2^53 - 1 (docs/protocol.md, Limits)
+#: A ``resume`` lists at most this many conversations (docs/protocol.md).
+MAX_RESUME_CONVERSATIONS = 100
 
 # Error codes of a send that are worth retrying with the same messageId:
 # ``internal`` (the protocol says so) and ``rate_limited`` (nothing was stored).
 RETRYABLE_SEND_CODES = frozenset({"internal", "rate_limited"})
+
+
+def is_seq(value: object) -> bool:
+    """Whether a JSON value is a seq: an integer from 0 to 2^53 - 1 (``true`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQ
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ class Message:
             )
         except KeyError as exc:
             raise ProtocolError(f"message frame without {exc}") from exc
-        if not isinstance(msg.seq, int) or isinstance(msg.seq, bool) or msg.seq < 1:
+        if not is_seq(msg.seq) or msg.seq < 1:
             raise ProtocolError(f"message frame with bad seq {msg.seq!r}")
         if not isinstance(msg.conversation_id, str):
             raise ProtocolError("message frame with bad conversationId")
@@ -93,10 +102,15 @@ class Accepted:
     def from_frame(cls, frame: Mapping[str, Any]) -> Accepted:
         """Build from an ``accepted`` frame; ProtocolError if a field is missing."""
         try:
-            return cls(frame["conversationId"], frame["messageId"], int(frame["seq"]),
-                       frame["sentAt"], bool(frame.get("duplicate", False)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"bad accepted frame: {exc!r}") from exc
+            acc = cls(frame["conversationId"], frame["messageId"], frame["seq"],
+                      frame["sentAt"], frame.get("duplicate") is True)
+        except KeyError as exc:
+            raise ProtocolError(f"accepted frame without {exc}") from exc
+        if not is_seq(acc.seq) or acc.seq < 1:
+            raise ProtocolError(f"accepted frame with bad seq {acc.seq!r}")
+        if not isinstance(acc.conversation_id, str) or not isinstance(acc.message_id, str):
+            raise ProtocolError("accepted frame with bad conversationId or messageId")
+        return acc
 
 
 def validate_send(body: str, message_id: str) -> tuple[str, str] | None:
@@ -211,10 +225,13 @@ class Inbox:
             del self._buffer[cid]
         return released
 
-    def note_latest(self, latest: Mapping[str, int]) -> None:
-        """Record the latest seqs of a ``resumed`` frame (and learn new conversations)."""
+    def note_latest(self, latest: Mapping[str, object]) -> None:
+        """Record the latest seqs of a ``resumed`` frame (and learn new conversations).
+
+        Values that are not seqs (``true``, ``"3"``, -1) are ignored.
+        """
         for cid, seq in latest.items():
-            if isinstance(seq, int):
+            if isinstance(seq, int) and is_seq(seq):
                 self.track(cid)
                 self.latest[cid] = max(self.latest.get(cid, 0), seq)
 
@@ -224,8 +241,15 @@ class Inbox:
                 and (self.latest.get(cid, 0) > last or cid in self._buffer)}
 
     def cursors(self) -> dict[str, int]:
-        """``{cid: last}`` for every followed conversation (what ``resume`` sends)."""
-        return {cid: last for cid, last in self.last.items() if cid not in self._paused}
+        """``{cid: last}`` of the followed conversations a ``resume`` lists (what it sends):
+        at most MAX_RESUME_CONVERSATIONS, those with a known gap first."""
+        behind = self.behind()
+        rest = {cid: last for cid, last in self.last.items() if cid not in self._paused and cid not in behind}
+        return dict(itertools.islice({**behind, **rest}.items(), MAX_RESUME_CONVERSATIONS))
+
+    def progress(self) -> int:
+        """The sum of every cursor: it grows whenever anything is processed (a resume's progress)."""
+        return sum(self.last.values())
 
     def buffered(self, conversation_id: str) -> list[int]:
         """The buffered (not yet released) seqs of a conversation, sorted."""

@@ -617,7 +617,7 @@ class OnceChatClient:
             cursors = {cid: self._inbox.last.get(cid, 0)}
         else:
             cursors = self._inbox.cursors()
-            self._resume_progress = sum(cursors.values())
+            self._resume_progress = self._inbox.progress()
         self._resume_sent = cursors
         self._resume_wanted_at = None
         self._resume_answer_by = now + self.resume_timeout
@@ -704,7 +704,7 @@ class OnceChatClient:
 
     def _on_resumed(self, latest: dict[str, Any]) -> None:
         log.debug("%s resumed %s; last %s", self.user_id, latest, self._inbox.last)
-        self._inbox.note_latest({k: v for k, v in latest.items() if isinstance(v, int)})
+        self._inbox.note_latest(latest)
         now = time.monotonic()
         self._resume_answer_by = None
         sent, self._resume_sent = self._resume_sent, None
@@ -722,7 +722,7 @@ class OnceChatClient:
             # Still behind after the replay: the server capped it, or live
             # messages raced it. Again at once if the last one made progress,
             # else paced by the backoff so a stuck server is not hammered.
-            if sum(self._inbox.cursors().values()) > self._resume_progress:
+            if self._inbox.progress() > self._resume_progress:
                 self._resume_failures = 0
                 self._resume_wanted_at = now
             else:

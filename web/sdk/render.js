@@ -2,16 +2,20 @@
 // its markup, its delivery state and its time, so the two pages cannot drift.
 // Text only: bodies and names are set as textContent, never as HTML.
 
+/** @typedef {"queued" | "sent" | "delivered" | "read" | "failed"} ItemState */
+
+/** @type {Record<ItemState, string>} */
 export const STATE_TEXT = { queued: "Queued", sent: "Sent", delivered: "Delivered", read: "Read", failed: "Not sent" };
+/** @type {Record<ItemState, string>} */
 export const STATE_MARK = { queued: "◷", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "!" };
 
-/** A clock time (hours:minutes, the reader's locale) of an ISO timestamp; "" if there is none. */
+/** A clock time (hours:minutes, the reader's locale) of an ISO timestamp; "" if there is none. @param {string | null | undefined} iso */
 export function timeOf(iso) {
-  const d = new Date(iso);
+  const d = new Date(iso ?? "");
   return iso && !Number.isNaN(d.getTime()) ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "";
 }
 
-/** Show a delivery state on an own message's item. */
+/** Show a delivery state on an own message's item. @param {HTMLElement} li @param {ItemState} state */
 export function setState(li, state) {
   li.dataset.state = state;
   const span = li.querySelector(".state");
@@ -24,6 +28,8 @@ export function setState(li, state) {
  * The `<li>` of one message: sender (not for system messages), body, time,
  * and for the viewer's own messages a delivery state (`state`, e.g. from
  * `OnceChat.stateOf`).
+ * @param {{seq?: number | null, messageId: string, senderId: string, senderRole: string, body: string, sentAt?: string}} m
+ * @param {{own: boolean, state?: ItemState}} how
  */
 export function messageItem(m, { own, state }) {
   const li = document.createElement("li");
@@ -51,7 +57,7 @@ export function messageItem(m, { own, state }) {
     const span = document.createElement("span");
     span.className = "state";
     meta.append(" ", span);
-    setState(li, state);
+    setState(li, state ?? "sent");
   }
   return li;
 }
