@@ -16,9 +16,9 @@ sent (for a gap, and again after a ``resumed`` that stopped short), and
 how many rounds needed a second resume.
 
 The same load runs against two local clouds in one invocation: one with
-the server's burden-sparing behaviour turned off (``RESUME_HOLE_WAIT_MS=0``
-and ``DUPLICATE_PUSH_AFTER_MS=0``: the protocol as it was) and one with the
-defaults. The figures are counted, not timed.
+a resume that stops at once at a seq still being stored
+(``RESUME_HOLE_WAIT_MS=0``: the server as it was) and one with the default
+bounded wait. The figures are counted, not timed.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def report(before: dict[str, int], after: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-OFF = {"RESUME_HOLE_WAIT_MS": "0", "DUPLICATE_PUSH_AFTER_MS": "0"}
+OFF = {"RESUME_HOLE_WAIT_MS": "0"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,9 @@ class Config:
     resume_max_messages: int = 2000
     append_max_attempts: int = 64
     sweep_grace_seconds: int = 30
+    #: A resume that meets a seq still being stored waits up to this long (ms, in
+    #: steps of 25 ms) for it before it stops short (0: stop at once).
+    resume_hole_wait_ms: int = 100
     #: A closed conversation reopens when its customer writes within this window.
     reopen_window_seconds: int = 24 * 3600
     #: Rate limits: fixed windows of ``rate_window_seconds``.
@@ -182,6 +185,7 @@ class Config:
             resume_max_messages=number("RESUME_MAX_MESSAGES", 2000),
             sweep_grace_seconds=number("SWEEP_GRACE_SECONDS", 30),
             reopen_window_seconds=number("REOPEN_WINDOW_SECONDS", 24 * 3600),
+            resume_hole_wait_ms=number("RESUME_HOLE_WAIT_MS", 100, allow_zero=True),
             rate_window_seconds=number("RATE_WINDOW_SECONDS", 10),
             rate_user_sends=number("RATE_USER_SENDS", 100),
             rate_connection_sends=number("RATE_CONNECTION_SENDS", 60),

@@ -13,7 +13,9 @@ client knows to resume again.
 ::
 
     START --> PAGE --messages--> EMIT each (VOID each old hole first) --> PAGE ...
-                 '--young hole / budget spent / end--> TAIL: VOID old reserved tail --> Done
+                 '--young hole--> WAIT (bounded) --> PAGE from the hole
+                 '--young hole, waited enough / budget spent--> Done
+                 '--end of pages--> TAIL: VOID old reserved tail --> Done
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ class Void:
 
 
 @dataclass(frozen=True)
+class Wait:
+    """Wait ``ms`` for a seq still being stored, then read again from it."""
+
+    ms: int
+
+
+@dataclass(frozen=True)
 class Emit:
     """Send this message (or void) to the resuming connection."""
 
@@ -52,7 +61,7 @@ class Done:
     budget: int  #: frames left
 
 
-Command = ReadPage | Void | Emit | Done
+Command = ReadPage | Void | Wait | Emit | Done
 
 
 @dataclass(frozen=True)
@@ -70,15 +79,25 @@ class Emitted:
     pass
 
 
-Outcome = Page | Voided | Emitted
+@dataclass(frozen=True)
+class Waited:
+    pass
+
+
+Outcome = Page | Voided | Emitted | Waited
 
 
 class State(Enum):
     START = "start"
     PAGE = "page"
     VOID = "void"
+    WAIT = "wait"
     EMIT = "emit"
     DONE = "done"
+
+
+#: One wait for a young hole (ms).
+HOLE_STEP_MS = 25
 
 
 class ProtocolError(AssertionError):
@@ -95,6 +114,8 @@ class ReplayProtocol:
     now_ms: int
     grace_seconds: int
     page_size: int
+    #: How long a young hole may be waited for in all (ms), in steps of ``HOLE_STEP_MS``.
+    hole_wait_ms: int = 0
 
     state: State = State.START
     position: int = 0
@@ -115,6 +136,8 @@ class ReplayProtocol:
 
     def advance(self, outcome: Outcome) -> Command:
         state = self.state
+        if state is State.WAIT and isinstance(outcome, Waited):
+            return self._go(State.PAGE, ReadPage(self.position, min(self.page_size, self.budget)))
         if state is State.PAGE and isinstance(outcome, Page):
             self.page = deque(outcome.messages)
             self.page_full = len(outcome.messages) >= self.page_size
@@ -151,7 +174,13 @@ class ReplayProtocol:
             message = self.page[0]
             if message.seq > self.position + 1:
                 if core.epoch_ms(message.sent_at) >= self.dead_before:
-                    return self._done()  # a hole that may still fill
+                    # A hole that may still fill: its send is storing (a few ms
+                    # in the common case). Wait a bounded moment and read again;
+                    # then stop short (``resumed`` tells the client to resume again).
+                    if self.hole_wait_ms >= HOLE_STEP_MS:
+                        self.hole_wait_ms -= HOLE_STEP_MS
+                        return self._go(State.WAIT, Wait(HOLE_STEP_MS))
+                    return self._done()
                 return self._go(State.VOID, Void(self.position + 1))
             self.page.popleft()
             self.position = message.seq

@@ -21,6 +21,7 @@ port (observability's) wrap it before ``build_services``.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class Ports:
     pusher: Pusher
     clock: Clock = wall_clock_ms
     new_id: Callable[[], str] = field(default=_new_id)
+    #: Waits (seconds): a resume waiting a bounded moment for a seq being stored.
+    sleep: Callable[[float], None] = time.sleep
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def build_services(config: Config, ports: Ports) -> Services:
     connections = Connections(config, storage, ports.pusher, desk, frame_limits, clock)
     fanout = Fanout(storage, ports.pusher, connections, outbox)
     messaging = Messaging(config, storage, conversations, connections, desk, outbox, fanout,
-                          frame_limits, clock)
+                          frame_limits, clock, ports.sleep)
     presence = Presence(storage, ports.pusher, connections, clock)
     sweeper = Sweeper(config, storage, outbox, presence, desk, clock)
     consumer = Consumer(storage, ports.pusher, connections, fanout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 from chalicelib import core
@@ -60,7 +61,7 @@ class Messaging:
 
     def __init__(self, config: Config, storage: Storage, conversations: Conversations,
                  connections: Connections, desk: Desk, outbox: Outbox, fanout: Fanout,
-                 limits: FrameLimits, clock: Clock) -> None:
+                 limits: FrameLimits, clock: Clock, sleep: Callable[[float], None]) -> None:
         self.config = config
         self.storage = storage
         self.conversations = conversations
@@ -70,6 +71,7 @@ class Messaging:
         self.fanout = fanout
         self.limits = limits
         self.clock = clock
+        self.sleep = sleep
         #: Idempotency records of sends this container stored or answered (see local_state).
         self.accepted: BoundedCache[str, IdempotencyRecord] = BoundedCache(ACCEPTED_CACHE_SIZE)
         self._background: ThreadPoolExecutor | None = None
@@ -274,7 +276,8 @@ class Messaging:
         stops the replay.
         """
         machine = replay_protocol.ReplayProtocol(conv, after, budget, self.clock(),
-                                                 self.config.sweep_grace_seconds, self.config.page_size)
+                                                 self.config.sweep_grace_seconds, self.config.page_size,
+                                                 self.config.resume_hole_wait_ms)
         command = machine.start()
         while not isinstance(command, replay_protocol.Done):
             command = machine.advance(self.replay_step(origin, conv, command, machine.now_ms))
@@ -288,6 +291,9 @@ class Messaging:
                 conv.conversation_id, command.after, command.limit)))
         if isinstance(command, replay_protocol.Void):
             return replay_protocol.Voided(self.void(conv, command.seq, now_ms))
+        if isinstance(command, replay_protocol.Wait):
+            self.sleep(command.ms / 1000)
+            return replay_protocol.Waited()
         if isinstance(command, replay_protocol.Emit):
             self.fanout.reply(origin, command.message.frame())
             return replay_protocol.Emitted()

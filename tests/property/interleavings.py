@@ -143,7 +143,7 @@ class World:
     def container(self) -> Services:
         """A new Lambda container: its own services and caches over the shared ports."""
         services = build_services(CONFIG, Ports(self.storage, self.queue, self.pusher, clock=self.clock,
-                                                new_id=lambda: CID))
+                                                new_id=lambda: CID, sleep=lambda _seconds: None))
         services.messaging._background = InlineExecutor()
         return services
 
@@ -365,7 +365,8 @@ class Resume(Actor):
             conv = services.storage.get_conversation(CID)
             assert conv is not None
             self.machine = replay.ReplayProtocol(conv, 0, CONFIG.resume_max_messages, world.clock(),
-                                                 CONFIG.sweep_grace_seconds, CONFIG.page_size)
+                                                 CONFIG.sweep_grace_seconds, CONFIG.page_size,
+                                                 CONFIG.resume_hole_wait_ms)
             self.command = self.machine.start()
             if isinstance(self.command, replay.Done):
                 self.done = True

@@ -63,7 +63,7 @@ class ExactlyOnce(RuleBasedStateMachine):
         self.queue = MemoryQueue()
         self.pusher = MemoryPusher()
         self.chat = build_services(config, Ports(MemoryStorage(), self.queue, self.pusher,
-                                                 clock=self.tick, new_id=lambda: "conv1"))
+                                                 clock=self.tick, new_id=lambda: "conv1", sleep=self.wait))
         self.devices = {name: Device(name) for name in DEVICES}
         self.in_flight: list[Delivery] = []  # taken from the queue, not yet deleted
         self.sent_bodies: dict[tuple[str, str], str] = {}  # (user, messageId) -> body
@@ -75,6 +75,10 @@ class ExactlyOnce(RuleBasedStateMachine):
         reply = self.chat.messaging.on_frame(origin, raw)
         if reply is not None:
             self.pusher.sent.setdefault(origin.connection_id, []).append(reply)
+    def wait(self, seconds: float) -> None:
+        """A resume waiting for a seq being stored: the clock moves on, nothing sleeps."""
+        self.clock_ms += int(seconds * 1000)
+
     def tick(self) -> int:
         self.clock_ms += 7
         return self.clock_ms

@@ -39,13 +39,16 @@ class Clock:
         with self.lock:
             self.t += int(seconds * 1000)
 
+    sleep = advance  # what the services wait for passes on this clock; nothing sleeps
+
 
 def make_chat(**env: str) -> Services:
     """The services on memory, replying as every deployed stage does (REPLIES=route)."""
     config = Config.from_env({"STAGE": "test", "JWT_SECRET": SECRET, "REPLIES": "route", **env})
     ids = iter(f"conv{i}" for i in range(10_000))
-    return build_services(config, Ports(MemoryStorage(), MemoryQueue(), MemoryPusher(), clock=Clock(),
-                                        new_id=lambda: next(ids)))
+    clock = Clock()
+    return build_services(config, Ports(MemoryStorage(), MemoryQueue(), MemoryPusher(), clock=clock,
+                                        new_id=lambda: next(ids), sleep=clock.sleep))
 
 
 @pytest.fixture
@@ -530,7 +533,8 @@ def test_a_new_conversation_the_lagging_queue_index_misses_is_still_assigned(cha
         def waiting_conversations(self, limit):
             return super().waiting_conversations(limit)[:-1]
 
-    lagging = build_services(chat.config, Ports(LaggingIndex(), MemoryQueue(), MemoryPusher(), clock=Clock(),
+    clock = Clock()
+    lagging = build_services(chat.config, Ports(LaggingIndex(), MemoryQueue(), MemoryPusher(), clock=clock, sleep=clock.sleep,
                                                 new_id=iter(f"c{i}" for i in range(10)).__next__))
     connect(lagging, "bob", "agent")
     alice = connect(lagging, "alice", "customer")

@@ -27,6 +27,11 @@ class Clock:
             self.t += 1
             return self.t
 
+    def sleep(self, seconds):
+        """What the services wait for passes on this clock; nothing sleeps."""
+        with self.lock:
+            self.t += int(seconds * 1000)
+
 
 @pytest.fixture
 def env():
@@ -36,7 +41,9 @@ def env():
                               "RATE_CONNECTION_SENDS": "100000", "REPLIES": "route"})
     storage, queue, pusher = MemoryStorage(), MemoryQueue(), MemoryPusher()
     ids = iter(f"conv{i}" for i in range(1000))
-    chat = build_services(config, Ports(storage, queue, pusher, clock=Clock(), new_id=lambda: next(ids)))
+    clock = Clock()
+    chat = build_services(config, Ports(storage, queue, pusher, clock=clock, new_id=lambda: next(ids),
+                                        sleep=clock.sleep))
     return chat
 
 
@@ -640,7 +647,8 @@ def test_replies_are_pushed_when_the_route_is_one_way():
     """REPLIES=push (a stack without a route response): the same replies arrive as pushes."""
     config = Config.from_env({"STAGE": "test", "JWT_SECRET": SECRET, "REPLIES": "push"})
     ids = iter(f"conv{i}" for i in range(10))
-    chat = build_services(config, Ports(MemoryStorage(), MemoryQueue(), MemoryPusher(), clock=Clock(),
+    clock = Clock()
+    chat = build_services(config, Ports(MemoryStorage(), MemoryQueue(), MemoryPusher(), clock=clock, sleep=clock.sleep,
                                         new_id=lambda: next(ids)))
     connect(chat, "bob", "agent")
     alice = connect(chat, "alice", "customer")
