@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # npm ci writes node_modules/.package-lock.json: the Node side is reinstalled when the lock file changes.
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: run test chromium test-fast lint chaos interleavings bench scale bench-flood install clean token chat dlq-list dlq-redrive screenshots package cfn-lint deploy smoke smoke-local flood
+.PHONY: run test chromium test-fast lint chaos interleavings burden bench scale bench-flood install clean token chat dlq-list dlq-redrive screenshots package cfn-lint deploy smoke smoke-local flood
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench: $(STAMP)
 ## How a send, a delivery, a resume and a sweep grow: AWS requests counted (not timed)
 scale: $(STAMP)
 	$(PY) -m bench.scale $(ARGS)
+
+## What a client written from the protocol alone copes with, fault-free: repeated frames and resumes per message
+burden: $(STAMP)
+	$(PY) -m bench.burden $(ARGS)
 
 ## Gateway isolation benchmark: one client floods 2,000 frames while 200 new connections each send one (prints p99 connect time)
 bench-flood: $(STAMP)
