@@ -52,6 +52,10 @@ ACTIONS = ("send", "ack", "resume", "typing", "read")
 SYSTEM_SENDER = "system"
 
 
+class ProtocolError(AssertionError):
+    """A state machine got an outcome its state cannot receive: a driver bug, never a client's."""
+
+
 # ------------------------------------------------------------------ time & ids
 
 

@@ -132,10 +132,6 @@ class State(Enum):
     DONE = "done"
 
 
-class ProtocolError(AssertionError):
-    """An outcome the current state cannot receive: a driver bug."""
-
-
 @dataclass
 class LifecycleProtocol:
     """One lifecycle step of ``conversation_id`` planned by ``plan``.
@@ -160,7 +156,7 @@ class LifecycleProtocol:
 
     def start(self) -> Command:
         if self.state is not State.START:
-            raise ProtocolError("started twice")
+            raise core.ProtocolError("started twice")
         if self.known is not None:
             return self._read(self.known)
         return self._go(State.READ, ReadConversation(self.conversation_id))
@@ -195,7 +191,7 @@ class LifecycleProtocol:
         if state is State.ANNOUNCE and isinstance(outcome, Announced):
             transition = self._transition()
             return self._go(State.DONE, Done(transition.after, transition))
-        raise ProtocolError(f"{type(outcome).__name__} in state {state.value}")
+        raise core.ProtocolError(f"{type(outcome).__name__} in state {state.value}")
 
     # --------------------------------------------------------------- steps
 
@@ -237,5 +233,5 @@ class LifecycleProtocol:
 
     def _transition(self) -> core.Transition:
         if self.transition is None:
-            raise ProtocolError(f"no transition in state {self.state.value}")
+            raise core.ProtocolError(f"no transition in state {self.state.value}")
         return self.transition

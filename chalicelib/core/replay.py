@@ -100,10 +100,6 @@ class State(Enum):
 HOLE_STEP_MS = 25
 
 
-class ProtocolError(AssertionError):
-    """An outcome the current state cannot receive: a driver bug."""
-
-
 @dataclass
 class ReplayProtocol:
     """Replay ``conversation`` after ``after`` within ``budget`` frames."""
@@ -130,7 +126,7 @@ class ReplayProtocol:
 
     def start(self) -> Command:
         if self.state is not State.START:
-            raise ProtocolError("started twice")
+            raise core.ProtocolError("started twice")
         self.position = self.after
         return self._next_page()
 
@@ -148,7 +144,7 @@ class ReplayProtocol:
             return self._go(State.EMIT, Emit(outcome.slot))
         if state is State.EMIT and isinstance(outcome, Emitted):
             return self._next()
-        raise ProtocolError(f"{type(outcome).__name__} in state {state.value}")
+        raise core.ProtocolError(f"{type(outcome).__name__} in state {state.value}")
 
     def _go(self, state: State, command: Command) -> Command:
         self.state = state

@@ -236,10 +236,6 @@ class State(Enum):
     DONE = "done"
 
 
-class ProtocolError(AssertionError):
-    """An outcome the current state cannot receive: a driver bug, never a client's."""
-
-
 @dataclass
 class SendProtocol:
     """One send of ``frame`` by ``principal``; see the module docstring for the states.
@@ -277,7 +273,7 @@ class SendProtocol:
     def start(self) -> Command:
         """The first command."""
         if self.state is not State.START:
-            raise ProtocolError("started twice")
+            raise core.ProtocolError("started twice")
         if self.limited is not None:
             self.after_refusal = False
             return self._go(State.LOOKUP, Lookup())
@@ -381,7 +377,7 @@ class SendProtocol:
                                     recipients=tuple(self.conversation.participant_ids()))
             if isinstance(outcome, SlotTaken):
                 return self._settle(self._pending().idem)
-        raise ProtocolError(f"{type(outcome).__name__} in state {state.value}")
+        raise core.ProtocolError(f"{type(outcome).__name__} in state {state.value}")
 
     # --------------------------------------------------------------- steps
 
@@ -466,10 +462,10 @@ class SendProtocol:
 
     def _pending(self) -> core.Append:
         if self.pending is None:
-            raise ProtocolError(f"no message pending in state {self.state.value}")
+            raise core.ProtocolError(f"no message pending in state {self.state.value}")
         return self.pending
 
     def _claim(self) -> IdempotencyRecord:
         if self.claim is None:
-            raise ProtocolError(f"no claim in state {self.state.value}")
+            raise core.ProtocolError(f"no claim in state {self.state.value}")
         return self.claim

@@ -171,5 +171,5 @@ def test_a_send_that_keeps_losing_gives_up_with_internal_and_nothing_accepted():
 def test_an_outcome_out_of_turn_is_a_driver_bug():
     m = machine()
     m.start()
-    with pytest.raises(sp.ProtocolError):
+    with pytest.raises(core.ProtocolError):
         m.advance(sp.Stored())
