@@ -641,7 +641,7 @@ FOOTPRINT_CODE = """
 import resource
 import app
 from chalicelib import aws
-app.handlers.chat  # the first event's imports: pydantic, PyJWT, services, storage
+app.handlers.services  # the first event's imports: pydantic, PyJWT, services, storage
 for service in ("dynamodb", "sqs", "apigatewaymanagementapi"):
     aws.client(service)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
