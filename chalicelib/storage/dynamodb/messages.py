@@ -1,0 +1,207 @@
+"""The messages and idempotency tables: seqs, claims, message slots."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from botocore.exceptions import ClientError
+
+from chalicelib.core import void_message
+from chalicelib.errors import (
+    DuplicateMessage,
+    OnceChatError,
+    ReservationRefused,
+    SequenceConflict,
+)
+from chalicelib.models import (
+    Conversation,
+    IdempotencyRecord,
+    MessageRecord,
+    Principal,
+    idempotency_key,
+)
+from chalicelib.storage.dynamodb.common import (
+    DynamoBase,
+    Item,
+    _activity,
+    _backend,
+    _code,
+    _from_item,
+    _n,
+    _s,
+    _to_item,
+)
+
+
+class MessagesTable(DynamoBase):
+    """chalicelib.storage.base.MessageStore on DynamoDB."""
+
+    def reserve_seq(self, conversation_id: str, sender: Principal, now_ms: int) -> Conversation:
+        # One UpdateItem, never a retry: DynamoDB applies concurrent updates
+        # of one item one after the other, so N racing sends get N distinct
+        # seqs in N requests (an optimistic "lastSeq = :expected" loses all
+        # but one racer per round and collapses under a burst).
+        #
+        # Condition: attribute_exists AND status <> closed AND <sender holds it>
+        #   The sender is checked here, atomically with the reservation: an
+        #   agent transferred away a moment ago cannot reserve a seq. A closed
+        #   conversation reserves nothing (its customer's send reopens it
+        #   first, through a lifecycle step).
+        # reservedAt: the time of the latest reservation; a seq that stays
+        #   empty after the sweep grace belongs to a send that died (fill_hole).
+        # activeShard, activeAt: the byActivity index, for the sweeper; the
+        #   same value as last time (within a minute) writes no index item.
+        holder = "customerId" if sender.role == "customer" else "agentId"
+        active = _activity(conversation_id, now_ms // 1000)
+        with _backend("reserve_seq"):
+            try:
+                answer = self._db.update_item(
+                    TableName=self._config.conversations_table,
+                    Key={"conversationId": _s(conversation_id)},
+                    UpdateExpression=("SET lastSeq = lastSeq + :one, reservedAt = :now,"
+                                      " activeShard = :shard, activeAt = :active"),
+                    ConditionExpression=(
+                        "attribute_exists(conversationId) AND #status <> :closed"
+                        " AND #holder = :sender"
+                    ),
+                    ExpressionAttributeNames={"#status": "status", "#holder": holder},
+                    ExpressionAttributeValues={
+                        ":one": _n(1), ":now": _n(now_ms), ":closed": _s("closed"),
+                        ":sender": _s(sender.user_id), ":shard": _n(active["activeShard"]),
+                        ":active": _n(active["activeAt"])},
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":
+                    raise
+                old = cast("Item | None", exc.response.get("Item"))
+                raise ReservationRefused(
+                    _from_item(Conversation, old) if old
+                    else self._read_conversation(conversation_id)) from None
+        return _from_item(Conversation, answer["Attributes"])
+
+    def _read_conversation(self, conversation_id: str) -> Conversation | None:
+        item = self._get(self._config.conversations_table, {"conversationId": _s(conversation_id)})
+        return _from_item(Conversation, item) if item else None
+
+    def claim_message_id(self, idem: IdempotencyRecord, now_epoch: int) -> None:
+        # attribute_not_exists(idemKey) OR expiresAt < :now
+        #   A retry, or a racing duplicate (the client resent after a timeout
+        #   while the first send was still running):
+        #     t0 A reserves 5           t1 B reserves 6
+        #     t2 A claims 5             t3 B fails here -> DuplicateMessage
+        #   B answers with A's seq (ALL_OLD returns A's record: no read) and
+        #   leaves 6 void (fill_hole). An expired record (TTL deletes late, up
+        #   to ~48 h) counts as absent, as the interface says.
+        with _backend("claim_message_id"):
+            refused, old = self._put_unless(
+                TableName=self._config.idempotency_table,
+                Item=_to_item(idem, idemKey=idem.key),
+                ConditionExpression="attribute_not_exists(idemKey) OR expiresAt < :now",
+                ExpressionAttributeValues={":now": _n(now_epoch)},
+            )
+        if refused:
+            raise DuplicateMessage(idem.key, _from_item(IdempotencyRecord, old) if old else None)
+
+    def put_message(self, message: MessageRecord) -> None:
+        # attribute_not_exists(seq): the slot is this sender's by reservation
+        # (and its messageId's by claim). It is taken only by a twin send of
+        # the same claim (a retry that found the slot empty and stored the
+        # same message) or by a void, when a reader found it empty past the
+        # sweep grace (this send took longer than any send may). ALL_OLD
+        # tells the two apart without a read. Never an overwrite.
+        with _backend("put_message"):
+            refused, old = self._put_unless(
+                TableName=self._config.messages_table,
+                Item=_to_item(message),
+                ConditionExpression="attribute_not_exists(seq)",
+            )
+        if refused:
+            raise SequenceConflict(message.conversation_id,
+                                   _from_item(MessageRecord, old) if old else None)
+
+    def move_claim(self, idem: IdempotencyRecord, from_seq: int) -> bool:
+        # seq = :from: of two sends moving the same claim off a void seq,
+        # one wins; the other finds the claim moved and answers from it.
+        with _backend("move_claim"):
+            refused, _ = self._put_unless(
+                TableName=self._config.idempotency_table,
+                Item=_to_item(idem, idemKey=idem.key),
+                ConditionExpression="seq = :from",
+                ExpressionAttributeValues={":from": _n(from_seq)},
+            )
+        return not refused
+
+    def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
+        # attribute_not_exists(seq): a void never overwrites a message. When
+        # the slot was filled meanwhile (the send was only slow), that
+        # message is what the slot holds, and it is returned.
+        void = void_message(conversation_id, seq, now_epoch)
+        with _backend("fill_hole"):
+            try:
+                self._db.put_item(
+                    TableName=self._config.messages_table,
+                    Item=_to_item(void),
+                    ConditionExpression="attribute_not_exists(seq)",
+                )
+                return void
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":
+                    raise
+        stored = self.get_message(conversation_id, seq)
+        if stored is None:  # cannot happen: a message is never deleted but by TTL
+            raise OnceChatError(f"slot {conversation_id}#{seq} neither empty nor filled")
+        return stored
+
+    def get_idempotency(
+        self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int
+    ) -> IdempotencyRecord | None:
+        key = idempotency_key(sender_id, conversation_id, message_id)
+        with _backend("get_idempotency"):
+            item = self._get(self._config.idempotency_table, {"idemKey": _s(key)})
+        if not item:
+            return None
+        record = _from_item(IdempotencyRecord, item)
+        # TTL deletes late: an expired record may still be stored.
+        return None if record.expires_at < now_epoch else record
+
+    def get_message(self, conversation_id: str, seq: int) -> MessageRecord | None:
+        with _backend("get_message"):
+            item = self._get(
+                self._config.messages_table,
+                {"conversationId": _s(conversation_id), "seq": _n(seq)},
+            )
+        return _from_item(MessageRecord, item) if item else None
+
+    def messages_after(self, conversation_id: str, after: int, limit: int) -> list[MessageRecord]:
+        return self._message_range(conversation_id, ">", after, limit, "messages_after")
+
+    def messages_before(self, conversation_id: str, before: int, limit: int) -> list[MessageRecord]:
+        # Read newest first from `before` down, then hand them back in seq order.
+        return self._message_range(conversation_id, "<", before, limit, "messages_before")[::-1]
+
+    def _message_range(self, conversation_id: str, op: str, bound: int, limit: int,
+                       operation: str) -> list[MessageRecord]:
+        """Up to ``limit`` messages with ``seq op bound``, nearest to the bound first."""
+        if limit <= 0:
+            return []
+        out: list[MessageRecord] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._config.messages_table,
+            "KeyConditionExpression": f"conversationId = :c AND seq {op} :bound",
+            "ExpressionAttributeValues": {":c": _s(conversation_id), ":bound": _n(bound)},
+            "ConsistentRead": True,
+            "ScanIndexForward": op == ">",
+        }
+        with _backend(operation):
+            # A page stops at `Limit` items or 1 MB, whichever comes first:
+            # keep reading until `limit` messages or the end.
+            while len(out) < limit:
+                page = self._db.query(**kwargs, Limit=limit - len(out))
+                out.extend(_from_item(MessageRecord, item) for item in page.get("Items", []))
+                last = page.get("LastEvaluatedKey")
+                if not last:
+                    break
+                kwargs["ExclusiveStartKey"] = last
+        return out[:limit]

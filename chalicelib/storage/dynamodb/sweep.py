@@ -1,0 +1,54 @@
+"""What the sweeper reads and writes: the byActivity index and its watermark."""
+
+from __future__ import annotations
+
+from chalicelib.storage.dynamodb.common import (
+    ACTIVITY_PERIOD_S,
+    ACTIVITY_SHARDS,
+    DynamoBase,
+    _backend,
+    _n,
+    _s,
+)
+
+
+#: Keys of the sweeper's watermark item in the limits table.
+SWEEP_MARK_KEY = "sweep#mark"
+
+
+class SweepTable(DynamoBase):
+    """chalicelib.storage.base.SweepStore on DynamoDB."""
+
+    def active_conversations(self, since: int) -> list[str]:
+        # byActivity is a KEYS_ONLY GSI (eventually consistent, lagging by
+        # about a second): the sweeper asks for a window that ended a grace
+        # ago. activeAt is rounded down to the period, so the query starts
+        # at the period that holds ``since``.
+        start = since - since % ACTIVITY_PERIOD_S
+        found: set[str] = set()
+        with _backend("active_conversations"):
+            for shard in range(ACTIVITY_SHARDS):
+                for item in self._query_all(
+                    TableName=self._config.conversations_table,
+                    IndexName="byActivity",
+                    KeyConditionExpression="activeShard = :s AND activeAt >= :a",
+                    ExpressionAttributeValues={":s": _n(shard), ":a": _n(start)},
+                ):
+                    found.add(item["conversationId"]["S"])
+        return sorted(found)
+
+    def get_sweep_mark(self) -> int | None:
+        with _backend("get_sweep_mark"):
+            item = self._get(self._config.limits_table, {"limitKey": _s(SWEEP_MARK_KEY)})
+        return int(item["mark"]["N"]) if item else None
+
+    def set_sweep_mark(self, mark: int) -> None:
+        with _backend("set_sweep_mark"):
+            self._update_unless_refused(
+                TableName=self._config.limits_table,
+                Key={"limitKey": _s(SWEEP_MARK_KEY)},
+                UpdateExpression="SET mark = :m",
+                # Never back: two sweeps racing leave the later mark.
+                ConditionExpression="attribute_not_exists(mark) OR mark < :m",
+                ExpressionAttributeValues={":m": _n(mark)},
+            )
