@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
 
 from chalicelib.errors import OnceChatError
 from chalicelib.models import (
@@ -15,7 +14,6 @@ from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     Item,
     _backend,
-    _code,
     _from_item,
     _n,
     _s,
@@ -107,21 +105,17 @@ class AgentsTable(DynamoBase):
         self, agent_id: str, update: str, condition: str, names: dict[str, str], values: Item
     ) -> AgentRecord | None:
         """The agent after a conditional update, or None when the condition failed."""
-        try:
-            response = self._db.update_item(
-                TableName=self._config.agents_table,
-                Key={"agentId": _s(agent_id)},
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
-                return None
-            raise
-        return _from_item(AgentRecord, response["Attributes"])
+        outcome = self._conditional(
+            "update",
+            TableName=self._config.agents_table,
+            Key={"agentId": _s(agent_id)},
+            UpdateExpression=update,
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            ReturnValues="ALL_NEW",
+        )
+        return _from_item(AgentRecord, outcome.attributes) if outcome.written and outcome.attributes else None
 
     def set_agent_connections(self, agent_id: str, seen_updated_at: str, count: int, now: str) -> bool:
         # Conditional on updatedAt: every connect, disconnect and status

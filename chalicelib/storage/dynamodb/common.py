@@ -9,7 +9,8 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, TypeVar, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
@@ -17,6 +18,9 @@ from pydantic import BaseModel
 from chalicelib import aws
 from chalicelib.config import Config
 from chalicelib.errors import OnceChatError
+
+if TYPE_CHECKING:  # stubs only: Lambda has no stub packages at run time
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 Item = dict[str, Any]
 M = TypeVar("M", bound=BaseModel)
@@ -119,18 +123,61 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, _BACKOFF_BASE_SECONDS * (2**attempt)))
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one conditional write did.
+
+    ``written``: the condition held and the write happened; ``attributes``
+    are then what ``ReturnValues`` asked for (None when it asked for none).
+    Otherwise ``old`` is the item that failed the condition, as DynamoDB
+    returned it (``ReturnValuesOnConditionCheckFailure=ALL_OLD``), or None
+    when there was no item: the answer a read-back would have given.
+    """
+
+    written: bool
+    attributes: Item | None = None
+    old: Item | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """The cancellation reason of one item of a transaction.
+
+    ``code`` is "None" for an item that did not fail; ``old`` is the item
+    that failed its condition when the transaction item asked for ALL_OLD.
+    """
+
+    code: str
+    old: Item | None = None
+
+    @property
+    def failed_condition(self) -> bool:
+        return self.code == "ConditionalCheckFailed"
+
+
+def _reasons(exc: ClientError) -> list[Reason]:
+    """The CancellationReasons of a cancelled transaction, one per item (empty when none were given)."""
+    return [Reason(str(r.get("Code", "None")), cast("Item | None", r.get("Item")))
+            for r in exc.response.get("CancellationReasons") or []]
+
+
+def all_of(*parts: str) -> str:
+    """A condition that holds when every part holds."""
+    return " AND ".join(f"({part})" if " OR " in part else part for part in parts)
+
+
 class DynamoBase:
     """The client and the table names every table group works with."""
 
-    def __init__(self, config: Config, client: Any = None) -> None:
+    def __init__(self, config: Config, client: DynamoDBClient | None = None) -> None:
         self._config = config
         self._client = client
 
     @property
-    def _db(self) -> Any:
+    def _db(self) -> DynamoDBClient:
         """The low-level dynamodb client, built on first use."""
         if self._client is None:
-            self._client = aws.client("dynamodb")
+            self._client = cast("DynamoDBClient", aws.client("dynamodb"))
         return self._client
 
     # ------------------------------------------------------------- helpers
@@ -149,25 +196,26 @@ class DynamoBase:
                 return
             kwargs["ExclusiveStartKey"] = last
 
-    def _update_unless_refused(self, **kwargs: Any) -> bool:
-        """An ``UpdateItem`` whose failed condition is an answer, not an error: False then."""
-        try:
-            self._db.update_item(**kwargs)
-        except ClientError as exc:
-            if _code(exc) != "ConditionalCheckFailedException":
-                raise
-            return False
-        return True
+    def _conditional(self, write: Literal["put", "update", "delete"], **request: Any) -> Outcome:
+        """One conditional PutItem, UpdateItem or DeleteItem whose failed condition is an answer.
 
-    def _put_unless(self, **kwargs: Any) -> tuple[bool, Item | None]:
-        """A conditional ``PutItem`` whose failed condition is an answer: (refused, the item in the way)."""
+        Every conditional write goes through here: the refusal carries the
+        item in the way (ALL_OLD), so no caller reads it back. Other errors
+        propagate (callers wrap them once, with ``_backend``).
+        """
+        request["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         try:
-            self._db.put_item(ReturnValuesOnConditionCheckFailure="ALL_OLD", **kwargs)
+            if write == "put":
+                attributes: Item | None = self._db.put_item(**request).get("Attributes")
+            elif write == "update":
+                attributes = self._db.update_item(**request).get("Attributes")
+            else:
+                attributes = self._db.delete_item(**request).get("Attributes")
         except ClientError as exc:
             if _code(exc) != "ConditionalCheckFailedException":
                 raise
-            return True, cast("Item | None", exc.response.get("Item"))
-        return False, None
+            return Outcome(written=False, old=cast("Item | None", exc.response.get("Item")))
+        return Outcome(written=True, attributes=attributes)
 
     def _batch_get(self, table: str, keys: Sequence[Item], consistent: bool) -> Iterator[Item]:
         """Every item at ``keys`` that exists (any order): 100 keys a BatchGetItem, unprocessed keys again."""
@@ -179,34 +227,29 @@ class DynamoBase:
             while request:
                 answer = self._db.batch_get_item(RequestItems=request)
                 yield from answer.get("Responses", {}).get(table, [])
-                request = answer.get("UnprocessedKeys") or {}
+                request = dict(answer.get("UnprocessedKeys") or {})
 
-    def _transact(self, items: list[Item], operation: str) -> list[str] | None:
-        """Run one transaction; None when it committed, else the cancellation codes.
+    def _transact(self, items: list[Item], operation: str) -> list[Reason] | None:
+        """Run one transaction; None when it committed, else its cancellation reasons.
 
         A cancellation caused only by concurrent transactions or throttling
         (retryable reasons, nothing failed a condition) is retried with a
-        short jittered backoff; after the last attempt its codes are returned.
-        The codes list has one entry per item ("None" for items that did not
-        fail), or is empty when the backend gave no CancellationReasons.
+        short jittered backoff; after the last attempt its reasons are
+        returned. The list has one reason per item, or is empty when the
+        backend gave no CancellationReasons.
         """
-        reasons = self._transact_reasons(items, operation)
-        return None if reasons is None else [str(r.get("Code", "None")) for r in reasons]
-
-    def _transact_reasons(self, items: list[Item], operation: str) -> list[dict[str, Any]] | None:
-        """``_transact``, returning the cancellation reasons themselves (with ALL_OLD items)."""
-        reasons: list[dict[str, Any]] = []
+        reasons: list[Reason] = []
         for attempt in range(_TRANSACTION_ATTEMPTS):
             try:
-                self._db.transact_write_items(TransactItems=items)
+                self._db.transact_write_items(TransactItems=cast("Any", items))
                 return None
             except ClientError as exc:
                 if _code(exc) != "TransactionCanceledException":
                     raise OnceChatError(f"storage operation {operation} failed: {exc}") from exc
-                reasons = [dict(r) for r in exc.response.get("CancellationReasons") or []]
+                reasons = _reasons(exc)
             except BotoCoreError as exc:
                 raise OnceChatError(f"storage operation {operation} failed: {exc}") from exc
-            codes = {str(r.get("Code", "None")) for r in reasons}
+            codes = {r.code for r in reasons}
             if "ConditionalCheckFailed" in codes or not (codes & _RETRYABLE_REASONS):
                 return reasons
             if attempt + 1 < _TRANSACTION_ATTEMPTS:

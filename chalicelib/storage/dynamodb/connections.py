@@ -58,7 +58,8 @@ class ConnectionsTable(DynamoBase):
             removed = _from_item(ConnectionRecord, old) if old else None
             owner = removed.user_id if removed else user_id
             if owner is not None:
-                self._update_unless_refused(
+                self._conditional(
+                    "update",
                     TableName=self._config.connections_table,
                     Key={"connectionId": _s(_user_key(owner))},
                     UpdateExpression="REMOVE #c",

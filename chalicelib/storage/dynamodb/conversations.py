@@ -59,6 +59,7 @@ class ConversationsTable(DynamoBase):
                     },
                     "ConditionExpression": "attribute_not_exists(idemKey) OR expiresAt < :now",
                     "ExpressionAttributeValues": {":now": _n(now_epoch)},
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             })
         items += [
@@ -74,22 +75,22 @@ class ConversationsTable(DynamoBase):
                 self._config.participants_table, conv.customer_id, conv.conversation_id, "customer", conv.created_at
             ),
         ]
-        codes = self._transact(items, "create_conversation")
-        if codes is None:
+        reasons = self._transact(items, "create_conversation")
+        if reasons is None:
             return
-        if request_key is not None and codes and codes[0] == "ConditionalCheckFailed":
-            with _backend("create_conversation"):
-                item = self._get(self._config.idempotency_table,
-                                 {"idemKey": _s(_request_key(conv.customer_id, request_key))})
-            if item is not None:
-                raise DuplicateRequest(item["conversationId"]["S"])
-            raise OnceChatError("create_conversation raced with an expiring request record")
+        if request_key is not None and reasons and reasons[0].failed_condition:
+            # ALL_OLD: the unexpired request record that refused this one.
+            old = reasons[0].old
+            if old is not None:
+                raise DuplicateRequest(old["conversationId"]["S"])
+            raise OnceChatError("create_conversation refused by a request record it was not given")
         offset = 1 if request_key is not None else 0
-        if codes and len(codes) > offset and codes[offset] == "ConditionalCheckFailed":
+        if len(reasons) > offset and reasons[offset].failed_condition:
             raise Conflict(f"conversation {conv.conversation_id} exists")
-        if not codes and self.get_conversation(conv.conversation_id) is not None:
+        # A backend that gives no CancellationReasons: only a read can tell.
+        if not reasons and self.get_conversation(conv.conversation_id) is not None:
             raise Conflict(f"conversation {conv.conversation_id} exists")
-        raise OnceChatError(f"create_conversation cancelled: {codes}")
+        raise OnceChatError(f"create_conversation cancelled: {[r.code for r in reasons]}")
 
     def get_conversation(self, conversation_id: str) -> Conversation | None:
         with _backend("get_conversation"):
@@ -255,6 +256,8 @@ class ConversationsTable(DynamoBase):
                     "ConditionExpression": condition,
                     "ExpressionAttributeNames": names,
                     "ExpressionAttributeValues": values,
+                    # The conversation as it was tells NotFound from stale.
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             },
             {
@@ -284,14 +287,15 @@ class ConversationsTable(DynamoBase):
         if transition.join is not None:
             items.append(_participant_upsert(self._config.participants_table, transition.join,
                                              after.conversation_id, "agent", after.updated_at))
-        codes = self._transact(items, "apply_transition")
-        if codes is None:
+        reasons = self._transact(items, "apply_transition")
+        if reasons is None:
             return
-        if not codes:
+        if not reasons:
             raise OnceChatError("apply_transition cancelled without CancellationReasons")
-        failed = [code == "ConditionalCheckFailed" for code in codes]
+        codes = [r.code for r in reasons]
+        failed = [r.failed_condition for r in reasons]
         if failed[0]:
-            if self.get_conversation(before.conversation_id) is None:
+            if reasons[0].old is None:
                 raise NotFound(f"conversation {before.conversation_id} not found")
             raise StaleConversation(before.conversation_id)
         if failed[1]:

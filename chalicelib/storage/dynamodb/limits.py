@@ -21,7 +21,7 @@ class LimitsTable(DynamoBase):
         # counter expires through the table's TTL on expiresAt; its key names
         # its window, so an expired one that TTL has not removed yet is never
         # read again.
-        codes = self._transact(
+        reasons = self._transact(
             [
                 {
                     "Update": {
@@ -37,8 +37,8 @@ class LimitsTable(DynamoBase):
             ],
             "take_tokens",
         )
-        if codes is None:
+        if reasons is None:
             return True
-        if "ConditionalCheckFailed" in codes:
+        if any(r.failed_condition for r in reasons):
             return False
-        raise OnceChatError(f"rate limit check failed: {codes}")
+        raise OnceChatError(f"rate limit check failed: {[r.code for r in reasons]}")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from botocore.exceptions import ClientError
 
 from chalicelib.core import void_message
 from chalicelib.errors import (
@@ -22,10 +21,8 @@ from chalicelib.models import (
 )
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
-    Item,
     _activity,
     _backend,
-    _code,
     _from_item,
     _n,
     _s,
@@ -54,36 +51,27 @@ class MessagesTable(DynamoBase):
         holder = "customerId" if sender.role == "customer" else "agentId"
         active = _activity(conversation_id, now_ms // 1000)
         with _backend("reserve_seq"):
-            try:
-                answer = self._db.update_item(
-                    TableName=self._config.conversations_table,
-                    Key={"conversationId": _s(conversation_id)},
-                    UpdateExpression=("SET lastSeq = lastSeq + :one, reservedAt = :now,"
-                                      " activeShard = :shard, activeAt = :active"),
-                    ConditionExpression=(
-                        "attribute_exists(conversationId) AND #status <> :closed"
-                        " AND #holder = :sender"
-                    ),
-                    ExpressionAttributeNames={"#status": "status", "#holder": holder},
-                    ExpressionAttributeValues={
-                        ":one": _n(1), ":now": _n(now_ms), ":closed": _s("closed"),
-                        ":sender": _s(sender.user_id), ":shard": _n(active["activeShard"]),
-                        ":active": _n(active["activeAt"])},
-                    ReturnValues="ALL_NEW",
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-            except ClientError as exc:
-                if _code(exc) != "ConditionalCheckFailedException":
-                    raise
-                old = cast("Item | None", exc.response.get("Item"))
-                raise ReservationRefused(
-                    _from_item(Conversation, old) if old
-                    else self._read_conversation(conversation_id)) from None
-        return _from_item(Conversation, answer["Attributes"])
-
-    def _read_conversation(self, conversation_id: str) -> Conversation | None:
-        item = self._get(self._config.conversations_table, {"conversationId": _s(conversation_id)})
-        return _from_item(Conversation, item) if item else None
+            outcome = self._conditional(
+                "update",
+                TableName=self._config.conversations_table,
+                Key={"conversationId": _s(conversation_id)},
+                UpdateExpression=("SET lastSeq = lastSeq + :one, reservedAt = :now,"
+                                  " activeShard = :shard, activeAt = :active"),
+                ConditionExpression=(
+                    "attribute_exists(conversationId) AND #status <> :closed"
+                    " AND #holder = :sender"
+                ),
+                ExpressionAttributeNames={"#status": "status", "#holder": holder},
+                ExpressionAttributeValues={
+                    ":one": _n(1), ":now": _n(now_ms), ":closed": _s("closed"),
+                    ":sender": _s(sender.user_id), ":shard": _n(active["activeShard"]),
+                    ":active": _n(active["activeAt"])},
+                ReturnValues="ALL_NEW",
+            )
+        if not outcome.written or outcome.attributes is None:
+            # ALL_OLD: the conversation as it was, or None when there is none.
+            raise ReservationRefused(_from_item(Conversation, outcome.old) if outcome.old else None)
+        return _from_item(Conversation, outcome.attributes)
 
     def claim_message_id(self, idem: IdempotencyRecord, now_epoch: int) -> None:
         # attribute_not_exists(idemKey) OR expiresAt < :now
@@ -95,14 +83,15 @@ class MessagesTable(DynamoBase):
         #   leaves 6 void (fill_hole). An expired record (TTL deletes late, up
         #   to ~48 h) counts as absent, as the interface says.
         with _backend("claim_message_id"):
-            refused, old = self._put_unless(
+            outcome = self._conditional(
+                "put",
                 TableName=self._config.idempotency_table,
                 Item=_to_item(idem, idemKey=idem.key),
                 ConditionExpression="attribute_not_exists(idemKey) OR expiresAt < :now",
                 ExpressionAttributeValues={":now": _n(now_epoch)},
             )
-        if refused:
-            raise DuplicateMessage(idem.key, _from_item(IdempotencyRecord, old) if old else None)
+        if not outcome.written:
+            raise DuplicateMessage(idem.key, _from_item(IdempotencyRecord, outcome.old) if outcome.old else None)
 
     def put_message(self, message: MessageRecord) -> None:
         # attribute_not_exists(seq): the slot is this sender's by reservation
@@ -112,47 +101,45 @@ class MessagesTable(DynamoBase):
         # sweep grace (this send took longer than any send may). ALL_OLD
         # tells the two apart without a read. Never an overwrite.
         with _backend("put_message"):
-            refused, old = self._put_unless(
+            outcome = self._conditional(
+                "put",
                 TableName=self._config.messages_table,
                 Item=_to_item(message),
                 ConditionExpression="attribute_not_exists(seq)",
             )
-        if refused:
+        if not outcome.written:
             raise SequenceConflict(message.conversation_id,
-                                   _from_item(MessageRecord, old) if old else None)
+                                   _from_item(MessageRecord, outcome.old) if outcome.old else None)
 
     def move_claim(self, idem: IdempotencyRecord, from_seq: int) -> bool:
         # seq = :from: of two sends moving the same claim off a void seq,
         # one wins; the other finds the claim moved and answers from it.
         with _backend("move_claim"):
-            refused, _ = self._put_unless(
+            return self._conditional(
+                "put",
                 TableName=self._config.idempotency_table,
                 Item=_to_item(idem, idemKey=idem.key),
                 ConditionExpression="seq = :from",
                 ExpressionAttributeValues={":from": _n(from_seq)},
-            )
-        return not refused
+            ).written
 
     def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
         # attribute_not_exists(seq): a void never overwrites a message. When
         # the slot was filled meanwhile (the send was only slow), that
-        # message is what the slot holds, and it is returned.
+        # message is what the slot holds (ALL_OLD: no read), and it is returned.
         void = void_message(conversation_id, seq, now_epoch)
         with _backend("fill_hole"):
-            try:
-                self._db.put_item(
-                    TableName=self._config.messages_table,
-                    Item=_to_item(void),
-                    ConditionExpression="attribute_not_exists(seq)",
-                )
-                return void
-            except ClientError as exc:
-                if _code(exc) != "ConditionalCheckFailedException":
-                    raise
-        stored = self.get_message(conversation_id, seq)
-        if stored is None:  # cannot happen: a message is never deleted but by TTL
+            outcome = self._conditional(
+                "put",
+                TableName=self._config.messages_table,
+                Item=_to_item(void),
+                ConditionExpression="attribute_not_exists(seq)",
+            )
+        if outcome.written:
+            return void
+        if outcome.old is None:  # cannot happen: a refusal means the slot holds an item
             raise OnceChatError(f"slot {conversation_id}#{seq} neither empty nor filled")
-        return stored
+        return _from_item(MessageRecord, outcome.old)
 
     def get_idempotency(
         self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int

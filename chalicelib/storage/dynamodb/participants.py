@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from botocore.exceptions import ClientError
 
 from chalicelib.models import Participant
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     Item,
     _backend,
-    _code,
     _from_item,
     _n,
     _s,
@@ -86,22 +84,17 @@ class ParticipantsTable(DynamoBase):
         # condition (absent or below :seq) makes a cursor move forward only,
         # and attribute_exists keeps it from creating a membership.
         with _backend(op):
-            try:
-                self._db.update_item(
-                    TableName=self._config.participants_table,
-                    Key={"userId": _s(user_id), "conversationId": _s(conversation_id)},
-                    UpdateExpression="SET #cursor = :seq",
-                    ConditionExpression=(
-                        "attribute_exists(userId) AND"
-                        " (attribute_not_exists(#cursor) OR #cursor < :seq)"),
-                    ExpressionAttributeNames={"#cursor": attr},
-                    ExpressionAttributeValues={":seq": _n(seq)},
-                )
-            except ClientError as exc:
-                if _code(exc) == "ConditionalCheckFailedException":
-                    return False
-                raise
-        return True
+            return self._conditional(
+                "update",
+                TableName=self._config.participants_table,
+                Key={"userId": _s(user_id), "conversationId": _s(conversation_id)},
+                UpdateExpression="SET #cursor = :seq",
+                ConditionExpression=(
+                    "attribute_exists(userId) AND"
+                    " (attribute_not_exists(#cursor) OR #cursor < :seq)"),
+                ExpressionAttributeNames={"#cursor": attr},
+                ExpressionAttributeValues={":seq": _n(seq)},
+            ).written
 
 
 def _participant_upsert(table: str, user_id: str, conversation_id: str, role: str, joined_at: str) -> Item:

@@ -44,7 +44,8 @@ class SweepTable(DynamoBase):
 
     def set_sweep_mark(self, mark: int) -> None:
         with _backend("set_sweep_mark"):
-            self._update_unless_refused(
+            self._conditional(
+                "update",
                 TableName=self._config.limits_table,
                 Key={"limitKey": _s(SWEEP_MARK_KEY)},
                 UpdateExpression="SET mark = :m",
