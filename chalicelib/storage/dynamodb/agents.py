@@ -10,6 +10,14 @@ from chalicelib.models import (
     DEFAULT_CAPACITY,
     AgentRecord,
 )
+from chalicelib.storage.dynamodb.conditions import (
+    AWAY,
+    LAST_CONNECTION,
+    NONE_LEFT,
+    NOT_AWAY,
+    ONE_OF_MANY,
+    UNCHANGED_SINCE_READ,
+)
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     Item,
@@ -44,11 +52,11 @@ class AgentsTable(DynamoBase):
             for _ in range(16):
                 new = self._conditional_agent_update(
                     agent_id, "SET #presence = :online," + common,
-                    "attribute_not_exists(#presence) OR #presence <> :away",
+                    NOT_AWAY,
                     names, values | {":online": _s("online")})
                 if new is None:  # away: only count the connection
                     new = self._conditional_agent_update(
-                        agent_id, "SET" + common, "#presence = :away", names, values)
+                        agent_id, "SET" + common, AWAY, names, values)
                 if new is not None:
                     return new
         raise OnceChatError(f"agent_connected({agent_id}) kept racing; giving up")
@@ -69,19 +77,19 @@ class AgentsTable(DynamoBase):
         names = {"#connections": "connections", "#presence": "presence", "#updatedAt": "updatedAt"}
         last_one = (
             "SET #presence = :offline, #updatedAt = :now ADD #connections :minus",
-            "#connections = :one",
+            LAST_CONNECTION,
             names,
             {":one": _n(1), ":minus": _n(-1), ":offline": _s("offline"), ":now": _s(now)},
         )
         one_of_many = (
             "SET #updatedAt = :now ADD #connections :minus",
-            "#connections > :one",
+            ONE_OF_MANY,
             {"#connections": "connections", "#updatedAt": "updatedAt"},
             {":one": _n(1), ":minus": _n(-1), ":now": _s(now)},
         )
         already_zero = (
             "SET #presence = :offline, #updatedAt = :now, #connections = :zero",
-            "attribute_exists(agentId) AND (attribute_not_exists(#connections) OR #connections <= :zero)",
+            NONE_LEFT,
             names,
             {":zero": _n(0), ":offline": _s("offline"), ":now": _s(now)},
         )
@@ -128,7 +136,7 @@ class AgentsTable(DynamoBase):
             values[":offline"] = _s("offline")
         with _backend("set_agent_connections"):
             new = self._conditional_agent_update(
-                agent_id, update, "#updatedAt = :seen",
+                agent_id, update, UNCHANGED_SINCE_READ,
                 {"#connections": "connections", "#updatedAt": "updatedAt", "#presence": "presence"}
                 if count == 0 else {"#connections": "connections", "#updatedAt": "updatedAt"},
                 values)

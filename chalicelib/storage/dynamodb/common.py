@@ -161,11 +161,6 @@ def _reasons(exc: ClientError) -> list[Reason]:
             for r in exc.response.get("CancellationReasons") or []]
 
 
-def all_of(*parts: str) -> str:
-    """A condition that holds when every part holds."""
-    return " AND ".join(f"({part})" if " OR " in part else part for part in parts)
-
-
 class DynamoBase:
     """The client and the table names every table group works with."""
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from chalicelib.models import ConnectionRecord
+from chalicelib.storage.dynamodb.conditions import (
+    USER_ITEM_EXISTS,
+)
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     _backend,
@@ -63,8 +66,7 @@ class ConnectionsTable(DynamoBase):
                     TableName=self._config.connections_table,
                     Key={"connectionId": _s(_user_key(owner))},
                     UpdateExpression="REMOVE #c",
-                    # Never create an empty user item.
-                    ConditionExpression="attribute_exists(connectionId)",
+                    ConditionExpression=USER_ITEM_EXISTS,  # never create an empty user item
                     ExpressionAttributeNames={"#c": _conn_attr(connection_id)},
                 )
         return removed

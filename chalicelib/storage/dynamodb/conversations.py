@@ -22,6 +22,17 @@ from chalicelib.models import (
     Conversation,
     Principal,
 )
+from chalicelib.storage.dynamodb.conditions import (
+    AGENT_EXISTS,
+    AGENT_HAS_ROOM,
+    ASSIGNED_AS_READ,
+    CONVERSATION_ABSENT,
+    REQUEST_ABSENT_OR_EXPIRED,
+    SLOT_EMPTY,
+    STATUS_AND_SEQ_AS_READ,
+    UNASSIGNED,
+    all_of,
+)
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     Item,
@@ -57,7 +68,7 @@ class ConversationsTable(DynamoBase):
                         "conversationId": _s(conv.conversation_id),
                         "expiresAt": _n(expires_at),
                     },
-                    "ConditionExpression": "attribute_not_exists(idemKey) OR expiresAt < :now",
+                    "ConditionExpression": REQUEST_ABSENT_OR_EXPIRED,
                     "ExpressionAttributeValues": {":now": _n(now_epoch)},
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
@@ -67,8 +78,7 @@ class ConversationsTable(DynamoBase):
                 "Put": {
                     "TableName": self._config.conversations_table,
                     "Item": _to_item(conv, **{k: v for k, v in _open_holders(conv).items() if v}),
-                    # Two creates of one id: exactly one succeeds.
-                    "ConditionExpression": "attribute_not_exists(conversationId)",
+                    "ConditionExpression": CONVERSATION_ABSENT,  # of two creates of one id, one succeeds
                 }
             },
             _participant_upsert(
@@ -221,11 +231,10 @@ class ConversationsTable(DynamoBase):
         active = _activity(before.conversation_id, now_epoch)
         values |= {":ashard": _n(active["activeShard"]), ":aat": _n(active["activeAt"])}
         removes = []
-        condition = "#status = :bstatus AND #lastSeq = :blast"
         if before.agent_id is None:
-            condition += " AND attribute_not_exists(#agentId)"
+            condition = all_of(STATUS_AND_SEQ_AS_READ, UNASSIGNED)
         else:
-            condition += " AND #agentId = :bagent"
+            condition = all_of(STATUS_AND_SEQ_AS_READ, ASSIGNED_AS_READ)
             values[":bagent"] = _s(before.agent_id)
         for attr, value in (("#agentId", after.agent_id), ("#closedAt", after.closed_at),
                             ("#queuedAt", after.queued_at)):
@@ -264,7 +273,7 @@ class ConversationsTable(DynamoBase):
                 "Put": {
                     "TableName": self._config.messages_table,
                     "Item": _to_item(message),
-                    "ConditionExpression": "attribute_not_exists(seq)",
+                    "ConditionExpression": SLOT_EMPTY,
                 }
             },
         ]
@@ -275,11 +284,10 @@ class ConversationsTable(DynamoBase):
                 "UpdateExpression": "SET #updatedAt = :now ADD #activeCount :delta",
                 "ExpressionAttributeNames": {"#updatedAt": "updatedAt", "#activeCount": "activeCount"},
                 "ExpressionAttributeValues": {":now": _s(after.updated_at), ":delta": _n(change.delta)},
-                "ConditionExpression": "attribute_exists(agentId)",
+                "ConditionExpression": AGENT_EXISTS,
             }
             if change.delta > 0:
-                agent_update["ConditionExpression"] = (
-                    "#presence = :online AND #activeCount < #capacity")
+                agent_update["ConditionExpression"] = AGENT_HAS_ROOM
                 agent_update["ExpressionAttributeNames"] |= {"#presence": "presence",
                                                              "#capacity": "capacity"}
                 agent_update["ExpressionAttributeValues"][":online"] = _s("online")

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from chalicelib.errors import OnceChatError
+from chalicelib.storage.dynamodb.conditions import (
+    BUCKET_HAS_ROOM,
+)
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     _n,
@@ -28,7 +31,7 @@ class LimitsTable(DynamoBase):
                         "TableName": self._config.limits_table,
                         "Key": {"limitKey": _s(key)},
                         "UpdateExpression": "SET expiresAt = :exp ADD hits :one",
-                        "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
+                        "ConditionExpression": BUCKET_HAS_ROOM,
                         "ExpressionAttributeValues": {
                             ":exp": _n(expires_at), ":one": _n(1), ":limit": _n(limit)},
                     }

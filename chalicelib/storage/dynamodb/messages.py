@@ -19,6 +19,15 @@ from chalicelib.models import (
     Principal,
     idempotency_key,
 )
+from chalicelib.storage.dynamodb.conditions import (
+    CLAIM_ABSENT_OR_EXPIRED,
+    CLAIM_AT_SEQ,
+    CONVERSATION_EXISTS,
+    NOT_CLOSED,
+    SENDER_HOLDS,
+    SLOT_EMPTY,
+    all_of,
+)
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     _activity,
@@ -39,11 +48,8 @@ class MessagesTable(DynamoBase):
         # seqs in N requests (an optimistic "lastSeq = :expected" loses all
         # but one racer per round and collapses under a burst).
         #
-        # Condition: attribute_exists AND status <> closed AND <sender holds it>
-        #   The sender is checked here, atomically with the reservation: an
-        #   agent transferred away a moment ago cannot reserve a seq. A closed
-        #   conversation reserves nothing (its customer's send reopens it
-        #   first, through a lifecycle step).
+        # Condition: the conversation exists, is not closed, and the sender
+        #   holds it (see NOT_CLOSED and SENDER_HOLDS).
         # reservedAt: the time of the latest reservation; a seq that stays
         #   empty after the sweep grace belongs to a send that died (fill_hole).
         # activeShard, activeAt: the byActivity index, for the sweeper; the
@@ -57,10 +63,7 @@ class MessagesTable(DynamoBase):
                 Key={"conversationId": _s(conversation_id)},
                 UpdateExpression=("SET lastSeq = lastSeq + :one, reservedAt = :now,"
                                   " activeShard = :shard, activeAt = :active"),
-                ConditionExpression=(
-                    "attribute_exists(conversationId) AND #status <> :closed"
-                    " AND #holder = :sender"
-                ),
+                ConditionExpression=all_of(CONVERSATION_EXISTS, NOT_CLOSED, SENDER_HOLDS),
                 ExpressionAttributeNames={"#status": "status", "#holder": holder},
                 ExpressionAttributeValues={
                     ":one": _n(1), ":now": _n(now_ms), ":closed": _s("closed"),
@@ -74,57 +77,48 @@ class MessagesTable(DynamoBase):
         return _from_item(Conversation, outcome.attributes)
 
     def claim_message_id(self, idem: IdempotencyRecord, now_epoch: int) -> None:
-        # attribute_not_exists(idemKey) OR expiresAt < :now
-        #   A retry, or a racing duplicate (the client resent after a timeout
-        #   while the first send was still running):
-        #     t0 A reserves 5           t1 B reserves 6
-        #     t2 A claims 5             t3 B fails here -> DuplicateMessage
-        #   B answers with A's seq (ALL_OLD returns A's record: no read) and
-        #   leaves 6 void (fill_hole). An expired record (TTL deletes late, up
-        #   to ~48 h) counts as absent, as the interface says.
+        # CLAIM_ABSENT_OR_EXPIRED: a duplicate answers with the first claim's
+        # seq, from the record ALL_OLD returns (timeline beside the condition).
         with _backend("claim_message_id"):
             outcome = self._conditional(
                 "put",
                 TableName=self._config.idempotency_table,
                 Item=_to_item(idem, idemKey=idem.key),
-                ConditionExpression="attribute_not_exists(idemKey) OR expiresAt < :now",
+                ConditionExpression=CLAIM_ABSENT_OR_EXPIRED,
                 ExpressionAttributeValues={":now": _n(now_epoch)},
             )
         if not outcome.written:
             raise DuplicateMessage(idem.key, _from_item(IdempotencyRecord, outcome.old) if outcome.old else None)
 
     def put_message(self, message: MessageRecord) -> None:
-        # attribute_not_exists(seq): the slot is this sender's by reservation
-        # (and its messageId's by claim). It is taken only by a twin send of
-        # the same claim (a retry that found the slot empty and stored the
-        # same message) or by a void, when a reader found it empty past the
-        # sweep grace (this send took longer than any send may). ALL_OLD
-        # tells the two apart without a read. Never an overwrite.
+        # SLOT_EMPTY: the slot is this sender's by reservation; what holds it
+        # otherwise (a twin send's message, or a void) comes back with the
+        # refusal (ALL_OLD), without a read. Never an overwrite.
         with _backend("put_message"):
             outcome = self._conditional(
                 "put",
                 TableName=self._config.messages_table,
                 Item=_to_item(message),
-                ConditionExpression="attribute_not_exists(seq)",
+                ConditionExpression=SLOT_EMPTY,
             )
         if not outcome.written:
             raise SequenceConflict(message.conversation_id,
                                    _from_item(MessageRecord, outcome.old) if outcome.old else None)
 
     def move_claim(self, idem: IdempotencyRecord, from_seq: int) -> bool:
-        # seq = :from: of two sends moving the same claim off a void seq,
+        # CLAIM_AT_SEQ: of two sends moving the same claim off a void seq,
         # one wins; the other finds the claim moved and answers from it.
         with _backend("move_claim"):
             return self._conditional(
                 "put",
                 TableName=self._config.idempotency_table,
                 Item=_to_item(idem, idemKey=idem.key),
-                ConditionExpression="seq = :from",
+                ConditionExpression=CLAIM_AT_SEQ,
                 ExpressionAttributeValues={":from": _n(from_seq)},
             ).written
 
     def fill_hole(self, conversation_id: str, seq: int, now_epoch: int) -> MessageRecord:
-        # attribute_not_exists(seq): a void never overwrites a message. When
+        # SLOT_EMPTY: a void never overwrites a message. When
         # the slot was filled meanwhile (the send was only slow), that
         # message is what the slot holds (ALL_OLD: no read), and it is returned.
         void = void_message(conversation_id, seq, now_epoch)
@@ -133,7 +127,7 @@ class MessagesTable(DynamoBase):
                 "put",
                 TableName=self._config.messages_table,
                 Item=_to_item(void),
-                ConditionExpression="attribute_not_exists(seq)",
+                ConditionExpression=SLOT_EMPTY,
             )
         if outcome.written:
             return void

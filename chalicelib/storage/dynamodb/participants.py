@@ -6,6 +6,11 @@ from collections.abc import Sequence
 
 
 from chalicelib.models import Participant
+from chalicelib.storage.dynamodb.conditions import (
+    CURSOR_BEHIND,
+    MEMBERSHIP_EXISTS,
+    all_of,
+)
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     Item,
@@ -89,9 +94,7 @@ class ParticipantsTable(DynamoBase):
                 TableName=self._config.participants_table,
                 Key={"userId": _s(user_id), "conversationId": _s(conversation_id)},
                 UpdateExpression="SET #cursor = :seq",
-                ConditionExpression=(
-                    "attribute_exists(userId) AND"
-                    " (attribute_not_exists(#cursor) OR #cursor < :seq)"),
+                ConditionExpression=all_of(MEMBERSHIP_EXISTS, CURSOR_BEHIND),
                 ExpressionAttributeNames={"#cursor": attr},
                 ExpressionAttributeValues={":seq": _n(seq)},
             ).written

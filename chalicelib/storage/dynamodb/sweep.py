@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from chalicelib.storage.dynamodb.conditions import (
+    MARK_BEHIND,
+)
 from chalicelib.storage.dynamodb.common import (
     ACTIVITY_PERIOD_S,
     ACTIVITY_SHARDS,
@@ -49,7 +52,6 @@ class SweepTable(DynamoBase):
                 TableName=self._config.limits_table,
                 Key={"limitKey": _s(SWEEP_MARK_KEY)},
                 UpdateExpression="SET mark = :m",
-                # Never back: two sweeps racing leave the later mark.
-                ConditionExpression="attribute_not_exists(mark) OR mark < :m",
+                ConditionExpression=MARK_BEHIND,  # never back: the later of two racing sweeps stays
                 ExpressionAttributeValues={":m": _n(mark)},
             )
