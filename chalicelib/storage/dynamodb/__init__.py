@@ -4,8 +4,15 @@ Items carry the camelCase wire names of the record models (one generic
 mapper, ``_to_item`` / ``_from_item``); the key design is documented at the
 top of infra/template.yaml.
 
-Races are settled by conditional writes and transactions, each explained
-next to its condition expression. Expected outcomes are reported with the
+One module per table group (connections, agents, conversations, messages,
+participants, sweep, limits), each a base of DynamoStorage over the client
+and table names of common.DynamoBase.
+
+Races are settled by conditional writes and transactions. The conditions
+are named parts (conditions.py), each beside the race it settles; every
+conditional write goes through one helper (``DynamoBase._conditional``)
+whose refusal carries the item that failed the condition (ALL_OLD), so
+nothing is read back. Expected outcomes are reported with the
 signals of chalicelib.errors or with return values; every other botocore
 error is wrapped once into OnceChatError.
 

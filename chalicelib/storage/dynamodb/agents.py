@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from chalicelib.errors import OnceChatError
 from chalicelib.models import (
     DEFAULT_CAPACITY,
     AgentRecord,
-)
-from chalicelib.storage.dynamodb.conditions import (
-    AWAY,
-    LAST_CONNECTION,
-    NONE_LEFT,
-    NOT_AWAY,
-    ONE_OF_MANY,
-    UNCHANGED_SINCE_READ,
 )
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
@@ -25,6 +16,14 @@ from chalicelib.storage.dynamodb.common import (
     _from_item,
     _n,
     _s,
+)
+from chalicelib.storage.dynamodb.conditions import (
+    AWAY,
+    LAST_CONNECTION,
+    NONE_LEFT,
+    NOT_AWAY,
+    ONE_OF_MANY,
+    UNCHANGED_SINCE_READ,
 )
 
 

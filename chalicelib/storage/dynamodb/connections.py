@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from chalicelib.models import ConnectionRecord
-from chalicelib.storage.dynamodb.conditions import (
-    USER_ITEM_EXISTS,
-)
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     _backend,
@@ -16,6 +13,7 @@ from chalicelib.storage.dynamodb.common import (
     _s,
     _to_item,
 )
+from chalicelib.storage.dynamodb.conditions import USER_ITEM_EXISTS
 
 
 class ConnectionsTable(DynamoBase):

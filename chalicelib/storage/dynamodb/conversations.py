@@ -22,17 +22,6 @@ from chalicelib.models import (
     Conversation,
     Principal,
 )
-from chalicelib.storage.dynamodb.conditions import (
-    AGENT_EXISTS,
-    AGENT_HAS_ROOM,
-    ASSIGNED_AS_READ,
-    CONVERSATION_ABSENT,
-    REQUEST_ABSENT_OR_EXPIRED,
-    SLOT_EMPTY,
-    STATUS_AND_SEQ_AS_READ,
-    UNASSIGNED,
-    all_of,
-)
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     Item,
@@ -43,6 +32,17 @@ from chalicelib.storage.dynamodb.common import (
     _n,
     _s,
     _to_item,
+)
+from chalicelib.storage.dynamodb.conditions import (
+    AGENT_EXISTS,
+    AGENT_HAS_ROOM,
+    ASSIGNED_AS_READ,
+    CONVERSATION_ABSENT,
+    REQUEST_ABSENT_OR_EXPIRED,
+    SLOT_EMPTY,
+    STATUS_AND_SEQ_AS_READ,
+    UNASSIGNED,
+    all_of,
 )
 from chalicelib.storage.dynamodb.participants import _participant_upsert
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from chalicelib.errors import OnceChatError
-from chalicelib.storage.dynamodb.conditions import (
-    BUCKET_HAS_ROOM,
-)
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     _n,
     _s,
 )
+from chalicelib.storage.dynamodb.conditions import BUCKET_HAS_ROOM
 
 
 class LimitsTable(DynamoBase):

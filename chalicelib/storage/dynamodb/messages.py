@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from chalicelib.core import void_message
 from chalicelib.errors import (
     DuplicateMessage,
@@ -19,15 +18,6 @@ from chalicelib.models import (
     Principal,
     idempotency_key,
 )
-from chalicelib.storage.dynamodb.conditions import (
-    CLAIM_ABSENT_OR_EXPIRED,
-    CLAIM_AT_SEQ,
-    CONVERSATION_EXISTS,
-    NOT_CLOSED,
-    SENDER_HOLDS,
-    SLOT_EMPTY,
-    all_of,
-)
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     _activity,
@@ -36,6 +26,15 @@ from chalicelib.storage.dynamodb.common import (
     _n,
     _s,
     _to_item,
+)
+from chalicelib.storage.dynamodb.conditions import (
+    CLAIM_ABSENT_OR_EXPIRED,
+    CLAIM_AT_SEQ,
+    CONVERSATION_EXISTS,
+    NOT_CLOSED,
+    SENDER_HOLDS,
+    SLOT_EMPTY,
+    all_of,
 )
 
 

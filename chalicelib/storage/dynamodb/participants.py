@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
 from chalicelib.models import Participant
-from chalicelib.storage.dynamodb.conditions import (
-    CURSOR_BEHIND,
-    MEMBERSHIP_EXISTS,
-    all_of,
-)
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     Item,
@@ -18,6 +12,11 @@ from chalicelib.storage.dynamodb.common import (
     _from_item,
     _n,
     _s,
+)
+from chalicelib.storage.dynamodb.conditions import (
+    CURSOR_BEHIND,
+    MEMBERSHIP_EXISTS,
+    all_of,
 )
 
 

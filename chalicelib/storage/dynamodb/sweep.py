@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from chalicelib.storage.dynamodb.conditions import (
-    MARK_BEHIND,
-)
 from chalicelib.storage.dynamodb.common import (
     ACTIVITY_PERIOD_S,
     ACTIVITY_SHARDS,
@@ -13,6 +10,7 @@ from chalicelib.storage.dynamodb.common import (
     _n,
     _s,
 )
+from chalicelib.storage.dynamodb.conditions import MARK_BEHIND
 
 
 #: Keys of the sweeper's watermark item in the limits table.
