@@ -12,6 +12,7 @@ from chalicelib.models import (
 from chalicelib.storage.dynamodb.common import (
     DynamoBase,
     Item,
+    Outcome,
     _backend,
     _from_item,
     _n,
@@ -70,9 +71,10 @@ class AgentsTable(DynamoBase):
         #   a) connections = 1  -> ADD -1 and SET offline, in one update
         #      (never a moment with 0 connections but still online);
         #   b) connections > 1  -> ADD -1 only;
-        #   c) neither matched: re-read; unknown agent -> None; already 0 ->
-        #      SET offline with condition connections <= 0 (never below 0);
-        #      otherwise the count moved under us: go round again.
+        #   c) neither matched: b)'s refusal returns the agent (ALL_OLD);
+        #      unknown agent -> None; already 0 -> SET offline with condition
+        #      connections <= 0 (never below 0); otherwise the count moved
+        #      under us: go round again.
         names = {"#connections": "connections", "#presence": "presence", "#updatedAt": "updatedAt"}
         last_one = (
             "SET #presence = :offline, #updatedAt = :now ADD #connections :minus",
@@ -94,14 +96,16 @@ class AgentsTable(DynamoBase):
         )
         with _backend("agent_disconnected"):
             for _ in range(16):
-                for attempt in (last_one, one_of_many):
-                    new = self._conditional_agent_update(agent_id, *attempt)
-                    if new is not None:
-                        return new
-                current = self.get_agent(agent_id)
-                if current is None:
+                new = self._conditional_agent_update(agent_id, *last_one)
+                if new is not None:
+                    return new
+                outcome = self._agent_update(agent_id, *one_of_many)
+                if outcome.written and outcome.attributes:
+                    return _from_item(AgentRecord, outcome.attributes)
+                # Refused: ALL_OLD is the agent as it was (no read back).
+                if outcome.old is None:
                     return None
-                if current.connections > 0:
+                if _from_item(AgentRecord, outcome.old).connections > 0:
                     continue  # the count moved between our attempts: go round again
                 new = self._conditional_agent_update(agent_id, *already_zero)
                 if new is not None:
@@ -112,7 +116,14 @@ class AgentsTable(DynamoBase):
         self, agent_id: str, update: str, condition: str, names: dict[str, str], values: Item
     ) -> AgentRecord | None:
         """The agent after a conditional update, or None when the condition failed."""
-        outcome = self._conditional(
+        outcome = self._agent_update(agent_id, update, condition, names, values)
+        return _from_item(AgentRecord, outcome.attributes) if outcome.written and outcome.attributes else None
+
+    def _agent_update(
+        self, agent_id: str, update: str, condition: str, names: dict[str, str], values: Item
+    ) -> Outcome:
+        """One conditional update of an agent, returning the agent after it (ALL_NEW)."""
+        return self._conditional(
             "update",
             TableName=self._config.agents_table,
             Key={"agentId": _s(agent_id)},
@@ -122,7 +133,6 @@ class AgentsTable(DynamoBase):
             ExpressionAttributeValues=values,
             ReturnValues="ALL_NEW",
         )
-        return _from_item(AgentRecord, outcome.attributes) if outcome.written and outcome.attributes else None
 
     def set_agent_connections(self, agent_id: str, seen_updated_at: str, count: int, now: str) -> bool:
         # Conditional on updatedAt: every connect, disconnect and status
