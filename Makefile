@@ -46,7 +46,8 @@ lint: install
 	$(VENV)/bin/mypy --strict chalicelib app.py
 	node_modules/.bin/tsc -p jsconfig.json
 
-## The fast loop: pure core, services, property tests, storage contract on memory (no moto, no sockets),
+## The fast loop: pure core, services, property tests, storage contract on memory, pure bench checks
+## (no moto, no sockets, no subprocess: tests/conftest.py makes a fast test that tries fail),
 ## and the browser SDK's pure core (node --test)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m fast
