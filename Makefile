@@ -39,14 +39,15 @@ chromium:
 screenshots: $(STAMP)
 	$(PY) -m tests.web.screenshots
 
-## Lint and type-check: ruff over the repo, mypy --strict over the Lambda code (configuration in pyproject.toml),
-## tsc over the browser SDK's JSDoc types (jsconfig.json)
+## Lint and type-check: ruff over the repo, mypy --strict over the Lambda code, the Python SDK and the local cloud
+## (configuration in pyproject.toml), tsc over the browser SDK's JSDoc types (jsconfig.json)
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --strict chalicelib app.py
+	$(VENV)/bin/mypy --strict chalicelib app.py client infra/local
 	node_modules/.bin/tsc -p jsconfig.json
 
-## The fast loop: pure core, services, property tests, storage contract on memory (no moto, no sockets),
+## The fast loop: pure core, services, property tests, storage contract on memory, pure bench checks
+## (no moto, no sockets, no subprocess: tests/conftest.py makes a fast test that tries fail),
 ## and the browser SDK's pure core (node --test)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m fast

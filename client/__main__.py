@@ -52,7 +52,8 @@ def open_conversation(rest: str, token: str) -> dict[str, Any]:
     status, body = call(rest, token, "POST", "/conversations")
     if status >= 400:
         raise SystemExit(f"cannot open a conversation: {body.get('code')}: {body.get('message')}")
-    return body
+    conversation: dict[str, Any] = body
+    return conversation
 
 
 def command(args: argparse.Namespace, token: str, current: str | None, line: str) -> str:

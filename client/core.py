@@ -154,7 +154,7 @@ class Backoff:
 
     def ceiling(self, attempt: int) -> float:
         """The upper bound of the delay before retry number ``attempt`` (0-based)."""
-        return min(self.cap, self.base * 2 ** min(attempt, 62))
+        return min(self.cap, self.base * 2.0 ** min(attempt, 62))
 
     def delay(self, attempt: int) -> float:
         """A random delay in ``[0, ceiling(attempt)]``."""

@@ -34,7 +34,8 @@ class LocalAwsError(RuntimeError):
 def _answers(url: str, timeout: float = 0.5) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return 200 <= response.status < 300
+            status: int = response.status
+            return 200 <= status < 300
     except (OSError, urllib.error.URLError, ValueError):
         return False
 
@@ -49,7 +50,7 @@ def find_localstack(environ: Mapping[str, str]) -> str | None:
     """
     from localstack_client import config as localstack_config
 
-    edge = localstack_config.get_service_endpoint("edge")
+    edge: str | None = localstack_config.get_service_endpoint("edge")
     if not edge:
         return None
     if environ.get("LOCALSTACK_HOST"):
@@ -148,7 +149,7 @@ def aws_environment(endpoint: str, environ: Mapping[str, str]) -> dict[str, str]
 # --- CloudFormation -----------------------------------------------------------------
 
 
-class _CfnLoader(yaml.SafeLoader):
+class _CfnLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types (pyproject.toml)
     """A YAML loader that accepts CloudFormation's short-form tags (``!Ref``...)."""
 
 
@@ -161,7 +162,7 @@ def _construct_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+        value = loader.construct_mapping(node, deep=True)
     return {name: value}
 
 

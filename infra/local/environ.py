@@ -29,7 +29,8 @@ def _overlay() -> Mapping[str, str] | None:
     return getattr(_local, "overlay", None)
 
 
-class ScopedEnviron(os._Environ):  # type: ignore[type-arg,name-defined,misc]
+# os._Environ is generic only in typeshed: subscripting it would fail at run time.
+class ScopedEnviron(os._Environ):  # type: ignore[type-arg]
     """``os.environ`` with a per-thread overlay of one function's variables."""
 
     def __getitem__(self, key: str) -> str:

@@ -346,7 +346,8 @@ def throttling_response(service: str, url: str) -> Any:
     }
     if service == "sqs":
         headers["x-amzn-query-error"] = error_type.rsplit("#", 1)[1] + ";Sender"
-    return AWSResponse(url, 400, headers, _Body(body))
+    # AWSResponse copies the headers into a HeadersDict: any mapping does, not only HTTPHeaders.
+    return AWSResponse(url, 400, headers, _Body(body))  # type: ignore[arg-type]
 
 
 class _ClientHooks:

@@ -106,7 +106,7 @@ class _Connection:
     info: ConnectionInfo
     state: str = "connecting"  # connecting -> open -> closed
     ws: web.WebSocketResponse | None = None
-    transport: asyncio.BaseTransport | None = None
+    transport: asyncio.Transport | None = None
     last_active_ms: int = 0
     close_cause: tuple[int, str] | None = None
     disconnected: bool = False

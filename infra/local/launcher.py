@@ -115,7 +115,9 @@ class LocalCloud:
         import boto3
 
         endpoint = self.management_endpoint if service == "apigatewaymanagementapi" else self.aws_endpoint
-        return boto3.session.Session().client(
+        # Any service by name: boto3-stubs types Session.client for literal names only.
+        session: Any = boto3.session.Session()
+        return session.client(
             service,
             endpoint_url=kwargs.pop("endpoint_url", endpoint),
             region_name=kwargs.pop("region_name", "us-east-1"),

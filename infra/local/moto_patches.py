@@ -149,9 +149,11 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
             elif op_type == "Delete":
                 self.delete_item(name, key)
             else:
+                # None for absent names or values, as moto's own TransactWriteItems passes them
+                # (its update_item is annotated with dicts only).
                 self.update_item(name, key, update_expression=op["UpdateExpression"],
-                                 expression_attribute_names=op.get("ExpressionAttributeNames"),
-                                 expression_attribute_values=op.get("ExpressionAttributeValues"))
+                                 expression_attribute_names=op.get("ExpressionAttributeNames"),  # type: ignore[arg-type]
+                                 expression_attribute_values=op.get("ExpressionAttributeValues"))  # type: ignore[arg-type]
     except Exception:
         for name, key, previous in reversed(undo):
             if previous is None:
@@ -330,7 +332,8 @@ def _all_items(original: Callable[[Table], list[Item]]) -> Callable[[Table], lis
         pending = getattr(_override, "value", None)
         if pending is not None and pending[0] is self:
             _override.value = None
-            return pending[1]
+            candidates: list[Item] = pending[1]
+            return candidates
         return original(self)
     return all_items
 
@@ -461,7 +464,7 @@ def cache_module_list() -> None:
         def list_of_moto_modules() -> tuple[str, ...]:
             return modules
         setattr(list_of_moto_modules, _PATCHED, True)
-        moto_backends.list_of_moto_modules = list_of_moto_modules  # type: ignore[assignment]
+        moto_backends.list_of_moto_modules = list_of_moto_modules
 
 
 def index_queries() -> None:
@@ -488,7 +491,7 @@ def cache_method_names() -> None:
         def method_names_from_class(clazz: object) -> list[str]:
             return list(cached(clazz))
         setattr(method_names_from_class, _PATCHED, True)
-        core_responses.method_names_from_class = method_names_from_class  # type: ignore[assignment]
+        core_responses.method_names_from_class = method_names_from_class
 
 
 #: DynamoDB operations whose results are items, counts, keys and capacity:
@@ -587,7 +590,8 @@ def cache_expression_parses() -> None:
     expression gets the same error every time.
     """
     from moto.dynamodb.comparisons import ConditionExpressionParser
-    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+    # The module is '# type: ignore' as a whole in moto, so mypy sees none of its names.
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
 
     if not getattr(ConditionExpressionParser.parse, _PATCHED, False):
         patched = _cached_condition_parse(ConditionExpressionParser.parse)
@@ -597,7 +601,7 @@ def cache_expression_parses() -> None:
     if not getattr(current.__func__, _PATCHED, False):
         make = _cached_update_parse(current.__func__.__get__(UpdateExpressionParser))
         setattr(make, _PATCHED, True)
-        UpdateExpressionParser.make = classmethod(make)  # type: ignore[assignment]
+        UpdateExpressionParser.make = classmethod(make)
 
 
 def apply() -> None:

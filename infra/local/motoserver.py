@@ -3,8 +3,9 @@
 The stock ``moto_server`` serves requests on concurrent threads, and moto's
 DynamoDB is not safe under concurrency: a TransactWriteItems snapshots whole
 tables and restores the snapshot when it is cancelled, wiping writes other
-threads committed in between. On AWS every request is atomic, so oncechat's
-optimistic-concurrency send loop would lose messages on moto under load.
+threads committed in between. On AWS every request is atomic; on moto under
+load oncechat's send (which reserves a seq, claims the messageId and stores
+the message, each a conditional write) would lose messages.
 
 This launcher keeps moto's threaded server (an SQS long poll must not block
 everybody else) but runs every request except ``ReceiveMessage`` under one

@@ -45,7 +45,7 @@ class AuthorizerFailedError(LocalGatewayException):
     CODE = 500
 
 
-class _Authorizer(LocalGatewayAuthorizer):  # type: ignore[misc]
+class _Authorizer(LocalGatewayAuthorizer):
     def __init__(self, app_object: Any, function_env: FunctionEnv) -> None:
         super().__init__(app_object)
         self._function_env = function_env
@@ -70,7 +70,7 @@ class _Authorizer(LocalGatewayAuthorizer):  # type: ignore[misc]
             ) from None
 
 
-class _Gateway(LocalGateway):  # type: ignore[misc]
+class _Gateway(LocalGateway):
     def __init__(self, app_object: Any, config: Any, function_env: FunctionEnv) -> None:
         super().__init__(app_object, config)
         self._authorizer = _Authorizer(app_object, function_env)
@@ -84,7 +84,7 @@ class _Gateway(LocalGateway):  # type: ignore[misc]
 def create_server(app: Any, config: Any, host: str, port: int, function_env: FunctionEnv) -> LocalDevServer:
     """Chalice's ``create_local_server`` with the gateway above."""
 
-    class Handler(ChaliceRequestHandler):  # type: ignore[misc]
+    class Handler(ChaliceRequestHandler):
         def __init__(self, request: Any, client_address: Any, server: Any, app_object: Any, config: Any) -> None:
             self.local_gateway = _Gateway(app_object, config, function_env)
             BaseHTTPRequestHandler.__init__(self, request, client_address, server)

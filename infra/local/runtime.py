@@ -349,14 +349,15 @@ class LocalCloud:
                 wait_time_s=self.settings.sqs_wait_time_s,
             )
             endpoint = self.aws_endpoint
+
+            def sqs_client(endpoint: str | None = endpoint) -> Any:
+                return boto3.session.Session().client("sqs", endpoint_url=endpoint)
+
             # Lambda runs several batches of one source at once (one per
             # active FIFO group at most); SQS keeps each group in order by not
             # handing out a group's next messages while earlier ones are in flight.
             for index in range(max(1, self.settings.sqs_concurrency)):
-                poller = SqsPoller(
-                    lambda endpoint=endpoint: boto3.session.Session().client("sqs", endpoint_url=endpoint),
-                    config, region, index,
-                )
+                poller = SqsPoller(sqs_client, config, region, index)
                 self._pollers.append(poller)
                 self._stop_callbacks.append(poller.stop)
                 poller.start()

@@ -104,7 +104,7 @@ class WebServer:
     @web.middleware
     async def _headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
-            response = await handler(request)
+            response: web.StreamResponse = await handler(request)
         except web.HTTPException as exc:
             response = exc
         response.headers["Content-Security-Policy"] = self.csp
