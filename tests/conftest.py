@@ -41,8 +41,7 @@ CLOUD_FILES = ("sdk/test_sdk_e2e.py", "sdk/test_sdk_domain.py", "local/test_aws_
                "local/test_faults.py", "local/test_local_cloud_echo.py", "local/test_local_cloud_lifecycle.py",
                "local/test_cli.py")
 # The storage fixtures of the contract suite: fast when the implementation is memory.
-# (``concurrent_storage`` is not among them: it starts a moto server whatever its parameter.)
-STORAGE_FIXTURES = ("storage",)
+STORAGE_FIXTURES = ("storage", "concurrent_storage")
 
 MESSAGE = "a fast test may not open sockets or start processes: mark it otherwise"
 

@@ -77,12 +77,11 @@ def serial_moto_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["memory", "dynamodb"])
-def concurrent_storage(
-    request: pytest.FixtureRequest, aws_env: None, serial_moto_url: str
-) -> Storage:
-    """Each implementation, safe to call from many threads at once."""
+def concurrent_storage(request: pytest.FixtureRequest, aws_env: None) -> Storage:
+    """Each implementation, safe to call from many threads at once (moto only for DynamoDB)."""
     if request.param == "memory":
         return MemoryStorage()
+    serial_moto_url: str = request.getfixturevalue("serial_moto_url")
     stage = f"concurrent-{next(_stages)}"
     cfn = boto3.client("cloudformation", endpoint_url=serial_moto_url)
     deploy(cfn, stage)
