@@ -2,9 +2,9 @@
 
 moto's ``TransactWriteItems`` backs up every table it touches with
 ``copy.deepcopy`` before writing, to roll back on a cancelled transaction.
-That costs time and memory proportional to the table: every message send
-(one transaction that includes the messages table) gets slower as the
-table grows, so a long local run slows to a crawl.
+That costs time and memory proportional to the table: every lifecycle step
+(one transaction that also appends its system message to the messages
+table) gets slower as the table grows, so a long local run slows to a crawl.
 
 ``transact_write_items`` below keeps moto's observable behaviour (the same
 validation, the same CancellationReasons) but checks every condition first

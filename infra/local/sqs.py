@@ -9,10 +9,11 @@ the queue's redrive policy (which the SQS backend applies on receive).
 
 Stopping does not wait for a pending long poll (see ``SqsPoller``).
 
-Knowingly differs from AWS: one poller per source handles one batch at a
-time (Lambda runs several batches, one per FIFO message group, in parallel);
-FIFO order within a group is kept either way, because the backend does not
-hand out messages of a group while an earlier one is in flight.
+Knowingly differs from AWS: each poller handles one batch at a time, and a
+source has a fixed number of pollers (``--sqs-concurrency``) where Lambda
+scales the batches it runs in parallel; FIFO order within a group is kept
+either way, because the backend does not hand out messages of a group while
+an earlier one is in flight.
 """
 
 from __future__ import annotations
