@@ -275,8 +275,7 @@ class SendProtocol:
         if self.state is not State.START:
             raise core.ProtocolError("started twice")
         if self.limited is not None:
-            self.after_refusal = False
-            return self._go(State.LOOKUP, Lookup())
+            return self._lookup()
         if self.cached is not None:
             return self._settle(self.cached)
         return self._reserve()
@@ -301,16 +300,14 @@ class SendProtocol:
             return self._reserve()
         if state is State.CLAIM:
             if isinstance(outcome, Claimed):
-                pending = self._pending()
-                assert self.conversation is not None
-                return self._go(State.STORE, Store(pending.message, tuple(self.conversation.participant_ids())))
+                return self._store_pending(State.STORE)
             if isinstance(outcome, ClaimTaken):
                 # Claimed before (a retry), or a concurrent twin claimed first:
                 # our seq stays empty for good. Void it, then settle the winner.
                 self.claim = outcome.existing
                 assert self.conversation is not None
                 return self._go(State.VOID_OWN, Void(self.conversation, self._pending().message.seq))
-        if state is State.STORE:
+        if state in (State.STORE, State.STORE_MOVED):
             if isinstance(outcome, Stored):
                 pending = self._pending()
                 assert self.conversation is not None
@@ -323,8 +320,7 @@ class SendProtocol:
         if state is State.VOID_OWN and isinstance(outcome, Voided):
             if self.claim is not None:
                 return self._settle(self.claim)
-            self.after_refusal = False
-            return self._go(State.LOOKUP, Lookup())
+            return self._lookup()
         if state in (State.READ_SLOT, State.READ_SLOT_AGAIN) and isinstance(outcome, Found):
             slot = outcome.record
             assert slot is None or isinstance(slot, MessageRecord)
@@ -335,13 +331,13 @@ class SendProtocol:
                 # finds its twin.
                 claim = self._claim()
                 message = core.claimed_message(self.principal, self.frame, claim, self.retention_seconds)
+                self.pending = core.Append(message, claim)
                 return self._go(State.STORE_CLAIMED, Store(message))
             return self._judge_slot(slot, stored_now=False)
         if state is State.STORE_CLAIMED:
             claim = self._claim()
             if isinstance(outcome, Stored):
-                message = core.claimed_message(self.principal, self.frame, claim, self.retention_seconds)
-                return self._accept(message, claim, duplicate=False, fast=False, recipients=None)
+                return self._accept(self._pending().message, claim, duplicate=False, fast=False, recipients=None)
             if isinstance(outcome, SlotTaken):
                 if outcome.existing is None:
                     return self._go(State.READ_SLOT_AGAIN, ReadSlot(claim.conversation_id, claim.seq))
@@ -352,31 +348,16 @@ class SendProtocol:
                 self.pending = self._new_message(outcome.conversation)
                 return self._go(State.MOVE_CLAIM, MoveClaim(self.pending.idem, self._claim().seq))
             if isinstance(outcome, Refused):
-                gone = outcome.conversation
-                if gone is None:
-                    return self._fail(NotFound(f"conversation {self.frame.conversation_id} not found"))
-                if not core.is_participant(self.principal, gone):
-                    return self._fail(Forbidden(f"not a participant of conversation {gone.conversation_id}"))
-                return self._fail(ConversationClosed("conversation is closed", message_id=self.frame.message_id))
+                return self._fail(self._not_theirs(outcome.conversation) or ConversationClosed(
+                    "conversation is closed", message_id=self.frame.message_id))
         if state is State.MOVE_CLAIM and isinstance(outcome, Moved):
             if outcome.moved:
-                assert self.conversation is not None
-                return self._go(State.STORE_MOVED, Store(self._pending().message,
-                                                         tuple(self.conversation.participant_ids())))
+                return self._store_pending(State.STORE_MOVED)
             # Another send moved the claim first: our new seq stays empty.
             assert self.conversation is not None
             return self._go(State.VOID_NEW, Void(self.conversation, self._pending().message.seq))
         if state is State.VOID_NEW and isinstance(outcome, Voided):
-            self.after_refusal = False
-            return self._go(State.LOOKUP, Lookup())
-        if state is State.STORE_MOVED:
-            if isinstance(outcome, Stored):
-                pending = self._pending()
-                assert self.conversation is not None
-                return self._accept(pending.message, pending.idem, duplicate=False, fast=True,
-                                    recipients=tuple(self.conversation.participant_ids()))
-            if isinstance(outcome, SlotTaken):
-                return self._settle(self._pending().idem)
+            return self._lookup()
         raise core.ProtocolError(f"{type(outcome).__name__} in state {state.value}")
 
     # --------------------------------------------------------------- steps
@@ -384,6 +365,16 @@ class SendProtocol:
     def _go(self, state: State, command: Command) -> Command:
         self.state = state
         return command
+
+    def _lookup(self) -> Command:
+        """Read the sender's claim (not after a refused reservation)."""
+        self.after_refusal = False
+        return self._go(State.LOOKUP, Lookup())
+
+    def _store_pending(self, state: State) -> Command:
+        """Store the message this send holds the claim of, reading its recipients' connections meanwhile."""
+        assert self.conversation is not None
+        return self._go(state, Store(self._pending().message, tuple(self.conversation.participant_ids())))
 
     def _attempt(self) -> bool:
         self.attempts += 1
@@ -414,11 +405,19 @@ class SendProtocol:
         self.pending = self._new_message(conv)
         return self._go(State.CLAIM, Claim(self.pending.idem))
 
-    def _refused(self, conv: Conversation | None) -> Command:
+    def _not_theirs(self, conv: Conversation | None) -> OnceChatError | None:
+        """Why a refused reservation is final whatever the claim: no such conversation, or not the sender's."""
         if conv is None:
-            return self._fail(NotFound(f"conversation {self.frame.conversation_id} not found"))
+            return NotFound(f"conversation {self.frame.conversation_id} not found")
         if not core.is_participant(self.principal, conv):
-            return self._fail(Forbidden(f"not a participant of conversation {conv.conversation_id}"))
+            return Forbidden(f"not a participant of conversation {conv.conversation_id}")
+        return None
+
+    def _refused(self, conv: Conversation | None) -> Command:
+        error = self._not_theirs(conv)
+        if error is not None:
+            return self._fail(error)
+        assert conv is not None
         # Closed: a retry of a stored message is still answered; a new
         # message of the customer reopens it within the window
         # (ConversationClosed otherwise), then is appended.
