@@ -83,7 +83,6 @@ class Services:
     presence: Presence
     sweeper: Sweeper
     consumer: Consumer
-    frame_limits: FrameLimits
 
     @property
     def storage(self) -> Storage:
@@ -117,5 +116,4 @@ def build_services(config: Config, ports: Ports) -> Services:
     presence = Presence(storage, ports.pusher, connections, clock)
     sweeper = Sweeper(config, storage, outbox, presence, desk, clock)
     consumer = Consumer(storage, ports.pusher, connections, fanout)
-    return Services(config, ports, outbox, desk, connections, fanout, messaging, presence, sweeper,
-                    consumer, frame_limits)
+    return Services(config, ports, outbox, desk, connections, fanout, messaging, presence, sweeper, consumer)
