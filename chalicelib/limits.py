@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from chalicelib.config import Config
 from chalicelib.errors import RateLimited
 from chalicelib.models import Principal
-from chalicelib.storage.base import Storage
+from chalicelib.storage.base import LimitStore
 
 #: Buckets kept per container before the least recently used are dropped
 #: (a dropped bucket restarts full: at worst one more burst for that key).
@@ -113,7 +113,7 @@ class FrameLimits:
 class RestLimits:
     """REST writes per user: a fixed window counted in DynamoDB (``storage.take_tokens``)."""
 
-    def __init__(self, config: Config, storage: Storage, clock: Callable[[], int]) -> None:
+    def __init__(self, config: Config, storage: LimitStore, clock: Callable[[], int]) -> None:
         self.config = config
         self.storage = storage
         self.clock = clock

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from chalicelib.errors import NotFound
 from chalicelib.models import Conversation
 from chalicelib.services.local_state import HighWaterMarks
-from chalicelib.storage.base import Storage
+from chalicelib.storage.base import ConversationStore
 
 Clock = Callable[[], int]
 
@@ -34,7 +34,7 @@ class Origin:
 class Conversations:
     """Reads a conversation (NotFound when absent) and remembers how far its counter got."""
 
-    def __init__(self, storage: Storage, size: int = LAST_SEQ_CACHE_SIZE) -> None:
+    def __init__(self, storage: ConversationStore, size: int = LAST_SEQ_CACHE_SIZE) -> None:
         self._storage = storage
         #: The highest ``lastSeq`` this container has seen per conversation (see local_state).
         self.last_seqs = HighWaterMarks(size)

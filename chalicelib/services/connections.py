@@ -14,7 +14,7 @@ from chalicelib.ports import Pusher
 from chalicelib.services.common import Clock, Origin
 from chalicelib.services.desk import Desk
 from chalicelib.services.local_state import BoundedCache
-from chalicelib.storage.base import Storage
+from chalicelib.storage.base import PresenceStore
 
 log = logging.getLogger("oncechat")
 
@@ -25,7 +25,7 @@ PRINCIPAL_CACHE_SIZE = 50_000
 class Connections:
     """The connection records behind every frame; an agent's connections make its presence."""
 
-    def __init__(self, config: Config, storage: Storage, pusher: Pusher, desk: Desk,
+    def __init__(self, config: Config, storage: PresenceStore, pusher: Pusher, desk: Desk,
                  frame_limits: FrameLimits, clock: Clock) -> None:
         self.config = config
         self.storage = storage

@@ -18,7 +18,7 @@ from chalicelib.models import (
 from chalicelib.ports import Delivery, Pusher
 from chalicelib.services.connections import Connections
 from chalicelib.services.fanout import Fanout
-from chalicelib.storage.base import Storage
+from chalicelib.storage.base import DeliveryStore
 
 log = logging.getLogger("oncechat")
 
@@ -30,7 +30,7 @@ class DeliveryFailed(OnceChatError):
 class Consumer:
     """The SQS FIFO consumer: push each stored message to its recipients' connections."""
 
-    def __init__(self, storage: Storage, pusher: Pusher, connections: Connections,
+    def __init__(self, storage: DeliveryStore, pusher: Pusher, connections: Connections,
                  fanout: Fanout) -> None:
         self.storage = storage
         self.pusher = pusher
@@ -112,7 +112,7 @@ class Consumer:
 class _Batch:
     """What one batch has read: conversations and users' connections, each at most once."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: DeliveryStore) -> None:
         self._storage = storage
         self._convs: dict[str, Conversation | None] = {}
         self._connections: dict[str, list[ConnectionRecord]] = {}

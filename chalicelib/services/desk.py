@@ -26,7 +26,7 @@ from chalicelib.limits import RestLimits
 from chalicelib.models import AgentRecord, Conversation, Principal
 from chalicelib.services.common import Clock, Conversations
 from chalicelib.services.outbox import Outbox
-from chalicelib.storage.base import Storage
+from chalicelib.storage.base import DeskStore
 
 log = logging.getLogger("oncechat")
 
@@ -37,7 +37,7 @@ QUEUE_POSITION_LIMIT = 100
 class Desk:
     """Open, view, close, transfer, reopen; agents' status; the waiting queue."""
 
-    def __init__(self, config: Config, storage: Storage, outbox: Outbox, conversations: Conversations,
+    def __init__(self, config: Config, storage: DeskStore, outbox: Outbox, conversations: Conversations,
                  limits: RestLimits, clock: Clock, new_id: Callable[[], str]) -> None:
         self.config = config
         self.storage = storage

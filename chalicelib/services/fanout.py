@@ -14,7 +14,7 @@ from chalicelib.ports import Delivery, Pusher
 from chalicelib.services.common import Origin
 from chalicelib.services.connections import Connections
 from chalicelib.services.outbox import Outbox
-from chalicelib.storage.base import Storage
+from chalicelib.storage.base import ConnectionStore
 
 log = logging.getLogger("oncechat")
 
@@ -24,7 +24,7 @@ Reading = Future[dict[str, list[ConnectionRecord]]]
 class Fanout:
     """Push stored messages at once (queueing what could not be pushed) and ephemeral frames."""
 
-    def __init__(self, storage: Storage, pusher: Pusher, connections: Connections,
+    def __init__(self, storage: ConnectionStore, pusher: Pusher, connections: Connections,
                  outbox: Outbox) -> None:
         self.storage = storage
         self.pusher = pusher

@@ -48,7 +48,7 @@ from chalicelib.services.desk import Desk
 from chalicelib.services.fanout import Fanout
 from chalicelib.services.local_state import BoundedCache
 from chalicelib.services.outbox import Outbox
-from chalicelib.storage.base import Storage
+from chalicelib.storage.base import MessagingStore
 
 log = logging.getLogger("oncechat")
 
@@ -59,7 +59,7 @@ ACCEPTED_CACHE_SIZE = 50_000
 class Messaging:
     """The hot path: every client frame, and the history routes."""
 
-    def __init__(self, config: Config, storage: Storage, conversations: Conversations,
+    def __init__(self, config: Config, storage: MessagingStore, conversations: Conversations,
                  connections: Connections, desk: Desk, outbox: Outbox, fanout: Fanout,
                  limits: FrameLimits, clock: Clock, sleep: Callable[[float], None]) -> None:
         self.config = config

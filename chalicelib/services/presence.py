@@ -8,7 +8,7 @@ from chalicelib import core
 from chalicelib.ports import Pusher
 from chalicelib.services.common import Clock
 from chalicelib.services.connections import Connections
-from chalicelib.storage.base import Storage
+from chalicelib.storage.base import PresenceStore
 
 log = logging.getLogger("oncechat")
 
@@ -16,7 +16,7 @@ log = logging.getLogger("oncechat")
 class Presence:
     """Keep agents' presence true to their real connections."""
 
-    def __init__(self, storage: Storage, pusher: Pusher, connections: Connections, clock: Clock) -> None:
+    def __init__(self, storage: PresenceStore, pusher: Pusher, connections: Connections, clock: Clock) -> None:
         self.storage = storage
         self.pusher = pusher
         self.connections = connections

@@ -12,7 +12,7 @@ from chalicelib.services.common import Clock
 from chalicelib.services.desk import Desk
 from chalicelib.services.outbox import Outbox
 from chalicelib.services.presence import Presence
-from chalicelib.storage.base import Storage
+from chalicelib.storage.base import SweeperStore
 
 log = logging.getLogger("oncechat")
 
@@ -23,7 +23,7 @@ SWEEP_FIRST_WINDOW_S = 300
 class Sweeper:
     """Enqueue what connected participants have not acked; keep presence and the queue moving."""
 
-    def __init__(self, config: Config, storage: Storage, outbox: Outbox, presence: Presence,
+    def __init__(self, config: Config, storage: SweeperStore, outbox: Outbox, presence: Presence,
                  desk: Desk, clock: Clock) -> None:
         self.config = config
         self.storage = storage

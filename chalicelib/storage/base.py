@@ -3,6 +3,11 @@
 One contract test suite (tests/contract/) runs against each implementation,
 so the in-memory store used by the core tests behaves exactly like DynamoDB.
 
+The interface comes in slices, one per table group (ConnectionStore,
+AgentStore, ...); ``Storage`` is all of them, and each service is typed with
+the combination it uses (PresenceStore, DeskStore, ...), so a service's
+constructor says which tables it touches.
+
 Expected races are reported with the signals of chalicelib.errors
 (SequenceConflict, DuplicateMessage) or with return values, never with a
 backend's own exception types.
@@ -25,10 +30,9 @@ from chalicelib.models import (
 )
 
 
-class Storage(Protocol):
-    """Persistent state of oncechat."""
+class ConnectionStore(Protocol):
+    """The connections table: open WebSocket connections, by id and by user."""
 
-    # ---------------------------------------------------------- connections
     def put_connection(self, conn: ConnectionRecord) -> None:
         """Record an open connection (overwrites a record with the same id)."""
 
@@ -55,7 +59,10 @@ class Storage(Protocol):
         pushes what it has not acked).
         """
 
-    # --------------------------------------------------------------- agents
+
+class AgentStore(Protocol):
+    """The agents table: presence, connection count and load of each agent."""
+
     def agent_connected(self, agent_id: str, now: str) -> AgentRecord:
         """Count one more open connection of an agent; return the new state.
 
@@ -89,7 +96,10 @@ class Storage(Protocol):
     ) -> AgentRecord:
         """Set an agent's presence and/or capacity (creating the agent if new); return the new state."""
 
-    # -------------------------------------------------------- conversations
+
+class ConversationStore(Protocol):
+    """The conversations table and the lifecycle steps written across tables."""
+
     def create_conversation(
         self, conv: Conversation, request_key: str | None = None, expires_at: int = 0,
         now_epoch: int = 0,
@@ -124,6 +134,9 @@ class Storage(Protocol):
         Raises BadRequest for a cursor this method did not make.
         """
 
+    def conversations_at(self, conversation_ids: Sequence[str]) -> list[Conversation]:
+        """The conversations that exist among ``conversation_ids`` (strongly consistent, any order)."""
+
     def apply_transition(self, transition: Transition, now_epoch: int) -> None:
         """Write one lifecycle step atomically (see chalicelib.core.Transition).
 
@@ -139,7 +152,10 @@ class Storage(Protocol):
         agent has no room), SequenceConflict (the message slot is taken).
         """
 
-    # ------------------------------------------------------------- messages
+
+class MessageStore(Protocol):
+    """The messages and idempotency tables: seqs, claims, message slots."""
+
     def reserve_seq(self, conversation_id: str, sender: Principal, now_ms: int) -> Conversation:
         """Reserve the conversation's next seq for a message of ``sender``; return the conversation.
 
@@ -185,6 +201,53 @@ class Storage(Protocol):
         its slot void reserves another seq.
         """
 
+    def get_idempotency(
+        self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int
+    ) -> IdempotencyRecord | None:
+        """The idempotency record, or None when absent or expired (``expires_at < now_epoch``)."""
+
+    def get_message(self, conversation_id: str, seq: int) -> MessageRecord | None:
+        """One message, or None."""
+
+    def messages_after(self, conversation_id: str, after: int, limit: int) -> list[MessageRecord]:
+        """Up to ``limit`` messages with seq > ``after``, ascending seq (strongly consistent)."""
+
+    def messages_before(self, conversation_id: str, before: int, limit: int) -> list[MessageRecord]:
+        """The last ``limit`` messages with seq < ``before``, ascending seq (strongly consistent)."""
+
+
+class ParticipantStore(Protocol):
+    """The participants table: memberships and their ack and read cursors."""
+
+    def add_participant(self, participant: Participant) -> None:
+        """Record a membership; an existing one (and its cursor) is kept unchanged."""
+
+    def get_participant(self, user_id: str, conversation_id: str) -> Participant | None:
+        """A user's membership of a conversation, or None."""
+
+    def participants_at(self, keys: Sequence[tuple[str, str]]) -> list[Participant]:
+        """The memberships at ``(user_id, conversation_id)`` keys that exist (strongly consistent, any order)."""
+
+    def participants_of_user(self, user_id: str) -> list[Participant]:
+        """Every membership of a user (any order)."""
+
+    def participants_of_conversation(self, conversation_id: str) -> list[Participant]:
+        """Every membership of a conversation (past agents included), by user id."""
+
+    def advance_ack(self, user_id: str, conversation_id: str, seq: int) -> bool:
+        """Move the user's ack cursor forward to ``seq``; never back.
+
+        Conditional update (``ack_seq < seq``); returns True when it moved.
+        Returns False when the cursor is already >= seq or the membership is absent.
+        """
+
+    def advance_read(self, user_id: str, conversation_id: str, seq: int) -> bool:
+        """Move the user's read cursor forward to ``seq``; never back (like ``advance_ack``)."""
+
+
+class SweepStore(Protocol):
+    """What the sweeper reads and writes: active conversations and its watermark."""
+
     def active_conversations(self, since: int) -> list[str]:
         """Ids of the conversations whose latest seq was taken at or after epoch second ``since``.
 
@@ -203,50 +266,10 @@ class Storage(Protocol):
     def set_sweep_mark(self, mark: int) -> None:
         """Record where a sweep stopped; the mark never moves back."""
 
-    def get_idempotency(
-        self, sender_id: str, conversation_id: str, message_id: str, now_epoch: int
-    ) -> IdempotencyRecord | None:
-        """The idempotency record, or None when absent or expired (``expires_at < now_epoch``)."""
 
-    def get_message(self, conversation_id: str, seq: int) -> MessageRecord | None:
-        """One message, or None."""
+class LimitStore(Protocol):
+    """The limits table: rate-limit counters."""
 
-    def messages_after(self, conversation_id: str, after: int, limit: int) -> list[MessageRecord]:
-        """Up to ``limit`` messages with seq > ``after``, ascending seq (strongly consistent)."""
-
-    def messages_before(self, conversation_id: str, before: int, limit: int) -> list[MessageRecord]:
-        """The last ``limit`` messages with seq < ``before``, ascending seq (strongly consistent)."""
-
-    # ------------------------------------------------ participants & cursors
-    def add_participant(self, participant: Participant) -> None:
-        """Record a membership; an existing one (and its cursor) is kept unchanged."""
-
-    def get_participant(self, user_id: str, conversation_id: str) -> Participant | None:
-        """A user's membership of a conversation, or None."""
-
-    def participants_at(self, keys: Sequence[tuple[str, str]]) -> list[Participant]:
-        """The memberships at ``(user_id, conversation_id)`` keys that exist (strongly consistent, any order)."""
-
-    def conversations_at(self, conversation_ids: Sequence[str]) -> list[Conversation]:
-        """The conversations that exist among ``conversation_ids`` (strongly consistent, any order)."""
-
-    def participants_of_user(self, user_id: str) -> list[Participant]:
-        """Every membership of a user (any order)."""
-
-    def participants_of_conversation(self, conversation_id: str) -> list[Participant]:
-        """Every membership of a conversation (past agents included), by user id."""
-
-    def advance_ack(self, user_id: str, conversation_id: str, seq: int) -> bool:
-        """Move the user's ack cursor forward to ``seq``; never back.
-
-        Conditional update (``ack_seq < seq``); returns True when it moved.
-        Returns False when the cursor is already >= seq or the membership is absent.
-        """
-
-    def advance_read(self, user_id: str, conversation_id: str, seq: int) -> bool:
-        """Move the user's read cursor forward to ``seq``; never back (like ``advance_ack``)."""
-
-    # ---------------------------------------------------------- rate limits
     def take_tokens(self, buckets: Sequence[tuple[str, int]], expires_at: int) -> bool:
         """Count one hit in every bucket ``(key, limit)``, atomically, or none.
 
@@ -254,3 +277,31 @@ class Storage(Protocol):
         ``limit`` hits. Buckets are fixed windows: the key names the window,
         and a bucket is forgotten after ``expires_at`` (epoch s).
         """
+
+
+class Storage(ConnectionStore, AgentStore, ConversationStore, MessageStore, ParticipantStore,
+              SweepStore, LimitStore, Protocol):
+    """Persistent state of oncechat."""
+
+
+# ------------------------------------------------ what each service needs
+
+
+class PresenceStore(ConnectionStore, AgentStore, Protocol):
+    """What Connections and Presence need: connections and agents."""
+
+
+class DeskStore(ConversationStore, AgentStore, ParticipantStore, Protocol):
+    """What Desk needs: conversations, agents and memberships."""
+
+
+class DeliveryStore(ConversationStore, ConnectionStore, Protocol):
+    """What the delivery consumer needs: conversations and connections."""
+
+
+class MessagingStore(MessageStore, ParticipantStore, ConversationStore, ConnectionStore, Protocol):
+    """What Messaging needs: messages, memberships, conversations and connections."""
+
+
+class SweeperStore(SweepStore, MessageStore, ParticipantStore, ConversationStore, ConnectionStore, Protocol):
+    """What the Sweeper needs: its watermark, messages, memberships, conversations and connections."""
