@@ -12,13 +12,21 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import core
-from chalicelib.errors import OnceChatError, ReservationRefused, StaleConversation
+from chalicelib.errors import (
+    DuplicateMessage,
+    DuplicateRequest,
+    NotFound,
+    OnceChatError,
+    ReservationRefused,
+    SequenceConflict,
+    StaleConversation,
+)
 from chalicelib.models import Principal
 from chalicelib.storage.dynamodb import DynamoStorage
 
 from .cloud import config_for
 from .conftest import STAGE
-from .records import NOW_EPOCH, T0, conversation, idem_for, message, store_message
+from .records import FAR_FUTURE, NOW_EPOCH, T0, conversation, idem_for, message, store_message
 
 pytestmark = pytest.mark.usefixtures("moto_aws")
 
@@ -186,3 +194,88 @@ def test_a_lasting_transaction_conflict_is_reported_as_sequence_conflict(ddb: An
     agent = store.get_agent("ag1")
     assert agent is not None and agent.active_count == 0
     assert store.get_participant("ag1", "c1") is None
+
+
+class _Reads:
+    """A client that records every read (GetItem, BatchGetItem, Query, Scan) and passes all calls on."""
+
+    READS = ("get_item", "batch_get_item", "query", "scan")
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.reads: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name not in self.READS:
+            return attr
+
+        def read(**kwargs: Any) -> Any:
+            self.reads.append(name)
+            return attr(**kwargs)
+        return read
+
+
+# Refused writes, each answered from the item DynamoDB returned with the refusal
+# (ReturnValuesOnConditionCheckFailure=ALL_OLD), on the state seeded below.
+
+
+def _fill_hole_on_a_stored_message(store: DynamoStorage) -> None:
+    assert store.fill_hole("c1", 1, NOW_EPOCH) == message(1)
+
+
+def _duplicate_claim(store: DynamoStorage) -> None:
+    with pytest.raises(DuplicateMessage) as refused:
+        store.claim_message_id(idem_for(message(1)), NOW_EPOCH)
+    assert refused.value.existing == idem_for(message(1))
+
+
+def _taken_slot(store: DynamoStorage) -> None:
+    with pytest.raises(SequenceConflict) as refused:
+        store.put_message(message(1, message_id="other"))
+    assert refused.value.existing == message(1)
+
+
+def _repeated_request_key(store: DynamoStorage) -> None:
+    with pytest.raises(DuplicateRequest) as refused:
+        store.create_conversation(conversation("c2"), request_key="k1", expires_at=FAR_FUTURE,
+                                  now_epoch=NOW_EPOCH)
+    assert refused.value.existing_id == "c0"
+
+
+def _transition_of_a_missing_conversation(store: DynamoStorage) -> None:
+    with pytest.raises(NotFound):
+        store.apply_transition(core.plan_assign(conversation("nope"), "ag1", core.epoch_ms(T0)), NOW_EPOCH)
+
+
+def _transition_of_a_moved_conversation(store: DynamoStorage) -> None:
+    with pytest.raises(StaleConversation):
+        store.apply_transition(core.plan_assign(conversation("c1"), "ag1", core.epoch_ms(T0)), NOW_EPOCH)
+
+
+def _disconnect_of_an_unknown_agent(store: DynamoStorage) -> None:
+    assert store.agent_disconnected("nobody", T0) is None
+
+
+def _disconnect_at_zero_connections(store: DynamoStorage) -> None:
+    agent = store.agent_disconnected("ag0", T0)
+    assert agent is not None and agent.connections == 0 and agent.presence == "offline"
+
+
+REFUSALS = [_fill_hole_on_a_stored_message, _duplicate_claim, _taken_slot, _repeated_request_key,
+            _transition_of_a_missing_conversation, _transition_of_a_moved_conversation,
+            _disconnect_of_an_unknown_agent, _disconnect_at_zero_connections]
+
+
+@pytest.mark.parametrize("refusal", REFUSALS, ids=lambda f: f.__name__.lstrip("_"))
+def test_a_refused_write_is_answered_from_the_returned_item_without_a_read(
+        refusal: Any, store: DynamoStorage, ddb: Any) -> None:
+    store.create_conversation(conversation("c0"), request_key="k1", expires_at=FAR_FUTURE, now_epoch=NOW_EPOCH)
+    store.create_conversation(conversation("c1"))
+    store_via(store, message(1))  # c1 moved on: lastSeq 1
+    store.agent_connected("ag1", T0)
+    store.agent_connected("ag0", T0)
+    store.set_agent_connections("ag0", store.get_agent("ag0").updated_at, 0, T0)
+    spy = _Reads(ddb)
+    refusal(DynamoStorage(config_for(STAGE), spy))
+    assert spy.reads == []
