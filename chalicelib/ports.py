@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chalicelib.core import deduplication_id
 from chalicelib.errors import ConnectionGone, OnceChatError
 from chalicelib.models import ConnectionRecord, MessageRecord
+
+if TYPE_CHECKING:  # stubs only: Lambda has no stub packages at run time
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
 
 @dataclass(frozen=True)
@@ -82,13 +86,13 @@ class Pusher(Protocol):
 class SqsDeliveryQueue:
     """SQS FIFO: group = conversation, deduplication id = the message's identity."""
 
-    def __init__(self, queue_name: str, client: Any = None) -> None:
+    def __init__(self, queue_name: str, client: SQSClient | None = None) -> None:
         self._queue_name = queue_name
         self._client = client
         self._url: str | None = None
         self._lock = threading.Lock()
 
-    def _resolve(self) -> tuple[Any, str]:
+    def _resolve(self) -> tuple[SQSClient, str]:
         with self._lock:
             if self._client is None:
                 import boto3
@@ -115,7 +119,7 @@ class SqsDeliveryQueue:
         client, url = self._resolve()
         failed = 0
         for start in range(0, len(deliveries), 10):  # SendMessageBatch takes 10 entries
-            entries = [{
+            entries: list[SendMessageBatchRequestEntryTypeDef] = [{
                 "Id": str(i),
                 "MessageBody": d.to_json(),
                 "MessageGroupId": d.message.conversation_id,
