@@ -99,6 +99,9 @@ def _add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) 
     _flag(parser, environ, "--ws-port", 8001, int, "port of the WebSocket API and its @connections API")
     _flag(parser, environ, "--aws-port", 4566, int, "port of the embedded moto server")
     _flag(parser, environ, "--web-port", 8002, int, "port of the customer widget and agent console (0: off)")
+    _flag(parser, environ, "--embed-origins", None, str,
+          "origins (comma-separated) whose pages may embed the widget and get development tokens; "
+          "unset: the stage's EMBED_ORIGINS")
     _flag(
         parser,
         environ,
@@ -203,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         ws_port=args.ws_port,
         aws_port=args.aws_port,
         web_port=args.web_port,
+        embed_origins=args.embed_origins,
         aws_endpoint=args.aws_endpoint,
         localstack_probe=args.localstack == "auto",
         idle_timeout_s=args.idle_timeout,

@@ -76,6 +76,9 @@ class Settings:
     aws_port: int = 4566
     #: Port of the pages in the project's ``web/`` (widget, console, SDK); 0: do not serve them.
     web_port: int = 8002
+    #: Origins whose pages may embed the widget and get development tokens (comma- or
+    #: space-separated); None: the stage's ``EMBED_ORIGINS`` environment variable.
+    embed_origins: str | None = None
     aws_endpoint: str | None = None
     localstack_probe: bool = True
     idle_timeout_s: float = AWS_IDLE_TIMEOUT_S
@@ -401,15 +404,20 @@ class LocalCloud:
 
     def _start_web(self) -> None:
         """Serve the project's ``web/`` (widget, console, SDK) with its ``config.json``."""
-        from infra.local.web import WebServer
+        from infra.local.web import WebServer, parse_origins
 
         s = self.settings
         root = self.project_dir / "web"
         if not s.web_port or not root.is_dir() or self._loop is None:
             return
         urls = self.urls()
+        variables = self.config.environment_variables
+        if s.embed_origins is None:
+            origins = parse_origins(variables.get("EMBED_ORIGINS"), f"EMBED_ORIGINS of stage {s.stage!r}")
+        else:
+            origins = parse_origins(s.embed_origins, "--embed-origins")
         self.web = WebServer(root, s.host, s.web_port, urls["rest"], urls["websocket"], s.stage,
-                             self.config.environment_variables.get("JWT_SECRET"))
+                             variables.get("JWT_SECRET"), origins)
         loop, server = self._loop, self.web
         loop.run(server.start(), timeout_s=15)
         self._stop_callbacks.append(lambda: loop.run(server.stop(), timeout_s=15))

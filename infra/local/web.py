@@ -13,6 +13,15 @@ development-only routes:
   the stage has a secret in ``.chalice/config.json``; on AWS a real
   identity provider takes its place (docs/web.md).
 
+  It keeps the token endpoint contract of docs/web.md, "Tokens": the SDK
+  calls it with the page's cookies (``credentials: "include"``), so a
+  page on another origin is answered only when that origin is listed in
+  the stage's ``EMBED_ORIGINS`` (or ``--embed-origins``): CORS names the
+  origin itself with ``Access-Control-Allow-Credentials: true``, never
+  ``*``, which browsers refuse with credentials and which is refused
+  here as a setting. An origin not listed gets a 403 whose JSON body it
+  can read, so the widget says why instead of "Failed to fetch".
+
 Every response carries the Content-Security-Policy the pages are written
 for (no inline script, no other origin than the APIs), as CloudFront's
 response headers policy of ``infra/web.yaml`` does on AWS.
@@ -34,6 +43,7 @@ from infra.local import tokens
 log = logging.getLogger("infra.local.web")
 
 INDEX_PAGES = {"/": "index.html", "/console": "console.html"}
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 _SUB_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 ROLES = ("customer", "agent")
 
@@ -42,6 +52,28 @@ def origin_of(url: str) -> str:
     """``scheme://host:port`` of a URL (what CSP's ``connect-src`` lists)."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_origins(text: str | None, setting: str = "EMBED_ORIGINS") -> tuple[str, ...]:
+    """The origins of a comma- or space-separated list, each ``scheme://host[:port]``.
+
+    Raises ValueError, naming the setting, for ``*`` (the token endpoint is
+    called with credentials, and a wildcard cannot be combined with them)
+    and for anything that is not an origin (a path, a trailing slash, no
+    scheme).
+    """
+    origins: list[str] = []
+    for part in re.split(r"[\s,]+", text or ""):
+        if not part:
+            continue
+        if part == "*":
+            raise ValueError(f"{setting}: '*' cannot be used: the token endpoint is called with credentials"
+                             " (cookies), so each embedding origin must be listed")
+        if not _ORIGIN_RE.match(part):
+            raise ValueError(f"{setting}: {part!r} is not an origin (scheme://host[:port], no path)")
+        if part not in origins:
+            origins.append(part)
+    return tuple(origins)
 
 
 def content_security_policy(connect: list[str]) -> str:
@@ -63,11 +95,13 @@ class WebServer:
     """The ``web/`` directory, ``/config.json`` and ``/dev/token`` on one port."""
 
     def __init__(self, root: Path, host: str, port: int, rest_url: str, websocket_url: str,
-                 stage: str, jwt_secret: str | None) -> None:
+                 stage: str, jwt_secret: str | None, embed_origins: tuple[str, ...] = ()) -> None:
         self.root = root.resolve()
         self.host = host
         self.port = port
         self.jwt_secret = jwt_secret
+        #: Origins besides this server's own whose pages may get development tokens.
+        self.embed_origins = embed_origins
         self.config: dict[str, Any] = {
             "restUrl": rest_url,
             "websocketUrl": websocket_url,
@@ -113,18 +147,49 @@ class WebServer:
         # Development: always the files on disk (CloudFront caches on AWS).
         response.headers["Cache-Control"] = "no-cache"
         # The widget may be embedded on another origin: its module, styles and
-        # config.json are fetched cross-origin (as CloudFront allows on AWS).
-        response.headers["Access-Control-Allow-Origin"] = "*"
+        # config.json are fetched cross-origin without credentials (as
+        # CloudFront allows on AWS). /dev/token answers with its own CORS.
+        response.headers.setdefault("Access-Control-Allow-Origin", "*")
         return response
+
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether a page of ``origin`` may get a development token: this server's or a listed one."""
+        own = {self.url, f"http://localhost:{self.port}"} if self.host in ("127.0.0.1", "localhost") else {self.url}
+        return origin in own or origin in self.embed_origins
+
+    @staticmethod
+    def _credentialed_cors(request: web.Request) -> dict[str, str]:
+        """CORS headers of /dev/token: the caller's origin itself, with credentials (never ``*``)."""
+        origin = request.headers.get("Origin")
+        if not origin:
+            return {}
+        return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true",
+                "Vary": "Origin"}
 
     async def _config(self, request: web.Request) -> web.Response:
         return web.json_response(self.config)
 
     async def _preflight(self, request: web.Request) -> web.Response:
+        # Every origin's preflight passes, so that a page not listed reads
+        # the 403 of the POST (a clear reason) rather than a network error.
         return web.Response(status=204, headers={"Access-Control-Allow-Methods": "POST",
-                                                 "Access-Control-Allow-Headers": "Content-Type"})
+                                                 "Access-Control-Allow-Headers": "Content-Type",
+                                                 "Access-Control-Max-Age": "600",
+                                                 **self._credentialed_cors(request)})
 
     async def _token(self, request: web.Request) -> web.Response:
+        response = await self._mint(request)
+        response.headers.update(self._credentialed_cors(request))
+        return response
+
+    async def _mint(self, request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin")
+        if origin and not self.origin_allowed(origin):
+            return web.json_response(
+                {"code": "origin_not_allowed",
+                 "message": f"origin {origin} may not embed the chat: add it to the stage's EMBED_ORIGINS"
+                            " (or --embed-origins)"},
+                status=403)
         if not self.jwt_secret:
             return web.json_response({"code": "not_found", "message": "no development sign-in on this stage"},
                                      status=404)
@@ -166,4 +231,4 @@ def describe(server: WebServer) -> dict[str, str]:
     return {"widget": f"{server.url}/", "console": f"{server.url}/console"}
 
 
-__all__ = ["WebServer", "content_security_policy", "describe", "origin_of"]
+__all__ = ["WebServer", "content_security_policy", "describe", "origin_of", "parse_origins"]

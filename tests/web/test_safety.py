@@ -19,6 +19,8 @@ def test_a_markup_body_shows_as_text_on_both_sides_and_runs_nothing(cloud, conte
     for page in (widget.page, console.page):
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     console.send(XSS)
+    # The reply goes after the agent's message is shown: sent at once, it could take the earlier seq.
+    widget.wait_for_bodies([XSS])
     widget.send(XSS + " back")
     widget.wait_for_bodies([XSS, XSS + " back"])
     console.wait_for_bodies([XSS, XSS + " back"])

@@ -29,8 +29,12 @@ export function tokenClaims(token) {
 /** @typedef {() => Promise<string>} TokenProvider a callback `async () => jwt` */
 
 /**
- * A token callback for a token endpoint: POSTs `payload` as JSON (with the
- * page's cookies, for a real sign-in) and expects `{"token": "..."}`.
+ * A token callback for a token endpoint: POSTs `payload` as JSON with the
+ * page's cookies (`credentials: "include"`, for a real sign-in) and expects
+ * `{"token": "..."}`. On another origin than the page's, the endpoint must
+ * answer CORS with that origin itself and `Access-Control-Allow-Credentials:
+ * true` (never `*`): docs/web.md, "Tokens". A refusal's JSON `message` (or
+ * its `code`) becomes the error's message.
  * @param {string} url
  * @param {object} [payload]
  * @returns {TokenProvider}
@@ -43,7 +47,13 @@ export function tokenFromEndpoint(url, payload = {}) {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(payload),
     });
-    if (!response.ok) throw new RestError(response.status, "token", `token endpoint answered ${response.status}`);
+    if (!response.ok) {
+      /** @type {{code?: string, message?: string}} */
+      let body = {};
+      try { body = await response.json(); } catch { /* not JSON: the status says it */ }
+      throw new RestError(response.status, body.code || "token",
+        body.message || `token endpoint answered ${response.status}`);
+    }
     const data = await response.json();
     return data.token;
   };
