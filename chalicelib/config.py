@@ -78,6 +78,9 @@ class Config:
     resume_hole_wait_ms: int = 100
     #: A closed conversation reopens when its customer writes within this window.
     reopen_window_seconds: int = 24 * 3600
+    #: How long an agent may be offline (no connection left) before their active
+    #: conversations go back to the queue; one set away or offline goes at once.
+    agent_gone_grace_seconds: int = 60
     #: Rate limits: fixed windows of ``rate_window_seconds``.
     rate_window_seconds: int = 10
     rate_user_sends: int = 100
@@ -185,6 +188,7 @@ class Config:
             resume_max_messages=number("RESUME_MAX_MESSAGES", 2000),
             sweep_grace_seconds=number("SWEEP_GRACE_SECONDS", 30),
             reopen_window_seconds=number("REOPEN_WINDOW_SECONDS", 24 * 3600),
+            agent_gone_grace_seconds=number("AGENT_GONE_GRACE_SECONDS", 60, allow_zero=True),
             resume_hole_wait_ms=number("RESUME_HOLE_WAIT_MS", 100, allow_zero=True),
             rate_window_seconds=number("RATE_WINDOW_SECONDS", 10),
             rate_user_sends=number("RATE_USER_SENDS", 100),

@@ -18,7 +18,7 @@ SenderRole = Literal["customer", "agent", "system"]
 Status = Literal["waiting", "active", "closed"]
 Presence = Literal["online", "away", "offline"]
 #: The lifecycle events a system message records (``event`` of a message frame).
-Event = Literal["assigned", "transferred", "closed", "reopened"]
+Event = Literal["assigned", "transferred", "requeued", "closed", "reopened"]
 
 ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 MessageId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]

@@ -336,6 +336,7 @@ class Transition:
 _EVENT_TEXT = {
     "assigned": "{agent} joined the conversation",
     "transferred": "The conversation was transferred from {previous} to {agent}",
+    "requeued": "{previous} is no longer available: the conversation waits for another agent",
     "closed": "The conversation was closed by {actor}",
     "reopened": "The conversation was reopened by {actor}",
 }
@@ -347,7 +348,7 @@ def _transition(conv: Conversation, event: str, actor: str, now_ms: int,
     now = iso_ms(now_ms)
     seq = conv.last_seq + 1
     after = conv.model_copy(update={**changes, "updated_at": now, "last_seq": seq})
-    previous = conv.agent_id if event in ("transferred", "reopened") else None
+    previous = conv.agent_id if event in ("transferred", "requeued", "reopened") else None
     message = MessageRecord(
         conversation_id=conv.conversation_id,
         seq=seq,
@@ -384,6 +385,20 @@ def plan_transfer(principal: Principal, conv: Conversation, to_agent: str, now_m
     return _transition(conv, "transferred", principal.user_id, now_ms,
                        (AgentDelta(conv.agent_id, -1), AgentDelta(to_agent, 1)), to_agent,
                        agent_id=to_agent)
+
+
+def plan_requeue(conv: Conversation, agent_id: str, now_ms: int) -> Transition:
+    """active with ``agent_id``, who is away or gone -> waiting; frees the agent.
+
+    The conversation goes back to the place in the queue it first had
+    (``queued_at`` unchanged), so it comes before those that started
+    waiting while it was being answered. Conflict unless it is still
+    active with that agent (closed or transferred meanwhile).
+    """
+    if conv.status != "active" or conv.agent_id != agent_id:
+        raise Conflict(f"conversation {conv.conversation_id} is not active with {agent_id}")
+    return _transition(conv, "requeued", agent_id, now_ms, (AgentDelta(agent_id, -1),),
+                       status="waiting", agent_id=None)
 
 
 def plan_close(principal: Principal, conv: Conversation, now_ms: int) -> Transition:

@@ -408,9 +408,11 @@ class SendProtocol:
     def _not_theirs(self, conv: Conversation | None) -> OnceChatError | None:
         """Why a refused reservation is final whatever the claim: no such conversation, or not the sender's."""
         if conv is None:
-            return NotFound(f"conversation {self.frame.conversation_id} not found")
+            return NotFound(f"conversation {self.frame.conversation_id} not found",
+                            message_id=self.frame.message_id)
         if not core.is_participant(self.principal, conv):
-            return Forbidden(f"not a participant of conversation {conv.conversation_id}")
+            return Forbidden(f"not a participant of conversation {conv.conversation_id}",
+                             message_id=self.frame.message_id)
         return None
 
     def _refused(self, conv: Conversation | None) -> Command:

@@ -199,10 +199,83 @@ class Desk:
         self.limits.admit(principal)
         agent = self.storage.set_agent_status(principal.user_id, status, capacity,
                                               core.iso_ms(self.clock()))
+        if agent.presence != "online" and self.requeue_agent(agent.agent_id):
+            agent = self.storage.get_agent(principal.user_id) or agent
         if agent.has_room:
             self.assign_waiting()
             agent = self.storage.get_agent(principal.user_id) or agent
         return agent
+
+    def requeue_agent(self, agent_id: str) -> int:
+        """Put every active conversation of an agent who left back in the queue; return how many moved.
+
+        Each move is one lifecycle step (``core.plan_requeue``: its system
+        message, the agent's load -1), conditioned on the conversation still
+        being active with that agent; then the queue runs, so another agent
+        with room takes them, oldest first. The agent's conversations are read
+        from the byAgent index, which may not show one assigned a moment ago:
+        the sweep moves that one after the grace (``requeue_gone``).
+        """
+        moved = 0
+        cursor: str | None = None
+        while True:
+            page, cursor = self.storage.conversations_of(agent_id, "agent", "active", 100, cursor)
+            for conv in page:
+                if conv.status != "active" or conv.agent_id != agent_id:
+                    continue
+                try:
+                    self.step(lifecycle.LifecycleProtocol(
+                        conv.conversation_id, lambda c, now, _a: core.plan_requeue(c, agent_id, now),
+                        self.clock(), known=conv))
+                except Conflict:  # closed or transferred meanwhile: nothing to move
+                    continue
+                moved += 1
+            if cursor is None:
+                break
+        if moved:
+            log.info("agent %s left: %d conversation(s) back in the queue", agent_id, moved)
+            self.assign_waiting()
+        return moved
+
+    def requeue_gone(self, agents: list[AgentRecord]) -> int:
+        """Requeue the conversations of agents away or offline past the grace (the sweep); return how many.
+
+        An agent set away or offline is requeued at once by
+        ``set_agent_status``; one whose last connection closed keeps their
+        conversations for ``agent_gone_grace_seconds`` (a reload or a short
+        network loss reconnects well within it). Whichever way they left, a
+        conversation still counted on them past the grace moves here, within
+        one schedule period.
+        """
+        now = self.clock()
+        grace_ms = self.config.agent_gone_grace_seconds * 1000
+
+        def gone(agent: AgentRecord) -> bool:
+            return (agent.presence != "online" and agent.active_count > 0
+                    and now - core.epoch_ms(agent.updated_at) >= grace_ms)
+
+        moved = 0
+        for listed in agents:
+            # The listing may be older than a reconnect: read the agent again first.
+            agent = self.storage.get_agent(listed.agent_id) if gone(listed) else None
+            if agent is not None and gone(agent):
+                moved += self.requeue_agent(agent.agent_id)
+        return moved
+
+    def assign_reopened(self, conversation_id: str, previous_agent: str | None) -> None:
+        """A customer reopened a conversation: back to its agent when online with room, else the queue."""
+        conv = self.storage.get_conversation(conversation_id)
+        if conv is not None and conv.status == "waiting" and previous_agent:
+            agent = self.storage.get_agent(previous_agent)
+            if agent is not None and agent.has_room:
+                try:
+                    self.step(lifecycle.LifecycleProtocol(
+                        conversation_id, lambda c, now, _a: core.plan_assign(c, previous_agent, now),
+                        self.clock(), known=conv))
+                    return
+                except Conflict:  # they filled up or left meanwhile, or it moved: the queue decides
+                    pass
+        self.assign_new_waiting(conversation_id)
 
     def list_agents(self, principal: Principal) -> list[AgentRecord]:
         """Every agent's presence and load (agents only)."""

@@ -339,6 +339,8 @@ class SendRun:
         self.origin_id = origin_id
         #: The recipients' connections, read while the message is stored.
         self.reading: Future[dict[str, list[ConnectionRecord]]] | None = None
+        #: The agent of the conversation this send reopened (it gets it back if it can).
+        self.previous_agent: str | None = None
 
     def execute(self, command: send_protocol.Command) -> send_protocol.Outcome:
         m, storage = self.m, self.m.storage
@@ -378,7 +380,10 @@ class SendRun:
         if isinstance(command, send_protocol.MoveClaim):
             return send_protocol.Moved(storage.move_claim(command.idem, command.from_seq))
         if isinstance(command, send_protocol.Reopen):
-            return send_protocol.Reopened(m.desk.reopen(command.transition))
+            committed = m.desk.reopen(command.transition)
+            if committed:
+                self.previous_agent = command.transition.before.agent_id
+            return send_protocol.Reopened(committed)
         raise TypeError(f"not a command to execute: {command!r}")
 
     def accept(self, done: send_protocol.Accept) -> dict[str, Any]:
@@ -393,5 +398,5 @@ class SendRun:
             # and recipients drop a second push by seq.
             m.outbox.enqueue(Delivery(done.message, self.origin_id))
         if done.reopened:
-            m.desk.assign_new_waiting(done.message.conversation_id)
+            m.desk.assign_reopened(done.message.conversation_id, self.previous_agent)
         return done.frame()

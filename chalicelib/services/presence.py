@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from chalicelib import core
+from chalicelib.models import AgentRecord
 from chalicelib.ports import Pusher
 from chalicelib.services.common import Clock
 from chalicelib.services.connections import Connections
@@ -22,7 +23,7 @@ class Presence:
         self.connections = connections
         self.clock = clock
 
-    def reconcile_presence(self) -> int:
+    def reconcile_presence(self, listed: list[AgentRecord] | None = None) -> int:
         """Make agents' presence follow their real connections; return how many fixes.
 
         ``$disconnect`` is best effort and connection records also expire by
@@ -34,10 +35,11 @@ class Presence:
         longer matches its records (and who has not changed for the settle
         time) gets the count of its records, and goes offline at 0. The
         connections of every such agent are read in one batch per 100.
+        ``listed``: every agent, as the caller has just listed them.
         """
         fixed = 0
         now = self.clock()
-        agents = [a for a in self.storage.list_agents()
+        agents = [a for a in (self.storage.list_agents() if listed is None else listed)
                   if not (a.presence == "offline" and a.connections == 0)]
         # Every agent's connections in one batch read per 100 agents.
         recorded = self.storage.connections_of_users(

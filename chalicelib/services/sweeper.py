@@ -74,7 +74,12 @@ class Sweeper:
             if undelivered:
                 self.outbox.enqueue_many(undelivered)
             self.storage.set_sweep_mark(end)
-        self.presence.reconcile_presence()
+        agents = self.storage.list_agents()
+        self.presence.reconcile_presence(agents)
+        # Nothing stays with an agent who left: away, or offline past the grace.
+        requeued = self.desk.requeue_gone(agents)
+        if requeued:
+            log.warning("sweeper requeued %d conversation(s) of agents who left", requeued)
         # The queue runs on every trigger (a conversation waits, an agent comes
         # online or frees a place); a trigger lost with a crashed handler is
         # made up for here, within one schedule period.

@@ -303,5 +303,6 @@ class MessagingStore(MessageStore, ParticipantStore, ConversationStore, Connecti
     """What Messaging needs: messages, memberships, conversations and connections."""
 
 
-class SweeperStore(SweepStore, MessageStore, ParticipantStore, ConversationStore, ConnectionStore, Protocol):
-    """What the Sweeper needs: its watermark, messages, memberships, conversations and connections."""
+class SweeperStore(SweepStore, MessageStore, ParticipantStore, ConversationStore, ConnectionStore, AgentStore,
+                   Protocol):
+    """What the Sweeper needs: its watermark, messages, memberships, conversations, connections and agents."""

@@ -148,7 +148,7 @@ def test_lifecycle_transfer_close_and_reopen_over_the_real_path(cloud):
         assert [(m["seq"], m.get("event")) for m in got] == [
             (3, "transferred"), (4, "closed"), (5, "reopened"), (7, "assigned")]
         status, view = rest(cloud, "GET", f"/conversations/{cid}", customer_id)
-        assert view["status"] == "active" and view["agentId"] in (amy_id, bob_id)
+        assert view["status"] == "active" and view["agentId"] == bob_id  # back to its agent, who has room
         for ws in (amy, bob, cara):
             await ws.close()
 
@@ -307,3 +307,55 @@ def test_rest_writes_over_the_limit_answer_429_on_the_real_path(cloud):
     assert set(statuses[:-1]) == {200} and 30 <= len(statuses) - 1 <= 60
     # Another user's writes are not limited by this one's.
     assert rest(cloud, "PUT", "/agents/me/status", uid("agent"), "agent", {"status": "away"})[0] == 200
+
+
+async def only_online(cloud: Any, agent_id: str, timeout: float = 60.0) -> None:
+    """Wait until ``agent_id`` is the one agent online (earlier tests' sockets have closed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = (await asyncio.to_thread(rest, cloud, "GET", "/agents", agent_id, "agent"))[1]
+        if [a["agentId"] for a in listed["agents"] if a["status"] == "online"] == [agent_id]:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"other agents still online after {timeout} s: {listed}")
+
+
+def test_an_agent_who_goes_away_hands_on_both_chats_and_the_customers_see_it(cloud):
+    async def scenario():
+        gus, gus_id = await online_agent(cloud, capacity=2)
+        await only_online(cloud, gus_id)
+        customers = []
+        for _ in range(2):
+            customer_id = uid("cust")
+            status, conv = rest(cloud, "POST", "/conversations", customer_id)
+            assert status == 201 and conv["agentId"] == gus_id
+            ws = await connect(cloud.websocket_url, token(customer_id))
+            await ws.resume()
+            await ws.collect(conv["conversationId"], 1)
+            customers.append((ws, customer_id, conv["conversationId"]))
+        hal, hal_id = await online_agent(cloud, capacity=1)
+
+        status, me = rest(cloud, "PUT", "/agents/me/status", gus_id, "agent", {"status": "away"})
+        assert status == 200 and (me["status"], me["activeCount"]) == ("away", 0)
+
+        # Each customer sees the move as a message of the conversation, in order, once.
+        for ws, _, cid in customers:
+            got = await ws.collect(cid, 2)  # after seq 1 (assigned), collected above
+            assert [(m["seq"], m["event"], m["previousAgentId"]) for m in got] == [(2, "requeued", gus_id)]
+            assert "is no longer available" in got[0]["body"]
+        assert "requeued" in await events_until(gus, "requeued", customers[0][2])
+        # The older one went to hal (capacity 1); the other waits: nobody is over capacity.
+        views = [rest(cloud, "GET", f"/conversations/{cid}", customer_id)[1] for _, customer_id, cid in customers]
+        assert [(v["status"], v["agentId"]) for v in views] == [("active", hal_id), ("waiting", None)]
+        agents = {a["agentId"]: a for a in rest(cloud, "GET", "/agents", hal_id, "agent")[1]["agents"]}
+        assert all(a["activeCount"] <= a["capacity"] for a in agents.values())
+        assert (agents[gus_id]["activeCount"], agents[hal_id]["activeCount"]) == (0, 1)
+        # gus may no longer write in it; hal answers.
+        with pytest.raises(Exception) as refused:
+            await gus.send(customers[0][2], "still there?")
+        assert getattr(refused.value, "code", None) == "forbidden"
+        assert (await hal.send(customers[0][2], "hal here, I have your chat"))["seq"] == 4
+        for ws in (gus, hal, *(c[0] for c in customers)):
+            await ws.close()
+
+    run(scenario())

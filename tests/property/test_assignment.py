@@ -107,6 +107,9 @@ class Desk(RuleBasedStateMachine):
         before = self.snapshot_waiting()
         self.chat.desk.set_agent_status(Principal(user_id=agent, role="agent"), status, capacity)
         self.track(before)
+        if status in ("away", "offline"):  # nothing stays with an agent who left
+            assert not [c.conversation_id for c in self.conversations()
+                        if c.status == "active" and c.agent_id == agent]
 
     @rule(customer=st.sampled_from(CUSTOMERS))
     def customer_opens(self, customer: str) -> None:

@@ -418,7 +418,7 @@ def test_authorization_matrix(chat):
     alice = connect(chat, "alice", "customer")
     eve = connect(chat, "eve", "customer")
     mine = chat.desk.create_conversation(who(chat, alice)).conversation_id  # bob's
-    chat.desk.set_agent_status(who(chat, bob), "away", None)
+    chat.desk.set_agent_status(who(chat, bob), None, 1)  # full: the next one waits
     waiting = chat.desk.create_conversation(who(chat, eve)).conversation_id
     A, B, C, E = (who(chat, o) for o in (alice, bob, carol, eve))
 
@@ -619,3 +619,111 @@ def test_reconciliation_keeps_an_agent_who_just_connected(chat):
     assert chat.storage.set_agent_connections("bob", seen.updated_at, 0, "x") is False
     chat.presence.reconcile_presence()
     assert chat.storage.get_agent("bob").connections == 2
+
+
+# ---------------------------------------------------------- nothing gets stuck
+
+
+def events_of(chat: Services, cid: str) -> list[str | None]:
+    return [m.event for m in stored(chat, cid) if m.sender_role == "system"]
+
+
+def test_an_agent_who_goes_away_hands_on_every_active_conversation_within_capacity(chat):
+    from chalicelib.models import Principal
+    gus = connect(chat, "gus", "agent")
+    alice, carl = connect(chat, "alice", "customer"), connect(chat, "carl", "customer")
+    first = chat.desk.create_conversation(who(chat, alice)).conversation_id
+    second = chat.desk.create_conversation(who(chat, carl)).conversation_id
+    send(chat, alice, first, "a1", "where is my order?")
+    assert chat.storage.get_agent("gus").active_count == 2
+    chat.desk.set_agent_status(Principal(user_id="hal", role="agent"), None, 1)
+    hal = connect(chat, "hal", "agent")
+
+    chat.desk.set_agent_status(who(chat, gus), "away", None)
+
+    # Oldest first to the agent with room; the other waits: nobody is over capacity.
+    assert (chat.storage.get_conversation(first).status, chat.storage.get_conversation(first).agent_id) == (
+        "active", "hal")
+    assert (chat.storage.get_conversation(second).status, chat.storage.get_conversation(second).agent_id) == (
+        "waiting", None)
+    assert events_of(chat, first) == ["assigned", "requeued", "assigned"]
+    assert events_of(chat, second) == ["assigned", "requeued"]
+    assert (chat.storage.get_agent("gus").active_count, chat.storage.get_agent("hal").active_count) == (0, 1)
+    # The customers see it; gus's console is told (previousAgentId) and he may no longer write.
+    pump(chat)
+    for origin, cid in ((alice, first), (carl, second)):
+        moved = [f for f in frames(chat, origin, "message") if f.get("event") == "requeued"]
+        assert [(f["conversationId"], f["status"], f["previousAgentId"]) for f in moved] == [
+            (cid, "waiting", "gus")]
+        assert "gus is no longer available" in moved[0]["body"]
+    assert {f["conversationId"] for f in frames(chat, gus, "conversation") if f["event"] == "requeued"} == {
+        first, second}
+    assert send(chat, gus, first, "g1")["code"] == "forbidden"
+    # hal sees the whole history and answers; when he closes, the waiting one is his.
+    assert [m["seq"] for m in chat.messaging.list_messages(who(chat, hal), first)["messages"]] == [1, 2, 3, 4]
+    assert send(chat, hal, first, "h1")["type"] == "accepted"
+    chat.desk.close(who(chat, hal), first)
+    assert chat.storage.get_conversation(second).agent_id == "hal"
+
+
+def test_an_agent_with_no_connection_left_keeps_their_conversations_for_the_grace_only(chat):
+    connect(chat, "gus", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
+    chat.connections.disconnect("gus-conn")
+    assert chat.storage.get_agent("gus").presence == "offline"
+    chat.sweeper.sweep()
+    assert chat.storage.get_conversation(cid).agent_id == "gus"  # a reload reconnects within the grace
+    # Back within the grace: nothing moves, however long he then stays.
+    gus = connect(chat, "gus", "agent")
+    chat.clock.advance(chat.config.agent_gone_grace_seconds + 1)
+    chat.sweeper.sweep()
+    assert chat.storage.get_conversation(cid).agent_id == "gus"
+    # Gone for good: past the grace the sweep puts it back in the queue.
+    chat.connections.disconnect(gus.connection_id)
+    chat.clock.advance(chat.config.agent_gone_grace_seconds - 1)
+    chat.sweeper.sweep()
+    assert chat.storage.get_conversation(cid).agent_id == "gus"
+    chat.clock.advance(2)
+    chat.sweeper.sweep()
+    conv = chat.storage.get_conversation(cid)
+    assert (conv.status, conv.agent_id, chat.storage.get_agent("gus").active_count) == ("waiting", None, 0)
+    assert events_of(chat, cid) == ["assigned", "requeued"]
+    chat.sweeper.sweep()
+    assert events_of(chat, cid) == ["assigned", "requeued"]  # once
+    connect(chat, "hal", "agent")
+    assert chat.storage.get_conversation(cid).agent_id == "hal"
+
+
+def test_the_sweep_requeues_what_a_dead_status_handler_left_with_an_away_agent(chat):
+    gus = connect(chat, "gus", "agent")
+    alice = connect(chat, "alice", "customer")
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
+    # The status was written, then the handler died before it moved anything.
+    requeue, chat.desk.requeue_agent = chat.desk.requeue_agent, lambda agent_id: 0
+    chat.desk.set_agent_status(who(chat, gus), "away", None)
+    chat.desk.requeue_agent = requeue
+    assert chat.storage.get_conversation(cid).agent_id == "gus"
+    chat.clock.advance(chat.config.agent_gone_grace_seconds + 1)
+    chat.sweeper.sweep()
+    assert chat.storage.get_conversation(cid).status == "waiting"
+
+
+def test_a_reopened_conversation_goes_back_to_its_agent_when_online_with_room_else_to_the_queue(chat):
+    bob = connect(chat, "bob", "agent")
+    alice, carl, dora = (connect(chat, u, "customer") for u in ("alice", "carl", "dora"))
+    cid = chat.desk.create_conversation(who(chat, alice)).conversation_id
+    chat.desk.create_conversation(who(chat, carl))  # bob: 2 active
+    carol = connect(chat, "carol", "agent")  # carol: 0 active, the least loaded
+    chat.desk.close(who(chat, alice), cid)
+    send(chat, alice, cid, "again", "one more thing")
+    assert chat.storage.get_conversation(cid).agent_id == "bob"
+    assert events_of(chat, cid)[-2:] == ["reopened", "assigned"]
+    # bob away: the next reopening goes to the queue, which gives it to carol.
+    other = chat.desk.create_conversation(who(chat, dora)).conversation_id
+    assert chat.storage.get_conversation(other).agent_id == "carol"
+    chat.desk.transfer(who(chat, carol), other, "bob")
+    chat.desk.close(who(chat, dora), other)
+    chat.desk.set_agent_status(who(chat, bob), "away", None)
+    send(chat, dora, other, "back", "me again")
+    assert chat.storage.get_conversation(other).agent_id == "carol"

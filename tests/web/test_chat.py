@@ -200,10 +200,18 @@ def test_two_console_tabs_of_one_agent_stay_consistent(cloud, contexts):
     second.send("answer from tab two")
     first.wait_for_bodies(["question for the desk", "answer from tab two"])
     widget.wait_for_bodies(["question for the desk", "answer from tab two"])
-    # Presence set in one tab shows in the other.
+    assert first.user_bodies() == second.user_bodies() == ["question for the desk", "answer from tab two"]
+    # Presence set in one tab shows in the other; going away hands the chat back to the queue,
+    # and the customer sees it (nobody else is online: it waits).
     first.page.select_option("#presence", "away")
     second.page.locator(".load").get_by_text("away").wait_for(timeout=TIMEOUT_MS)
-    assert first.user_bodies() == second.user_bodies() == ["question for the desk", "answer from tab two"]
+    widget.wait_status("waiting")
+    widget.host.locator(".log li.system .body").get_by_text(f"{agent} is no longer available").wait_for(
+        timeout=TIMEOUT_MS)
+    widget.host.locator(".who").get_by_text("Waiting for an agent").wait_for(timeout=TIMEOUT_MS)
+    for tab in (first, second):  # no longer the agent's: it leaves "mine" in both tabs
+        tab.page.locator(f".mine button[data-conversation-id='{cid}']").wait_for(
+            state="detached", timeout=TIMEOUT_MS)
 
 
 def test_a_lost_answer_to_opening_then_a_reload_still_make_one_conversation(cloud, contexts):
