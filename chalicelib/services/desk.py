@@ -224,9 +224,7 @@ class Desk:
                 if conv.status != "active" or conv.agent_id != agent_id:
                     continue
                 try:
-                    self.step(lifecycle.LifecycleProtocol(
-                        conv.conversation_id, lambda c, now, _a: core.plan_requeue(c, agent_id, now),
-                        self.clock(), known=conv))
+                    self.step(self.requeue_machine(conv.conversation_id, agent_id, conv))
                 except Conflict:  # closed or transferred meanwhile: nothing to move
                     continue
                 moved += 1
@@ -236,6 +234,12 @@ class Desk:
             log.info("agent %s left: %d conversation(s) back in the queue", agent_id, moved)
             self.assign_waiting()
         return moved
+
+    def requeue_machine(self, conversation_id: str, agent_id: str,
+                        known: Conversation | None = None) -> lifecycle.LifecycleProtocol:
+        """The lifecycle step of a conversation leaving ``agent_id`` for the queue, not started yet."""
+        return lifecycle.LifecycleProtocol(
+            conversation_id, lambda c, now, _a: core.plan_requeue(c, agent_id, now), self.clock(), known=known)
 
     def requeue_gone(self, agents: list[AgentRecord]) -> int:
         """Requeue the conversations of agents away or offline past the grace (the sweep); return how many.

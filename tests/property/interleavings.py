@@ -63,7 +63,7 @@ T0 = 1_800_000_000_000
 CID = "conv1"
 ALICE = Principal(user_id="alice", role="customer")
 BOB = Principal(user_id="bob", role="agent")
-WATCHERS = {"alice": "alice-watch", "bob": "bob-watch"}
+WATCHERS = {"alice": "alice-watch", "bob": "bob-watch", "carol": "carol-watch"}
 
 CONFIG = Config.from_env({
     "STAGE": "interleave", "JWT_SECRET": SECRET, "SWEEP_GRACE_SECONDS": str(GRACE_S),
@@ -102,7 +102,7 @@ class InlineExecutor(Executor):
 
 
 def _template() -> MemoryStorage:
-    """alice (customer) and bob (agent) in an active conversation; each with a phone and a watching device."""
+    """alice (customer) and bob (agent) in an active conversation, each with a phone and a watching device; carol (agent) online."""
     storage, queue, pusher = MemoryStorage(), MemoryQueue(), MemoryPusher()
     s = build_services(CONFIG, Ports(storage, queue, pusher, clock=lambda: T0, new_id=lambda: CID))
     for user, role, devices in (("bob", "agent", ("bob-desk", "bob-watch")),
@@ -111,6 +111,8 @@ def _template() -> MemoryStorage:
             s.connections.connect(mint_token(SECRET, user, role), Origin(device, "gw", "api"))
     conv = s.desk.create_conversation(ALICE)
     assert (conv.status, conv.agent_id, conv.last_seq) == ("active", "bob", 1)
+    # carol, a second agent online with room: who takes the conversation if bob leaves.
+    s.connections.connect(mint_token(SECRET, "carol", "agent"), Origin("carol-watch", "gw", "api"))
     return storage
 
 
@@ -213,11 +215,15 @@ class World:
                 services.messaging.on_frame(origin, json.dumps({"action": "resume", "cursors": inbox.cursors()}))
                 assert principal.user_id == user
             conv = self.storage._conversations[CID]
-            if inbox.behind():
-                self.fail(f"{device} still behind after resuming: at {inbox.cursors()}, latest {inbox.latest}")
             seqs = [m.seq for m in released]
-            if seqs != list(range(1, conv.last_seq + 1)):
-                self.fail(f"{device} processed seqs {seqs}, the conversation holds 1..{conv.last_seq}")
+            if user in conv.participant_ids():
+                if inbox.behind():
+                    self.fail(f"{device} still behind after resuming: at {inbox.cursors()}, latest {inbox.latest}")
+                if seqs != list(range(1, conv.last_seq + 1)):
+                    self.fail(f"{device} processed seqs {seqs}, the conversation holds 1..{conv.last_seq}")
+            elif seqs != list(range(1, len(seqs) + 1)):
+                # Not (or no longer) a participant: what it processed is a prefix, once each, in order.
+                self.fail(f"{device} (not a participant) processed seqs {seqs}")
             for m in released:
                 held = self.storage._messages.get((CID, m.seq))
                 if held is None or held.message_id != m.message_id or bool(held.void) != m.void:
@@ -334,6 +340,34 @@ class Close(Actor):
         desk = services.desk
         if self.machine is None:
             self.machine = desk.close_machine(self.who, CID)
+            self.command = self.machine.start()
+        command = self.command
+        assert command is not None
+        if isinstance(command, lifecycle.Done | lifecycle.Fail):
+            if isinstance(command, lifecycle.Done):
+                desk.assign_waiting()
+            self.done = True
+            return
+        self.command = self.machine.advance(desk.execute(command), world.clock())
+
+    def _state(self) -> str:
+        return repr((self.machine, self.command))
+
+
+class Requeue(Actor):
+    """``agent`` left: their conversation goes back to the queue (a lifecycle step), then the queue runs."""
+
+    def __init__(self, agent: str) -> None:
+        super().__init__()
+        self.agent = agent
+        self.name = f"requeue from {agent}"
+        self.machine: lifecycle.LifecycleProtocol | None = None
+        self.command: lifecycle.Command | None = None
+
+    def _step(self, world: World, services: Services) -> None:
+        desk = services.desk
+        if self.machine is None:
+            self.machine = desk.requeue_machine(CID, self.agent)
             self.command = self.machine.start()
         command = self.command
         assert command is not None
@@ -512,6 +546,19 @@ def _close_races_two_sends() -> list[Actor]:
     return [Send(ALICE, "alice-phone", "m1"), Close(BOB), Send(BOB, "bob-desk", "b1")]
 
 
+def _agent_leaves_while_sending() -> list[Actor]:
+    return [Requeue("bob"), Send(BOB, "bob-desk", "b1")]
+
+
+def _agent_leaves_while_both_send() -> list[Actor]:
+    return [Send(ALICE, "alice-phone", "m1"), Requeue("bob"), Send(BOB, "bob-desk", "b1")]
+
+
+def _agent_leaves_races_a_dying_send() -> list[Actor]:
+    return [Send(ALICE, "alice-phone", "m1", mortal=True), Requeue("bob"), Send(ALICE, "alice-tablet", "m1"),
+            PassGrace()]
+
+
 def _dies_retried_and_another() -> list[Actor]:
     return [Send(ALICE, "alice-phone", "m1", mortal=True), Send(ALICE, "alice-tablet", "m1"),
             Send(BOB, "bob-desk", "b1"), PassGrace(), Consume()]
@@ -528,12 +575,15 @@ CI_SCENARIOS = (
     Scenario("a handler dies after any step, its retry races it", _dies_then_retried),
     Scenario("a resume and a sweep interleaved with a dying send", _resume_and_sweep),
     Scenario("a close races a send (which may reopen)", _close_races_send),
+    Scenario("the agent leaves (requeue) while sending", _agent_leaves_while_sending),
 )
 #: Also run by `make interleavings`.
 DEEP_SCENARIOS = (
     Scenario("a close races two sends", _close_races_two_sends),
     Scenario("a dying send, its retry and another message, the consumer anywhere", _dies_retried_and_another),
     Scenario("two dying sends of one messageId, a resume and a sweep", _dies_retried_resume_sweep),
+    Scenario("the agent leaves while a dying send and its retry run", _agent_leaves_races_a_dying_send),
+    Scenario("the agent leaves (requeue) while the customer and the agent send", _agent_leaves_while_both_send),
 )
 
 
