@@ -79,9 +79,20 @@ class Widget:
         self.host = page.locator("oncechat-widget")
 
     def open(self) -> Widget:
+        """Open the panel: this visitor's conversation when there is one, else the welcome (no conversation yet)."""
         self.page.goto(self.base_url + "/")
         if self.host.get_attribute("data-open") is None:
             self.host.locator(".launcher").click()
+        self.page.wait_for_function(
+            """() => { const w = document.querySelector('oncechat-widget');
+                       return w?.dataset.conversationId || (w && !w.shadowRoot.querySelector('.welcome').hidden); }""",
+            timeout=TIMEOUT_MS)
+        return self
+
+    def start(self, text: str) -> Widget:
+        """Open the panel and write the first message, which opens the conversation."""
+        self.open()
+        self.send(text)
         self.page.wait_for_function(
             "() => document.querySelector('oncechat-widget')?.dataset.conversationId", timeout=TIMEOUT_MS)
         return self

@@ -29,9 +29,8 @@ def main() -> int:
         console.page.locator(".load").get_by_text("of 1 active").wait_for()
 
         shop = browser.new_context(viewport={"width": 1280, "height": 760})
-        widget = Widget(shop.new_page(), cloud.web_url).open()
+        widget = Widget(shop.new_page(), cloud.web_url).start("Hi! My order #1042 hasn't arrived yet.")
         widget.wait_status("active")
-        widget.send("Hi! My order #1042 hasn't arrived yet.")
         console.open_conversation(widget.conversation_id)
         console.wait_for_bodies(["Hi! My order #1042 hasn't arrived yet."])
         console.send("Sorry about that. Let me check the tracking for you.")
@@ -52,10 +51,9 @@ def main() -> int:
 
         # A second customer waits: maria's capacity is 1.
         other = browser.new_context(viewport={"width": 360, "height": 740}, device_scale_factor=2)
-        waiting = Widget(other.new_page(), cloud.web_url).open()
+        waiting = Widget(other.new_page(), cloud.web_url).start("Hello, do you ship to Norway?")
         waiting.wait_status("waiting")
         waiting.host.locator(".queue").get_by_text("number 1 in the queue").wait_for()
-        waiting.send("Hello, do you ship to Norway?")
         waiting.host.locator(".log li.own").first.wait_for()
         console.page.locator(".queue li").first.wait_for()
 

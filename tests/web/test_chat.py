@@ -20,10 +20,10 @@ def uid(prefix: str) -> str:
 
 def test_customer_and_agent_chat_with_queue_typing_states_and_read_receipts(cloud, contexts):
     widget = Widget(contexts().new_page(), cloud.web_url).open()
-    # Nobody online: the customer waits, and sees where.
+    # Nobody online: the customer writes, waits, and sees where.
+    widget.send("Hello, my order is late")
     widget.wait_status("waiting")
     widget.host.locator(".queue").get_by_text("number 1 in the queue").wait_for(timeout=TIMEOUT_MS)
-    widget.send("Hello, my order is late")
 
     agent = uid("agent")
     console = Console(contexts().new_page(), cloud.web_url).sign_in(agent)
@@ -54,21 +54,46 @@ def test_customer_and_agent_chat_with_queue_typing_states_and_read_receipts(clou
     assert widget.user_bodies() == ["Hello, my order is late", "Let me check that for you"]
 
 
+#: The customer's first message, which opens the conversation of ``active_pair``.
+OPENING = "Hi, I need help"
+
+
 def active_pair(cloud, contexts, agent=None):
-    """A customer (widget) and an agent (console, showing the conversation), chatting."""
+    """A customer (widget) and an agent (console, showing the conversation), chatting after ``OPENING``."""
     agent = agent or uid("agent")
     console = Console(contexts().new_page(), cloud.web_url).sign_in(agent)
     customer_context = contexts()
-    widget = Widget(customer_context.new_page(), cloud.web_url).open()
+    widget = Widget(customer_context.new_page(), cloud.web_url).start(OPENING)
     widget.wait_status("active")
     console.open_conversation(widget.conversation_id)
+    console.wait_for_bodies([OPENING])
     return customer_context, widget, console
+
+
+def test_peeking_opens_no_conversation_and_the_first_message_opens_one(cloud, contexts):
+    agent = uid("agent")
+    console = Console(contexts().new_page(), cloud.web_url).sign_in(agent)
+    page = contexts().new_page()
+    widget = Widget(page, cloud.web_url).open()
+    welcome = widget.host.locator(".welcome")
+    assert "reply within" in welcome.inner_text()
+    user = widget.host.get_attribute("data-user")
+    # Peeking takes nobody's capacity: no conversation, no agent joined.
+    assert rest(cloud, "GET", "/conversations", user, "customer")[1]["conversations"] == []
+    assert widget.host.get_attribute("data-conversation-id") is None
+    console.page.locator(".load").get_by_text("0 of").wait_for(timeout=TIMEOUT_MS)
+    # The first message opens it (test_a_lost_answer_to_opening... reloads in between).
+    widget.send("Is anyone there?")
+    widget.wait_status("active")
+    console.open_conversation(widget.conversation_id)
+    console.wait_for_bodies(["Is anyone there?"])
+    assert welcome.is_hidden()
 
 
 def test_offline_messages_are_delivered_once_in_order_when_back_online(cloud, contexts):
     customer_context, widget, console = active_pair(cloud, contexts)
     widget.send("before")
-    console.wait_for_bodies(["before"])
+    console.wait_for_bodies([OPENING, "before"])
 
     customer_context.set_offline(True)
     widget.wait_connection("offline")
@@ -79,10 +104,10 @@ def test_offline_messages_are_delivered_once_in_order_when_back_online(cloud, co
     widget.page.wait_for_function(
         "() => document.querySelector('oncechat-widget').shadowRoot"
         ".querySelectorAll('.pending li[data-state=queued]').length === 3", timeout=TIMEOUT_MS)
-    assert console.user_bodies() == ["before"]
+    assert console.user_bodies() == [OPENING, "before"]
 
     customer_context.set_offline(False)
-    expected = ["before", "one", "two", "three"]
+    expected = [OPENING, "before", "one", "two", "three"]
     console.wait_for_bodies(expected)
     widget.wait_for_bodies(expected)
     widget.wait_connection("open")
@@ -108,14 +133,14 @@ def test_reload_mid_send_loses_nothing_duplicates_nothing_and_keeps_the_conversa
     widget.page.wait_for_function(
         "() => document.querySelector('oncechat-widget')?.dataset.conversationId", timeout=TIMEOUT_MS)
     assert widget.conversation_id == cid
-    console.wait_for_bodies(texts)
-    widget.wait_for_bodies(texts)
+    console.wait_for_bodies([OPENING, *texts])
+    widget.wait_for_bodies([OPENING, *texts])
     # One conversation for this customer, each message stored once.
     user = widget.host.get_attribute("data-user")
     status, convs = rest(cloud, "GET", "/conversations", user, "customer")
     assert status == 200 and [c["conversationId"] for c in convs["conversations"]] == [cid]
     status, page = rest(cloud, "GET", f"/conversations/{cid}/messages?limit=100", user, "customer")
-    assert [m["body"] for m in page["messages"] if m["senderRole"] == "customer"] == texts
+    assert [m["body"] for m in page["messages"] if m["senderRole"] == "customer"] == [OPENING, *texts]
 
 
 def test_transfer_and_close_in_the_console_show_in_the_widget_and_a_message_reopens(cloud, contexts):
@@ -128,7 +153,7 @@ def test_transfer_and_close_in_the_console_show_in_the_widget_and_a_message_reop
     _, widget, console = active_pair(cloud, contexts)
     cid = widget.conversation_id
     widget.send("can you transfer me?")
-    console.wait_for_bodies(["can you transfer me?"])
+    console.wait_for_bodies([OPENING, "can you transfer me?"])
     console_b.page.fill("#capacity", "3")
     console_b.page.press("#capacity", "Tab")
     console.page.locator(f"#transfer-to option[value='{second}']").wait_for(state="attached", timeout=TIMEOUT_MS)
@@ -137,9 +162,9 @@ def test_transfer_and_close_in_the_console_show_in_the_widget_and_a_message_reop
 
     widget.host.locator(".who").get_by_text(f"chatting with {second}").wait_for(timeout=TIMEOUT_MS)
     console_b.open_conversation(cid)
-    console_b.wait_for_bodies(["can you transfer me?"])
+    console_b.wait_for_bodies([OPENING, "can you transfer me?"])
     console_b.send("agent B here")
-    widget.wait_for_bodies(["can you transfer me?", "agent B here"])
+    widget.wait_for_bodies([OPENING, "can you transfer me?", "agent B here"])
 
     console_b.page.click(".close")
     widget.wait_status("closed")
@@ -151,7 +176,7 @@ def test_transfer_and_close_in_the_console_show_in_the_widget_and_a_message_reop
     widget.page.wait_for_function(
         "() => ['waiting', 'active'].includes(document.querySelector('oncechat-widget').dataset.status)",
         timeout=TIMEOUT_MS)
-    widget.wait_for_bodies(["can you transfer me?", "agent B here", "one more thing"])
+    widget.wait_for_bodies([OPENING, "can you transfer me?", "agent B here", "one more thing"])
     assert widget.conversation_id == cid
 
 
@@ -159,7 +184,7 @@ def test_two_tabs_of_one_customer_send_once_and_show_the_same(cloud, contexts):
     customer_context, first, console = active_pair(cloud, contexts)
     second = Widget(customer_context.new_page(), cloud.web_url).open()
     assert second.conversation_id == first.conversation_id
-    sent = []
+    sent = [OPENING]
     for i in range(3):
         for tab, name in ((first, "tab1"), (second, "tab2")):
             text = f"{name} #{i}"
@@ -187,9 +212,8 @@ def test_two_console_tabs_of_one_agent_stay_consistent(cloud, contexts):
     second = Console(desk.new_page(), cloud.web_url)
     second.page.goto(cloud.web_url + "/console")  # already signed in: the same agent, the same connection
     second.page.wait_for_function("a => document.body.dataset.agent === a", arg=agent, timeout=TIMEOUT_MS)
-    widget = Widget(contexts().new_page(), cloud.web_url).open()
+    widget = Widget(contexts().new_page(), cloud.web_url).start("question for the desk")
     widget.wait_status("active")
-    widget.send("question for the desk")
     cid = widget.conversation_id
     for tab in (first, second):
         tab.page.locator(f".mine button[data-conversation-id='{cid}'] .unread").wait_for(timeout=TIMEOUT_MS)
@@ -230,19 +254,22 @@ def test_a_lost_answer_to_opening_then_a_reload_still_make_one_conversation(clou
     # Every answer is lost until the reload, so the widget is still retrying
     # (its banner up) when the page goes away.
     page.route(f"{cloud.rest_url}/conversations", lose_the_answers)
-    widget = Widget(page, cloud.web_url)
-    page.goto(cloud.web_url + "/")
-    widget.host.locator(".launcher").click()
+    widget = Widget(page, cloud.web_url).open()
+    widget.send("Is anyone there?")  # the first message opens the conversation
     widget.host.locator(".banner").get_by_text("Starting the conversation").wait_for(timeout=TIMEOUT_MS)
     losing[0] = False
     assert lost and lost[0] and set(lost) == {lost[0]}  # every retry sent the same key
     page.reload()
     page.wait_for_function("() => document.querySelector('oncechat-widget')?.dataset.conversationId",
                            timeout=TIMEOUT_MS)
+    widget.wait_for_bodies(["Is anyone there?"])  # the message written before the reload, queued once
     user = widget.host.get_attribute("data-user")
     status, convs = rest(cloud, "GET", "/conversations", user, "customer")
     assert status == 200
     assert [c["conversationId"] for c in convs["conversations"]] == [widget.conversation_id]
+    status, page_ = rest(cloud, "GET", f"/conversations/{widget.conversation_id}/messages?limit=100", user,
+                         "customer")
+    assert [m["body"] for m in page_["messages"] if m["senderRole"] == "customer"] == ["Is anyone there?"]
 
 
 def test_the_seq_rule_in_the_browser_resumes_a_lost_push_and_drops_a_duplicate(cloud, contexts):
@@ -273,10 +300,9 @@ def test_the_seq_rule_in_the_browser_resumes_a_lost_push_and_drops_a_duplicate(c
         server.on_message(downstream)
 
     page.route_web_socket(re.compile(r"^wss?://"), between)
-    widget = Widget(page, cloud.web_url).open()
+    widget = Widget(page, cloud.web_url).start("hello")  # the cursor before the gap is past the first resume's
     widget.wait_status("active")
     console.open_conversation(widget.conversation_id)
-    widget.send("hello")  # so the cursor before the gap is past any cursor of the first resume
     console.wait_for_bodies(["hello"])
     console.send("first of two")
     console.send("second of two")
@@ -301,8 +327,9 @@ def test_a_message_left_by_a_closed_tab_is_sent_once_by_the_tab_that_takes_over(
         ".querySelectorAll('.pending li[data-state=queued]').length === 1", timeout=TIMEOUT_MS)
     first.page.close()  # the tab is gone; its message waits in IndexedDB
     customer_context.set_offline(False)
-    console.wait_for_bodies(["written just before the tab closed"])
-    second.wait_for_bodies(["written just before the tab closed"])
+    console.wait_for_bodies([OPENING, "written just before the tab closed"])
+    second.wait_for_bodies([OPENING, "written just before the tab closed"])
     second.send("and this one from the other tab")
-    console.wait_for_bodies(["written just before the tab closed", "and this one from the other tab"])
-    assert console.user_bodies() == ["written just before the tab closed", "and this one from the other tab"]
+    expected = [OPENING, "written just before the tab closed", "and this one from the other tab"]
+    console.wait_for_bodies(expected)
+    assert console.user_bodies() == expected

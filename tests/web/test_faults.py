@@ -11,7 +11,7 @@ import pytest
 
 from tests.local_cloud import REPO_ROOT, LocalCloud
 from tests.web.browser import TIMEOUT_MS
-from tests.web.test_chat import active_pair
+from tests.web.test_chat import OPENING, active_pair
 
 # Generous: a busy machine slows the browser and the cloud; every wait is for a condition.
 pytestmark = pytest.mark.timeout(900)
@@ -60,7 +60,7 @@ def test_every_message_shows_exactly_once_in_order_on_both_sides_under_faults(cl
         customer)
     for text in agent:
         console.send(text)
-    everything = set(customer + agent)
+    everything = {OPENING, *customer, *agent}
     for page, js in (
         (widget.page, "() => [...document.querySelector('oncechat-widget').shadowRoot"
                       ".querySelectorAll('.log li:not(.system) .body')].map(b => b.textContent)"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.web.browser import TIMEOUT_MS, Console, Widget
-from tests.web.test_chat import active_pair
+from tests.web.test_chat import OPENING, active_pair
 
 # Generous: a busy machine slows the browser and the cloud; every wait is for a condition.
 pytestmark = pytest.mark.timeout(900)
@@ -20,10 +20,10 @@ def test_a_markup_body_shows_as_text_on_both_sides_and_runs_nothing(cloud, conte
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     console.send(XSS)
     # The reply goes after the agent's message is shown: sent at once, it could take the earlier seq.
-    widget.wait_for_bodies([XSS])
+    widget.wait_for_bodies([OPENING, XSS])
     widget.send(XSS + " back")
-    widget.wait_for_bodies([XSS, XSS + " back"])
-    console.wait_for_bodies([XSS, XSS + " back"])
+    widget.wait_for_bodies([OPENING, XSS, XSS + " back"])
+    console.wait_for_bodies([OPENING, XSS, XSS + " back"])
     assert widget.page.eval_on_selector(
         "oncechat-widget", "e => e.shadowRoot.querySelectorAll('.log img, .log script').length") == 0
     assert console.page.eval_on_selector_all(".log img, .log script", "els => els.length") == 0
@@ -64,11 +64,12 @@ def test_keyboard_only_at_360_px(cloud, contexts):
                          " && document.activeElement.shadowRoot.activeElement?.classList.contains('launcher')"):
             break
     page.keyboard.press("Enter")
+    widget.host.locator(".welcome").wait_for(timeout=TIMEOUT_MS)
+    page.keyboard.type("typed with the keyboard only")  # the first message opens the conversation
+    page.keyboard.press("Enter")
     page.wait_for_function("() => document.querySelector('oncechat-widget').dataset.conversationId",
                            timeout=TIMEOUT_MS)
     widget.wait_status("active")
-    page.keyboard.type("typed with the keyboard only")
-    page.keyboard.press("Enter")
     console.open_conversation(widget.conversation_id)
     console.wait_for_bodies(["typed with the keyboard only"])
     # The panel fills the narrow screen without horizontal scrolling; incoming messages are announced.
@@ -88,12 +89,13 @@ def test_keyboard_only_at_360_px(cloud, contexts):
 
 def test_scroll_back_pages_history_with_before(cloud, contexts):
     _, widget, console = active_pair(cloud, contexts)
-    texts = [f"history {i:02d}" for i in range(40)]
+    sent = [f"history {i:02d}" for i in range(40)]
     widget.page.evaluate(
         """async texts => {
             const w = document.querySelector('oncechat-widget');
             for (const t of texts) await w.chat.send(w.conversationId, t);
-        }""", texts)
+        }""", sent)
+    texts = [OPENING, *sent]
     widget.wait_for_bodies(texts)
     console.wait_for_bodies(texts)
     # A second device of the customer shows the latest page and pages back with `before`.
@@ -130,7 +132,7 @@ def test_the_console_is_usable_at_360_px(cloud, contexts):
     narrow.sign_in(agent)  # a second device of the same agent
     narrow.open_conversation(widget.conversation_id)
     widget.send("seen on a phone")
-    narrow.wait_for_bodies(["seen on a phone"])
+    narrow.wait_for_bodies([OPENING, "seen on a phone"])
     assert narrow.page.evaluate("() => document.documentElement.scrollWidth") <= 360
     for selector in (".mine", ".log", "#input", ".close"):
         box = narrow.page.locator(selector).bounding_box()

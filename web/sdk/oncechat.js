@@ -178,11 +178,14 @@ export class OnceChat extends EventTarget {
   /**
    * Queue a message; resolves with its messageId once it is in the
    * IndexedDB outbox (it is then sent, and re-sent, until accepted).
+   * `messageId`: one the page chose and kept itself (for a message written
+   * before its conversation existed); queuing it again is harmless, the
+   * server answers a repeat with the same seq.
    * @param {string} conversationId
    * @param {string} body
+   * @param {string} [messageId]
    */
-  async send(conversationId, body) {
-    const messageId = newMessageId();
+  async send(conversationId, body, messageId = newMessageId()) {
     const refusal = validateSend(body, messageId);
     if (refusal) throw new RangeError(refusal[1]);
     this._orderTick = (this._orderTick + 1) % 1000;

@@ -11,7 +11,7 @@
 // page may set `element.tokenProvider = async () => jwt` before adding it.
 // docs/web.md describes it all.
 
-import { Backoff, OnceChat, RestError, loadConfig, tokenFromEndpoint } from "../sdk/oncechat.js";
+import { Backoff, OnceChat, RestError, loadConfig, newMessageId, tokenFromEndpoint } from "../sdk/oncechat.js";
 import { messageItem, setState } from "../sdk/render.js";
 
 const TEMPLATE = `
@@ -31,6 +31,10 @@ const TEMPLATE = `
   <div class="banner" role="status" hidden></div>
   <p class="queue" role="status" hidden></p>
   <div class="scroller">
+    <div class="welcome" hidden>
+      <p class="welcome-text"></p>
+      <p class="reply-time"></p>
+    </div>
     <button class="earlier" type="button" hidden>Show earlier messages</button>
     <ol class="log" aria-label="Messages" aria-live="polite" aria-relevant="additions"></ol>
     <ol class="pending" aria-label="Messages being sent"></ol>
@@ -115,8 +119,10 @@ export class OnceChatWidget extends HTMLElement {
       const saved = JSON.parse(e.newValue);
       if (saved.conversationId && saved.conversationId !== this.conversationId) this._show(saved.conversationId);
     });
-    // A conversation of this visitor goes on (after a reload, in another tab) even with the panel closed.
-    if (this.isOpen || localStorage.getItem(this._storageKey())) await this._ensureConversation();
+    // A conversation of this visitor goes on (after a reload, in another tab) even with the panel
+    // closed; without one, the panel welcomes and the first message opens it.
+    if (this._saved()) await this._resumeOpening();
+    else this._welcome(true);
   }
 
   _fatal(err) {
@@ -163,7 +169,6 @@ export class OnceChatWidget extends HTMLElement {
       this.unseen = 0;
       this._badge();
       this.$("#input").focus();
-      if (this.chat && this.chat.userId) this._ensureConversation().catch((err) => this._fatal(err));
       this._markRead();
     } else {
       this.$(".launcher").focus();
@@ -207,16 +212,58 @@ export class OnceChatWidget extends HTMLElement {
     return `oncechat-conversation-${this.chat.userId}`;
   }
 
+  /** This visitor's conversation as saved: `{key, conversationId?, first?}`, or null before the first message. */
+  _saved() {
+    return JSON.parse(localStorage.getItem(this._storageKey()) || "null");
+  }
+
+  /** Before the first message: the welcome text and the expected reply time, no conversation. */
+  _welcome(show) {
+    this.$(".welcome").hidden = !show;
+    if (!show) return;
+    this.$(".welcome-text").textContent = this.getAttribute("welcome") || "Hello! Ask us anything.";
+    this.$(".reply-time").textContent = this.getAttribute("reply-time") || "We usually reply within a few minutes.";
+    this.$(".who").textContent = "";
+    this.$(".queue").hidden = true;
+    this.$(".closed-note").hidden = true;
+    this.$(".end").hidden = true;
+    this.$(".new").hidden = true;
+  }
+
+  /**
+   * The first message opens the conversation. Saved first, with its
+   * Idempotency-Key and the message's own messageId, so a reload (or a
+   * second tab) before the answer opens the same conversation and queues
+   * the same message: one conversation, one message.
+   */
+  async _openWith(body) {
+    const saved = { key: crypto.randomUUID(), first: { messageId: newMessageId(), body } };
+    localStorage.setItem(this._storageKey(), JSON.stringify(saved));
+    this._banner("");
+    await this._resumeOpening();
+  }
+
+  /** Open (or find) the saved conversation, then queue a first message left waiting for it. */
+  async _resumeOpening() {
+    const cid = await this._ensureConversation();
+    const saved = this._saved();
+    if (saved && saved.first && saved.conversationId === cid) {
+      await this.chat.send(cid, saved.first.body, saved.first.messageId);
+      delete saved.first;
+      localStorage.setItem(this._storageKey(), JSON.stringify(saved));
+    }
+    return cid;
+  }
+
   /**
    * The conversation of this visitor: the saved one, or one opened with an
    * Idempotency-Key saved *before* the request, so a reload or a second tab
    * retrying it gets the same conversation, never a second one.
    */
-  async _ensureConversation(fresh = false) {
+  async _ensureConversation() {
     if (this._opening) return this._opening;
     this._opening = exclusive(`oncechat-open-${this.chat.userId}`, async () => {
       let saved = JSON.parse(localStorage.getItem(this._storageKey()) || "null");
-      if (fresh && saved && saved.conversationId === this.conversationId) saved = null;
       if (!saved) {
         saved = { key: crypto.randomUUID() };
         localStorage.setItem(this._storageKey(), JSON.stringify(saved));
@@ -236,6 +283,7 @@ export class OnceChatWidget extends HTMLElement {
       return saved.conversationId;
     }).then(async (cid) => {
       if (cid !== this.conversationId) await this._show(cid);
+      this._welcome(false);
       return cid;
     }).finally(() => {
       this._opening = null;
@@ -314,8 +362,19 @@ export class OnceChatWidget extends HTMLElement {
     }
   }
 
+  /** After a close: back to the welcome; the next message opens a new conversation. */
   async _startNew() {
-    await this._ensureConversation(true);
+    localStorage.removeItem(this._storageKey());
+    this.conversationId = null;
+    delete this.dataset.conversationId;
+    delete this.dataset.status;
+    this.status = null;
+    this.items.clear();
+    this.pendingItems.clear();
+    this.$(".log").replaceChildren();
+    this.$(".pending").replaceChildren();
+    this.$(".earlier").hidden = true;
+    this._welcome(true);
     this.$("#input").focus();
   }
 
@@ -328,8 +387,9 @@ export class OnceChatWidget extends HTMLElement {
     input.value = ""; // at once: the next message may be typed while this one is stored
     this._typedAt = 0; // the next keystroke is news again
     try {
-      const cid = this.conversationId || (await this._ensureConversation());
-      await this.chat.send(cid, body);
+      if (this.conversationId) await this.chat.send(this.conversationId, body);
+      else if (this._saved()) await this.chat.send(await this._resumeOpening(), body);
+      else await this._openWith(body);
     } catch (err) {
       if (!input.value) input.value = body;
       this._banner(err.message);
