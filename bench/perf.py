@@ -207,6 +207,8 @@ class OnceChatUsers:
         self.registry = registry
         self.clients: dict[str, Any] = {}
         self.tasks: list[asyncio.Task[None]] = []
+        #: (customer client, conversation) of every pair, closed at the end of the scenario.
+        self.opened: list[tuple[Any, str]] = []
 
     async def user(self, name: str, role: str, **options: Any) -> Any:
         from chalicelib.auth import mint_token
@@ -239,11 +241,17 @@ class OnceChatUsers:
             if conv.agent_id is None:
                 raise RuntimeError(f"conversation {conv.conversation_id} found no agent")
             agent = self.clients[conv.agent_id]
+            self.opened.append((customer, conv.conversation_id))
             result.append((SdkEndpoint(customer, conv.conversation_id, self.registry),
                            SdkEndpoint(agent, conv.conversation_id, self.registry)))
         return result
 
     async def close(self) -> None:
+        # The customers end their conversations: left open, an agent who leaves
+        # would hand them to the queue, and the next scenario's agent would get them.
+        for customer, conversation_id in self.opened:
+            with contextlib.suppress(Exception):
+                await customer.close_conversation(conversation_id)
         for sdk in self.clients.values():
             with contextlib.suppress(Exception):
                 await sdk.close()
