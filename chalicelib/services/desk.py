@@ -221,11 +221,9 @@ class Desk:
         while True:
             page, cursor = self.storage.conversations_of(agent_id, "agent", "active", 100, cursor)
             for conv in page:
-                if conv.status != "active" or conv.agent_id != agent_id:
-                    continue
                 try:
                     self.step(self.requeue_machine(conv.conversation_id, agent_id, conv))
-                except Conflict:  # closed or transferred meanwhile: nothing to move
+                except Conflict:  # closed or transferred meanwhile (or a lagging index): nothing to move
                     continue
                 moved += 1
             if cursor is None:
@@ -268,17 +266,14 @@ class Desk:
 
     def assign_reopened(self, conversation_id: str, previous_agent: str | None) -> None:
         """A customer reopened a conversation: back to its agent when online with room, else the queue."""
-        conv = self.storage.get_conversation(conversation_id)
-        if conv is not None and conv.status == "waiting" and previous_agent:
-            agent = self.storage.get_agent(previous_agent)
-            if agent is not None and agent.has_room:
-                try:
-                    self.step(lifecycle.LifecycleProtocol(
-                        conversation_id, lambda c, now, _a: core.plan_assign(c, previous_agent, now),
-                        self.clock(), known=conv))
-                    return
-                except Conflict:  # they filled up or left meanwhile, or it moved: the queue decides
-                    pass
+        agent = self.storage.get_agent(previous_agent) if previous_agent else None
+        if agent is not None and agent.has_room:
+            try:  # the step reads the conversation; plan_assign refuses one no longer waiting
+                self.step(lifecycle.LifecycleProtocol(
+                    conversation_id, lambda c, now, _a: core.plan_assign(c, agent.agent_id, now), self.clock()))
+                return
+            except Conflict:  # they filled up or left meanwhile, or it moved: the queue decides
+                pass
         self.assign_new_waiting(conversation_id)
 
     def list_agents(self, principal: Principal) -> list[AgentRecord]:

@@ -53,6 +53,7 @@ from chalicelib.errors import OnceChatError
 from chalicelib.models import MessageRecord, Principal, SendFrame
 from chalicelib.ports import MemoryPusher, MemoryQueue
 from chalicelib.services import Origin, Ports, Services, build_services
+from chalicelib.services.desk import Desk
 from chalicelib.services.messaging import SendRun
 from chalicelib.storage.memory import MemoryStorage
 from client.core import Inbox, Message
@@ -326,60 +327,56 @@ class Send(Actor):
         return repr((self.machine, self.command))
 
 
-class Close(Actor):
-    """``who`` closes the conversation (a lifecycle step), then the queue runs (as ``Desk.close`` does)."""
+class LifecycleStep(Actor):
+    """One lifecycle step driven by ``Desk.execute``, then the queue runs (as the desk's callers do)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.machine: lifecycle.LifecycleProtocol | None = None
+        self.command: lifecycle.Command | None = None
+
+    def _machine(self, desk: Desk) -> lifecycle.LifecycleProtocol:
+        raise NotImplementedError
+
+    def _step(self, world: World, services: Services) -> None:
+        desk = services.desk
+        if self.machine is None:
+            self.machine = self._machine(desk)
+            self.command = self.machine.start()
+        command = self.command
+        assert command is not None
+        if isinstance(command, lifecycle.Done | lifecycle.Fail):
+            if isinstance(command, lifecycle.Done):
+                desk.assign_waiting()
+            self.done = True
+            return
+        self.command = self.machine.advance(desk.execute(command), world.clock())
+
+    def _state(self) -> str:
+        return repr((self.machine, self.command))
+
+
+class Close(LifecycleStep):
+    """``who`` closes the conversation (``Desk.close`` does the same)."""
 
     def __init__(self, who: Principal) -> None:
-        super().__init__()
+        super().__init__(f"close by {who.user_id}")
         self.who = who
-        self.name = f"close by {who.user_id}"
-        self.machine: lifecycle.LifecycleProtocol | None = None
-        self.command: lifecycle.Command | None = None
 
-    def _step(self, world: World, services: Services) -> None:
-        desk = services.desk
-        if self.machine is None:
-            self.machine = desk.close_machine(self.who, CID)
-            self.command = self.machine.start()
-        command = self.command
-        assert command is not None
-        if isinstance(command, lifecycle.Done | lifecycle.Fail):
-            if isinstance(command, lifecycle.Done):
-                desk.assign_waiting()
-            self.done = True
-            return
-        self.command = self.machine.advance(desk.execute(command), world.clock())
-
-    def _state(self) -> str:
-        return repr((self.machine, self.command))
+    def _machine(self, desk: Desk) -> lifecycle.LifecycleProtocol:
+        return desk.close_machine(self.who, CID)
 
 
-class Requeue(Actor):
-    """``agent`` left: their conversation goes back to the queue (a lifecycle step), then the queue runs."""
+class Requeue(LifecycleStep):
+    """``agent`` left: their conversation goes back to the queue (``Desk.requeue_agent`` does the same)."""
 
     def __init__(self, agent: str) -> None:
-        super().__init__()
+        super().__init__(f"requeue from {agent}")
         self.agent = agent
-        self.name = f"requeue from {agent}"
-        self.machine: lifecycle.LifecycleProtocol | None = None
-        self.command: lifecycle.Command | None = None
 
-    def _step(self, world: World, services: Services) -> None:
-        desk = services.desk
-        if self.machine is None:
-            self.machine = desk.requeue_machine(CID, self.agent)
-            self.command = self.machine.start()
-        command = self.command
-        assert command is not None
-        if isinstance(command, lifecycle.Done | lifecycle.Fail):
-            if isinstance(command, lifecycle.Done):
-                desk.assign_waiting()
-            self.done = True
-            return
-        self.command = self.machine.advance(desk.execute(command), world.clock())
-
-    def _state(self) -> str:
-        return repr((self.machine, self.command))
+    def _machine(self, desk: Desk) -> lifecycle.LifecycleProtocol:
+        return desk.requeue_machine(CID, self.agent)
 
 
 class Resume(Actor):
